@@ -1,0 +1,55 @@
+import pytest
+
+from vramplan.errors import ModelConfigError, NotModelledError
+from vramplan.models.catalog import CATALOG_DIR, load_catalog, resolve_model, size_aliases
+
+CATALOG = load_catalog()
+REQUIRED_ALIASES = {"1b", "3b", "7b", "8b", "13b", "14b", "32b", "70b", "72b", "405b"}
+
+
+def test_every_file_loads_with_its_stem_as_id():
+    files = sorted(CATALOG_DIR.glob("*.toml"))
+    assert len(files) == len(CATALOG) >= 40
+    assert {f.stem for f in files} == set(CATALOG)
+
+
+def test_catalog_covers_the_families_asked_for():
+    families = {record.spec.family for record in CATALOG.values()}
+    assert families == {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}
+
+
+def test_size_aliases_map_to_named_representatives():
+    assert set(size_aliases()) == REQUIRED_ALIASES
+    resolved = resolve_model("70b")
+    assert resolved.id == "llama-3.1-70b" and "size alias 70b" in resolved.resolved_from
+
+
+def test_671b_is_refused_until_moe_is_modelled():
+    with pytest.raises(NotModelledError, match="DeepSeek-R1"):
+        resolve_model("671b")
+
+
+def test_resolve_by_repo_name():
+    assert resolve_model("meta-llama/Llama-3.1-8B").id == "llama-3.1-8b"
+
+
+def test_unknown_model_is_a_usage_error():
+    with pytest.raises(ModelConfigError, match="not a catalog model"):
+        resolve_model("llama-9-900b")
+
+
+@pytest.mark.parametrize("record_id", sorted(CATALOG), ids=str)
+def test_parameter_count_equals_transformers_meta_build(record_id):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    record = CATALOG[record_id]
+    config = transformers.AutoConfig.for_model(**record.config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert record.spec.total_params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("record_id", sorted(CATALOG), ids=str)
+def test_every_record_is_sourced(record_id):
+    record = CATALOG[record_id]
+    assert record.source.strip() and record.hf_repo.count("/") == 1

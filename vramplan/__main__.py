@@ -1,0 +1,3 @@
+from vramplan.cli.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""All printing of results: rich tables for people, the pydantic model as JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pydantic import BaseModel
+
+from vramplan.errors import UsageError
+from vramplan.units import gib
+
+COMPONENT_LABELS = {
+    "weights": "weights",
+    "lora_adapters": "LoRA adapters (fp32)",
+    "gradients": "gradients",
+    "optimizer_states": "optimizer states",
+    "optimizer_temporaries": "optimizer step temporaries",
+    "activations": "activations",
+    "logits_loss": "logits / loss",
+    "autocast_weight_copies": "autocast weight copies",
+}
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        raise UsageError(f"unknown --format {fmt!r}; choose table or json")
+    return fmt
+
+
+def emit_json(result: BaseModel) -> None:
+    sys.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
+
+
+def emit_estimate(estimate) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}")
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    for name, nbytes in estimate.components.items():
+        table.add_row(COMPONENT_LABELS.get(name, name), f"{gib(nbytes):.2f}")
+    table.add_section()
+    table.add_row("peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}")
+    table.add_row("peak reserved (caching allocator)", f"{gib(estimate.peak_reserved_bytes):.2f}")
+    table.add_row("device (nvidia-smi: + CUDA context, paged state)", f"{gib(estimate.device_bytes):.2f}")
+    console.print(table)
+    phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in estimate.phases)
+    console.print(f"phase peaks (GiB): {phases}")
+    console.print(
+        f"parameters: {estimate.trainable_params:,} trainable of {estimate.total_params:,} "
+        f"({100 * estimate.trainable_params / estimate.total_params:.2f}%)"
+    )
+    console.print("assumptions:")
+    for line in estimate.assumptions:
+        console.print(f"  - {line}", highlight=False, soft_wrap=True)
+    console.print("1 GiB = 2^30 bytes", style="dim")

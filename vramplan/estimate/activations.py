@@ -1,0 +1,157 @@
+"""Activations saved for backward by a Hugging Face decoder layer, tensor by tensor.
+
+Each function lists the tensors autograd keeps (or Python keeps alive) for one layer, as bytes for the whole
+micro-batch, from reading the transformers/peft forward code and confirmed by tests/estimate/test_trace_crosscheck.py.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from vramplan.estimate.dtypes import BOOL_BYTES, FP32_BYTES, HALF_BYTES, compute_bytes, tensor_bytes
+from vramplan.models.spec import LinearShape, ModelSpec
+from vramplan.training import Method, Precision, TrainingSetup
+
+
+class Flow(BaseModel):
+    """Dtype widths along the residual stream of one setup."""
+
+    residual: int  # hidden states between layers (embedding dtype)
+    norm_out: int  # RMSNorm output: weight * normed, promoted to the wider of the two
+    compute: int  # matmul outputs under autocast (or fp32 without)
+    linear_out: int  # what a base linear returns (Linear4bit casts back to its input dtype)
+    norm_weight_trainable: bool
+    base_trainable: bool
+
+
+def dtype_flow(setup: TrainingSetup) -> Flow:
+    """Trace the dtypes a setup's tensors take through a layer."""
+    precision = setup.precision
+    load = HALF_BYTES if precision is Precision.BF16 else FP32_BYTES
+    compute = compute_bytes(precision)
+    if setup.method is Method.QLORA and setup.quant.kbit_prep:
+        load = FP32_BYTES  # prepare_model_for_kbit_training upcasts embeddings and norms to fp32
+    quantized = setup.method is Method.QLORA
+    return Flow(
+        residual=load,
+        norm_out=load,
+        compute=compute,
+        # bitsandbytes Linear4bit.forward: `matmul_4bit(x.to(compute_dtype), ...).to(inp_dtype)`
+        linear_out=load if quantized else compute,
+        norm_weight_trainable=setup.method is Method.FULL,
+        base_trainable=setup.method is Method.FULL,
+    )
+
+
+def _norm(width_in: int, size: int, flow: Flow, tokens: int, gemma: bool = False) -> list[int]:
+    """RMSNorm: x.float() and rsqrt are saved by the multiply; the normalised tensor is saved by the weight multiply
+    only when the weight trains. Llama-style norms cast it back to the input dtype first
+    (modeling_llama.py LlamaRMSNorm.forward); Gemma's multiplies by (1 + weight) in fp32 (Gemma3RMSNorm.forward)."""
+    saved = [tensor_bytes(tokens * size * FP32_BYTES), tensor_bytes(tokens * FP32_BYTES)]
+    if flow.norm_weight_trainable:
+        saved.append(tensor_bytes(tokens * size * (FP32_BYTES if gemma else width_in)))
+    return saved
+
+
+def _lora_input_copies(lin: LinearShape, input_width: int, setup: TrainingSetup, flow: Flow, tokens: int) -> list[int]:
+    """peft lora.Linear.forward: x.to(fp32) -> dropout -> lora_A -> lora_B.
+
+    Saved: dropout's bool mask, lora_A's input (its autocast copy in the compute dtype, or the fp32 tensor when
+    autocast is off) and lora_A's output (rank wide) for lora_B's weight gradient.
+    """
+    rank = setup.lora.rank
+    a_input = flow.compute if setup.autocast else FP32_BYTES
+    saved = [tensor_bytes(tokens * lin.in_features * a_input), tensor_bytes(tokens * rank * a_input)]
+    if setup.lora.dropout > 0:
+        saved.append(tensor_bytes(tokens * lin.in_features * BOOL_BYTES))
+    return saved
+
+
+def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_needs_grad: bool = True) -> int:
+    """Bytes one decoder layer keeps for backward when it runs without checkpointing."""
+    flow = dtype_flow(setup)
+    h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
+    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
+    linears = {lin.name: lin for lin in spec.layer_linears}
+    saved: list[int] = []
+    gemma = spec.norms_per_layer == 4
+    if input_needs_grad or flow.norm_weight_trainable:
+        saved += _norm(flow.residual, h, flow, tokens, gemma)
+    attn_in = flow.norm_out
+    # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
+    if flow.base_trainable:
+        saved.append(tensor_bytes(tokens * h * attn_in))
+    for name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
+        if name in adapted:
+            saved += _lora_input_copies(linears[name], attn_in, setup, flow, tokens)
+    if spec.has_qk_norm:
+        # Qwen3/Gemma3 q_norm and k_norm: RMSNorm over head_dim on the projected queries and keys.
+        normed = FP32_BYTES if gemma else flow.compute
+        saved += _norm(flow.compute, q, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_heads * FP32_BYTES)]
+        saved += _norm(flow.compute, kv, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_kv_heads * FP32_BYTES)]
+        if flow.norm_weight_trainable:
+            saved += [tensor_bytes(tokens * q * normed), tensor_bytes(tokens * kv * normed)]
+    # SDPA (flash / CPU flash) saves q after RoPE, k after RoPE, v, the output and a fp32 logsumexp per head.
+    sdpa = flow.compute
+    # Phi-3 slices v out of the fused qkv_proj output, so SDPA's saved v keeps that whole tensor alive.
+    v_storage = q + 2 * kv if spec.fused_projections else kv
+    saved += [
+        tensor_bytes(tokens * q * sdpa),
+        tensor_bytes(tokens * kv * sdpa),
+        tensor_bytes(tokens * v_storage * sdpa),
+        tensor_bytes(tokens * q * sdpa),
+        tensor_bytes(tokens * spec.num_heads * FP32_BYTES),
+    ]
+    if "o_proj" in adapted:
+        saved += _lora_input_copies(linears["o_proj"], sdpa, setup, flow, tokens)
+    if gemma:  # post_attention_layernorm on the attention output, before the residual add
+        saved += _norm(flow.compute, h, flow, tokens, gemma)
+    saved += _norm(flow.residual, h, flow, tokens, gemma)
+    if flow.base_trainable:
+        saved.append(tensor_bytes(tokens * h * flow.norm_out))
+    for name in ("gate_proj", "up_proj", "gate_up_proj"):
+        if name in adapted:
+            saved += _lora_input_copies(linears[name], flow.norm_out, setup, flow, tokens)
+    mlp = max(flow.linear_out, flow.compute) if adapted else flow.linear_out
+    # SwiGLU: act(gate) saves gate; act * up saves act(gate) and up; down_proj saves the product if it trains.
+    saved += [tensor_bytes(tokens * inter * mlp)] * 3
+    if flow.base_trainable:
+        saved.append(tensor_bytes(tokens * inter * mlp))
+    if "down_proj" in adapted:
+        saved += _lora_input_copies(linears["down_proj"], mlp, setup, flow, tokens)
+    if gemma:  # post_feedforward_layernorm on the MLP output
+        saved += _norm(flow.compute, h, flow, tokens, gemma)
+    return sum(saved)
+
+
+def hidden_state_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """One residual-stream tensor (a checkpointed layer's saved input, or a layer's output)."""
+    return tensor_bytes(tokens * spec.hidden_size * dtype_flow(setup).residual)
+
+
+def autocast_weight_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """Low-precision copies of fp32 weights that autocast makes for each matmul and autograd keeps for backward.
+
+    torch autocast casts an fp32 weight to the autocast dtype for every linear (aten/src/ATen/autocast_mode.cpp,
+    cached_cast); the matmul saves that copy to compute its input gradient. Under bf16-mixed/fp16-mixed that is every
+    linear weight plus lm_head; under QLoRA k-bit preparation only lm_head is an fp32 nn.Linear. LoRA adapters are
+    fp32 too, so their copies count whenever autocast runs.
+    """
+    if not setup.autocast:
+        return 0
+    half = flow_half = HALF_BYTES
+    copies = 0
+    lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half)
+    if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
+        if setup.method is not Method.QLORA:
+            copies += sum(tensor_bytes(lin.weight_params * half) for lin in spec.layer_linears) * spec.num_layers
+        copies += lm_head
+    elif setup.method is Method.QLORA and setup.quant.kbit_prep:
+        copies += lm_head
+    if setup.lora is not None:
+        rank = setup.lora.rank
+        copies += spec.num_layers * sum(
+            tensor_bytes(rank * lin.in_features * flow_half) + tensor_bytes(rank * lin.out_features * flow_half)
+            for lin in spec.lora_linears(setup.lora.targets)
+        )
+    return copies

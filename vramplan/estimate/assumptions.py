@@ -1,0 +1,35 @@
+"""Plain-language list of what an estimate assumed, printed with every answer."""
+
+from __future__ import annotations
+
+from vramplan.models.catalog import ResolvedModel
+from vramplan.training import Method, Precision, TrainingSetup
+
+_PRECISION_TEXT = {
+    Precision.BF16: "bf16 weights, gradients and optimizer states; Trainer bf16=True autocast",
+    Precision.BF16_MIXED: "fp32 weights under bf16 autocast (Trainer bf16=True on an fp32-loaded model)",
+    Precision.FP16_MIXED: "fp32 weights under fp16 autocast with a GradScaler",
+    Precision.FP32: "fp32 everywhere, no autocast",
+}
+
+
+def describe_assumptions(model: ResolvedModel, setup: TrainingSetup) -> list[str]:
+    lines = [
+        f"model: {model.name} ({model.resolved_from})",
+        "stack: transformers + peft + torch (HF Trainer), SDPA attention, standard cross-entropy, 1 GPU",
+        f"precision: {setup.precision.value} = {_PRECISION_TEXT[setup.precision]}",
+        f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
+        f"gradient checkpointing: {'on (non-reentrant, per decoder layer)' if setup.gradient_checkpointing else 'off'}",
+    ]
+    if setup.lora is not None:
+        targets = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(setup.lora.targets)
+        lines.append(f"LoRA: rank {setup.lora.rank} on {targets}, dropout {setup.lora.dropout}, fp32 adapters (peft)")
+    if setup.method is Method.QLORA:
+        quant = setup.quant
+        lines.append(
+            f"4-bit: bitsandbytes {quant.quant_type.upper()}, blocksize 64, "
+            f"double quantization {'on' if quant.double_quant else 'off'}, bf16 compute, "
+            f"k-bit preparation {'on (non-4-bit weights upcast to fp32)' if quant.kbit_prep else 'off'}"
+        )
+    lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
+    return lines

@@ -1,0 +1,28 @@
+"""Byte widths of the dtypes a training step uses, and the CUDA allocator's rounding of each tensor."""
+
+from __future__ import annotations
+
+from vramplan.training import Precision
+
+FP32_BYTES = 4
+HALF_BYTES = 2  # bf16 and fp16
+BOOL_BYTES = 1  # CUDA dropout masks (aten native_dropout returns bool)
+INT64_BYTES = 8  # token ids and labels
+# c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize = 512; memory_allocated counts blocks, each a multiple of it.
+ALLOCATION_GRANULE_BYTES = 512
+
+
+def tensor_bytes(nbytes: int) -> int:
+    """What one tensor of `nbytes` adds to `torch.cuda.memory_allocated` (rounded up to 512 B)."""
+    granule = ALLOCATION_GRANULE_BYTES
+    return -(-nbytes // granule) * granule
+
+
+def weight_bytes_per_param(precision: Precision) -> int:
+    """Load dtype: bf16 for `bf16` (transformers v5 loads the checkpoint dtype), fp32 otherwise."""
+    return HALF_BYTES if precision is Precision.BF16 else FP32_BYTES
+
+
+def compute_bytes(precision: Precision) -> int:
+    """Width of matmul outputs: the autocast dtype, or fp32 when autocast is off."""
+    return FP32_BYTES if precision is Precision.FP32 else HALF_BYTES

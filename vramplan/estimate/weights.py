@@ -1,0 +1,113 @@
+"""Weights held on the GPU: base weights by dtype, bitsandbytes 4-bit storage, LoRA adapters."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from vramplan.estimate.dtypes import FP32_BYTES, tensor_bytes, weight_bytes_per_param
+from vramplan.models.spec import ModelSpec
+from vramplan.training import Method, TrainingSetup
+
+# bitsandbytes/functional.py quantize_4bit: blocksize 64, two 4-bit values per uint8.
+QUANT_BLOCK = 64
+# Double quantization (compress_statistics=True): absmax stored as uint8, re-quantized in blocks of 256.
+NESTED_QUANT_BLOCK = 256
+# QuantState.code: the 16-value NF4/FP4 lookup table (fp32) kept per quantized weight; state2.code: 256-value table.
+QUANT_CODE_VALUES = 16
+NESTED_CODE_VALUES = 256
+
+
+class WeightMemory(BaseModel):
+    """Bytes of the model's own weights and of the LoRA adapters, and the parameter counts behind them."""
+
+    base_bytes: int
+    adapter_bytes: int
+    total_params: int
+    trainable_params: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.base_bytes + self.adapter_bytes
+
+
+def lora_params(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """r x (d_in + d_out) per adapted linear (peft LoraLayer: lora_A is r x d_in, lora_B d_out x r)."""
+    rank = setup.lora.rank
+    per_layer = sum(rank * (lin.in_features + lin.out_features) for lin in spec.lora_linears(setup.lora.targets))
+    return spec.num_layers * per_layer
+
+
+def quantized_linear_bytes(in_features: int, out_features: int, double_quant: bool) -> int:
+    """Storage of one Linear4bit weight as bitsandbytes allocates it (packed data, absmax, code tables)."""
+    numel = in_features * out_features
+    blocks = -(-numel // QUANT_BLOCK)
+    packed = tensor_bytes(-(-numel // 2))
+    code = tensor_bytes(QUANT_CODE_VALUES * FP32_BYTES)
+    if not double_quant:
+        return packed + tensor_bytes(blocks * FP32_BYTES) + code
+    nested_blocks = -(-blocks // NESTED_QUANT_BLOCK)
+    absmax_uint8 = tensor_bytes(blocks)
+    nested_absmax = tensor_bytes(nested_blocks * FP32_BYTES)
+    nested_code = tensor_bytes(NESTED_CODE_VALUES * FP32_BYTES)
+    offset = tensor_bytes(FP32_BYTES)
+    return packed + absmax_uint8 + nested_absmax + nested_code + offset + code
+
+
+def _dense_tensors(spec: ModelSpec) -> list[int]:
+    """Element counts of every non-linear-weight parameter tensor: embeddings, lm_head, norms, biases."""
+    sizes = [spec.embedding_params, spec.final_norm_params]
+    if spec.lm_head_params:
+        sizes.append(spec.lm_head_params)
+    per_layer = [spec.hidden_size] * spec.norms_per_layer
+    if spec.has_qk_norm:
+        per_layer += [spec.head_dim, spec.head_dim]
+    per_layer += [lin.out_features for lin in spec.layer_linears if lin.bias]
+    return sizes + per_layer * spec.num_layers
+
+
+def weight_memory(spec: ModelSpec, setup: TrainingSetup) -> WeightMemory:
+    width = weight_bytes_per_param(setup.precision)
+    dense = _dense_tensors(spec)
+    linears = [lin for lin in spec.layer_linears] * spec.num_layers
+    if setup.method is Method.QLORA:
+        # peft prepare_model_for_kbit_training casts every non-4-bit bf16/fp16 parameter to fp32 (peft/utils/other.py).
+        dense_width = FP32_BYTES if setup.quant.kbit_prep else width
+        base = sum(tensor_bytes(n * dense_width) for n in dense)
+        base += sum(
+            quantized_linear_bytes(lin.in_features, lin.out_features, setup.quant.double_quant) for lin in linears
+        )
+    else:
+        base = sum(tensor_bytes(n * width) for n in dense) + sum(
+            tensor_bytes(lin.weight_params * width) for lin in linears
+        )
+    adapters = 0
+    trainable = spec.total_params
+    if setup.method is not Method.FULL:
+        # peft autocast_adapter_dtype=True keeps adapters in fp32 (peft/tuners/tuners_utils.py).
+        rank = setup.lora.rank
+        adapter_tensors = [
+            n
+            for lin in spec.lora_linears(setup.lora.targets)
+            for n in (rank * lin.in_features, rank * lin.out_features)
+        ] * spec.num_layers
+        adapters = sum(tensor_bytes(n * FP32_BYTES) for n in adapter_tensors)
+        trainable = lora_params(spec, setup)
+    total = spec.total_params + (trainable if setup.method is not Method.FULL else 0)
+    return WeightMemory(base_bytes=base, adapter_bytes=adapters, total_params=total, trainable_params=trainable)
+
+
+def trainable_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
+    """Element count of each trainable tensor (for per-tensor gradients, optimizer states and temporaries)."""
+    if setup.method is Method.FULL:
+        return _dense_tensors(spec) + [lin.weight_params for lin in spec.layer_linears] * spec.num_layers
+    rank = setup.lora.rank
+    return [
+        n for lin in spec.lora_linears(setup.lora.targets) for n in (rank * lin.in_features, rank * lin.out_features)
+    ] * spec.num_layers
+
+
+def trainable_bytes_per_param(setup: TrainingSetup) -> int:
+    """Trainable tensors' dtype: the load dtype for full fine-tuning, fp32 for peft adapters."""
+    if setup.method is Method.FULL:
+        return weight_bytes_per_param(setup.precision)
+    return FP32_BYTES

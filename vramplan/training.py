@@ -1,0 +1,193 @@
+"""TrainingSetup: everything about a run, besides the model, that decides its memory."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vramplan.errors import NotModelledError, UsageError
+
+
+class Method(str, Enum):
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class Precision(str, Enum):
+    """How weights are stored and whether Trainer's autocast runs.
+
+    bf16: weights, gradients and optimizer states in bf16 (transformers v5 loads the checkpoint dtype), with
+    Trainer's `bf16=True` autocast. bf16-mixed / fp16-mixed: fp32 weights under bf16 / fp16 autocast. fp32: no
+    autocast at all.
+    """
+
+    BF16 = "bf16"
+    BF16_MIXED = "bf16-mixed"
+    FP16_MIXED = "fp16-mixed"
+    FP32 = "fp32"
+
+
+class Optimizer(str, Enum):
+    ADAMW = "adamw"
+    ADAMW_FUSED = "adamw-fused"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW = "paged-adamw"
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+
+
+ALL_LINEAR = "all-linear"
+
+
+class LoraSettings(BaseModel):
+    """peft LoraConfig fields that change memory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(16, gt=0)
+    targets: tuple[str, ...] | Literal["all-linear"] = ALL_LINEAR
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+
+
+class QuantSettings(BaseModel):
+    """bitsandbytes 4-bit settings of a QLoRA run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    kbit_prep: bool = True
+
+
+class TrainingSetup(BaseModel):
+    """One GPU's share of a training run: the knobs that move peak memory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method
+    precision: Precision = Precision.BF16
+    optimizer: Optimizer = Optimizer.ADAMW
+    batch_size: int = Field(1, gt=0)
+    seq_len: int = Field(2048, gt=0)
+    gradient_checkpointing: bool
+    lora: LoraSettings | None = None
+    quant: QuantSettings | None = None
+    gpus: int = Field(1, gt=0)
+    strategy: str = "single"
+
+    @model_validator(mode="after")
+    def _method_matches_settings(self) -> TrainingSetup:
+        if self.method is Method.FULL and (self.lora is not None or self.quant is not None):
+            raise ValueError("LoRA/QLoRA options were given with --method full")
+        if self.method is not Method.FULL and self.lora is None:
+            raise ValueError(f"--method {self.method.value} needs LoRA settings")
+        if self.method is Method.LORA and self.quant is not None:
+            raise ValueError("4-bit options (--double-quant, --kbit-prep) need --method qlora")
+        if self.method is Method.QLORA and self.quant is None:
+            raise ValueError("--method qlora needs 4-bit settings")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def autocast(self) -> bool:
+        return self.precision is not Precision.FP32
+
+
+def resolve_setup(
+    method: Method | str,
+    *,
+    precision: Precision | str | None = None,
+    optimizer: Optimizer | str | None = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    lora_rank: int | None = None,
+    lora_targets: str | tuple[str, ...] | None = None,
+    lora_dropout: float | None = None,
+    double_quant: bool | None = None,
+    kbit_prep: bool | None = None,
+    gpus: int | None = None,
+    strategy: str | None = None,
+) -> TrainingSetup:
+    """Fill the defaults users of each method typically run, and reject contradictions with a UsageError."""
+    method = _enum(Method, method, "method")
+    lora_given = any(v is not None for v in (lora_rank, lora_targets, lora_dropout))
+    quant_given = any(v is not None for v in (double_quant, kbit_prep))
+    if method is Method.FULL and (lora_given or quant_given):
+        raise UsageError("LoRA/QLoRA options (--lora-*, --double-quant, --kbit-prep) need --method lora or qlora")
+    if method is Method.LORA and quant_given:
+        raise UsageError("--double-quant/--kbit-prep apply to --method qlora only")
+    lora = None
+    if method is not Method.FULL:
+        defaults = LoraSettings()
+        lora = LoraSettings(
+            rank=_positive(lora_rank, "--lora-rank") if lora_rank is not None else defaults.rank,
+            targets=parse_lora_targets(lora_targets) if lora_targets is not None else defaults.targets,
+            dropout=_dropout(lora_dropout) if lora_dropout is not None else defaults.dropout,
+        )
+    quant = None
+    if method is Method.QLORA:
+        quant = QuantSettings(
+            double_quant=True if double_quant is None else double_quant,
+            kbit_prep=True if kbit_prep is None else kbit_prep,
+        )
+    gpus = 1 if gpus is None else _positive(gpus, "--gpus")
+    strategy = strategy or "single"
+    if gpus > 1 or strategy != "single":
+        raise NotModelledError(
+            f"--gpus {gpus} --strategy {strategy}: multi-GPU strategies are not yet modelled; use --gpus 1"
+        )
+    # peft's prepare_model_for_kbit_training and the common LoRA/QLoRA recipes turn checkpointing on.
+    checkpointing = method is not Method.FULL if gradient_checkpointing is None else gradient_checkpointing
+    return TrainingSetup(
+        method=method,
+        precision=_enum(Precision, precision, "precision") if precision is not None else Precision.BF16,
+        optimizer=_enum(Optimizer, optimizer, "optimizer") if optimizer is not None else Optimizer.ADAMW,
+        batch_size=_positive(batch_size, "--batch-size") if batch_size is not None else 1,
+        seq_len=_positive(seq_len, "--seq-len") if seq_len is not None else 2048,
+        gradient_checkpointing=checkpointing,
+        lora=lora,
+        quant=quant,
+        gpus=gpus,
+        strategy=strategy,
+    )
+
+
+def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Literal["all-linear"]:
+    """`all-linear` or a comma list of module names such as `q_proj,v_proj`."""
+    if isinstance(targets, tuple):
+        names = targets
+    elif targets.strip() == ALL_LINEAR:
+        return ALL_LINEAR
+    else:
+        names = tuple(name.strip() for name in targets.split(",") if name.strip())
+    if not names:
+        raise UsageError("--lora-targets is empty; give all-linear or names such as q_proj,v_proj")
+    return tuple(dict.fromkeys(names))
+
+
+def _enum(kind, value, option: str):
+    try:
+        return kind(value)
+    except ValueError:
+        choices = "|".join(member.value for member in kind)
+        raise UsageError(f"unknown --{option} {value!r}; choose one of {choices}") from None
+
+
+def _positive(value: int, option: str) -> int:
+    if value <= 0:
+        raise UsageError(f"{option} must be a positive integer, got {value}")
+    return value
+
+
+def _dropout(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise UsageError(f"--lora-dropout must be in [0, 1), got {value}")
+    return value
