@@ -53,7 +53,7 @@ def _norm(width_in: int, size: int, flow: Flow, tokens: int, gemma: bool = False
     return saved
 
 
-def _lora_input_copies(lin: LinearShape, input_width: int, setup: TrainingSetup, flow: Flow, tokens: int) -> list[int]:
+def _lora_input_copies(lin: LinearShape, setup: TrainingSetup, flow: Flow, tokens: int) -> list[int]:
     """peft lora.Linear.forward: x.to(fp32) -> dropout -> lora_A -> lora_B.
 
     Saved: dropout's bool mask, lora_A's input (its autocast copy in the compute dtype, or the fp32 tensor when
@@ -83,7 +83,7 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         saved.append(tensor_bytes(tokens * h * attn_in))
     for name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
         if name in adapted:
-            saved += _lora_input_copies(linears[name], attn_in, setup, flow, tokens)
+            saved += _lora_input_copies(linears[name], setup, flow, tokens)
     if spec.has_qk_norm:
         # Qwen3/Gemma3 q_norm and k_norm: RMSNorm over head_dim on the projected queries and keys.
         normed = FP32_BYTES if gemma else flow.compute
@@ -103,7 +103,7 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         tensor_bytes(tokens * spec.num_heads * FP32_BYTES),
     ]
     if "o_proj" in adapted:
-        saved += _lora_input_copies(linears["o_proj"], sdpa, setup, flow, tokens)
+        saved += _lora_input_copies(linears["o_proj"], setup, flow, tokens)
     if gemma:  # post_attention_layernorm on the attention output, before the residual add
         saved += _norm(flow.compute, h, flow, tokens, gemma)
     saved += _norm(flow.residual, h, flow, tokens, gemma)
@@ -111,14 +111,14 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         saved.append(tensor_bytes(tokens * h * flow.norm_out))
     for name in ("gate_proj", "up_proj", "gate_up_proj"):
         if name in adapted:
-            saved += _lora_input_copies(linears[name], flow.norm_out, setup, flow, tokens)
+            saved += _lora_input_copies(linears[name], setup, flow, tokens)
     mlp = max(flow.linear_out, flow.compute) if adapted else flow.linear_out
     # SwiGLU: act(gate) saves gate; act * up saves act(gate) and up; down_proj saves the product if it trains.
     saved += [tensor_bytes(tokens * inter * mlp)] * 3
     if flow.base_trainable:
         saved.append(tensor_bytes(tokens * inter * mlp))
     if "down_proj" in adapted:
-        saved += _lora_input_copies(linears["down_proj"], mlp, setup, flow, tokens)
+        saved += _lora_input_copies(linears["down_proj"], setup, flow, tokens)
     if gemma:  # post_feedforward_layernorm on the MLP output
         saved += _norm(flow.compute, h, flow, tokens, gemma)
     return sum(saved)
@@ -139,7 +139,7 @@ def autocast_weight_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """
     if not setup.autocast:
         return 0
-    half = flow_half = HALF_BYTES
+    half = HALF_BYTES
     copies = 0
     lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half)
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
@@ -151,7 +151,7 @@ def autocast_weight_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     if setup.lora is not None:
         rank = setup.lora.rank
         copies += spec.num_layers * sum(
-            tensor_bytes(rank * lin.in_features * flow_half) + tensor_bytes(rank * lin.out_features * flow_half)
+            tensor_bytes(rank * lin.in_features * half) + tensor_bytes(rank * lin.out_features * half)
             for lin in spec.lora_linears(setup.lora.targets)
         )
     return copies
