@@ -8,38 +8,41 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from vramplan.estimate.dtypes import BOOL_BYTES, FP32_BYTES, HALF_BYTES, compute_bytes, tensor_bytes
+from vramplan.estimate.dtypes import (
+    BOOL_BYTES,
+    FP32_BYTES,
+    HALF_BYTES,
+    compute_bytes,
+    tensor_bytes,
+    weight_bytes_per_param,
+)
+from vramplan.estimate.weights import adapter_tensor_elements
 from vramplan.models.spec import LinearShape, ModelSpec
 from vramplan.training import Method, Precision, TrainingSetup
 
 
 class Flow(BaseModel):
-    """Dtype widths along the residual stream of one setup."""
+    """Dtype widths along the residual stream of one setup, and whether the base weights train."""
 
-    residual: int  # hidden states between layers (embedding dtype)
-    norm_out: int  # RMSNorm output: weight * normed, promoted to the wider of the two
+    residual: int  # hidden states between layers and RMSNorm outputs (the embedding's and norms' dtype)
     compute: int  # matmul outputs under autocast (or fp32 without)
     linear_out: int  # what a base linear returns (Linear4bit casts back to its input dtype)
-    norm_weight_trainable: bool
-    base_trainable: bool
+    weights_train: bool  # full fine-tuning: norm and linear weights need their inputs for their gradients
 
 
 def dtype_flow(setup: TrainingSetup) -> Flow:
     """Trace the dtypes a setup's tensors take through a layer."""
-    precision = setup.precision
-    load = HALF_BYTES if precision is Precision.BF16 else FP32_BYTES
-    compute = compute_bytes(precision)
+    load = weight_bytes_per_param(setup.precision)
     if setup.method is Method.QLORA and setup.quant.kbit_prep:
         load = FP32_BYTES  # prepare_model_for_kbit_training upcasts embeddings and norms to fp32
+    compute = compute_bytes(setup.precision)
     quantized = setup.method is Method.QLORA
     return Flow(
         residual=load,
-        norm_out=load,
         compute=compute,
         # bitsandbytes Linear4bit.forward: `matmul_4bit(x.to(compute_dtype), ...).to(inp_dtype)`
         linear_out=load if quantized else compute,
-        norm_weight_trainable=setup.method is Method.FULL,
-        base_trainable=setup.method is Method.FULL,
+        weights_train=setup.method is Method.FULL,
     )
 
 
@@ -48,7 +51,7 @@ def _norm(width_in: int, size: int, flow: Flow, tokens: int, gemma: bool = False
     only when the weight trains. Llama-style norms cast it back to the input dtype first
     (modeling_llama.py LlamaRMSNorm.forward); Gemma's multiplies by (1 + weight) in fp32 (Gemma3RMSNorm.forward)."""
     saved = [tensor_bytes(tokens * size * FP32_BYTES), tensor_bytes(tokens * FP32_BYTES)]
-    if flow.norm_weight_trainable:
+    if flow.weights_train:
         saved.append(tensor_bytes(tokens * size * (FP32_BYTES if gemma else width_in)))
     return saved
 
@@ -75,12 +78,11 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
     linears = {lin.name: lin for lin in spec.layer_linears}
     saved: list[int] = []
     gemma = spec.norms_per_layer == 4
-    if input_needs_grad or flow.norm_weight_trainable:
+    if input_needs_grad or flow.weights_train:
         saved += _norm(flow.residual, h, flow, tokens, gemma)
-    attn_in = flow.norm_out
     # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
-    if flow.base_trainable:
-        saved.append(tensor_bytes(tokens * h * attn_in))
+    if flow.weights_train:
+        saved.append(tensor_bytes(tokens * h * flow.residual))
     for name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
         if name in adapted:
             saved += _lora_input_copies(linears[name], setup, flow, tokens)
@@ -89,7 +91,7 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         normed = FP32_BYTES if gemma else flow.compute
         saved += _norm(flow.compute, q, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_heads * FP32_BYTES)]
         saved += _norm(flow.compute, kv, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_kv_heads * FP32_BYTES)]
-        if flow.norm_weight_trainable:
+        if flow.weights_train:
             saved += [tensor_bytes(tokens * q * normed), tensor_bytes(tokens * kv * normed)]
     # SDPA (flash / CPU flash) saves q after RoPE, k after RoPE, v, the output and a fp32 logsumexp per head.
     sdpa = flow.compute
@@ -107,15 +109,15 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
     if gemma:  # post_attention_layernorm on the attention output, before the residual add
         saved += _norm(flow.compute, h, flow, tokens, gemma)
     saved += _norm(flow.residual, h, flow, tokens, gemma)
-    if flow.base_trainable:
-        saved.append(tensor_bytes(tokens * h * flow.norm_out))
+    if flow.weights_train:
+        saved.append(tensor_bytes(tokens * h * flow.residual))
     for name in ("gate_proj", "up_proj", "gate_up_proj"):
         if name in adapted:
             saved += _lora_input_copies(linears[name], setup, flow, tokens)
-    mlp = max(flow.linear_out, flow.compute) if adapted else flow.linear_out
+    mlp = flow.linear_out
     # SwiGLU: act(gate) saves gate; act * up saves act(gate) and up; down_proj saves the product if it trains.
     saved += [tensor_bytes(tokens * inter * mlp)] * 3
-    if flow.base_trainable:
+    if flow.weights_train:
         saved.append(tensor_bytes(tokens * inter * mlp))
     if "down_proj" in adapted:
         saved += _lora_input_copies(linears["down_proj"], setup, flow, tokens)
@@ -140,18 +142,12 @@ def autocast_weight_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     if not setup.autocast:
         return 0
     half = HALF_BYTES
-    copies = 0
     lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half)
+    copies = sum(tensor_bytes(n * half) for n in adapter_tensor_elements(spec, setup))
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         if setup.method is not Method.QLORA:
             copies += sum(tensor_bytes(lin.weight_params * half) for lin in spec.layer_linears) * spec.num_layers
         copies += lm_head
     elif setup.method is Method.QLORA and setup.quant.kbit_prep:
         copies += lm_head
-    if setup.lora is not None:
-        rank = setup.lora.rank
-        copies += spec.num_layers * sum(
-            tensor_bytes(rank * lin.in_features * half) + tensor_bytes(rank * lin.out_features * half)
-            for lin in spec.lora_linears(setup.lora.targets)
-        )
     return copies

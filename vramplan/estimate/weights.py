@@ -30,11 +30,15 @@ class WeightMemory(BaseModel):
         return self.base_bytes + self.adapter_bytes
 
 
-def lora_params(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """r x (d_in + d_out) per adapted linear (peft LoraLayer: lora_A is r x d_in, lora_B d_out x r)."""
+def adapter_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
+    """Element count of every LoRA tensor (peft LoraLayer: lora_A is r x d_in, lora_B d_out x r); none for full."""
+    if setup.lora is None:
+        return []
     rank = setup.lora.rank
-    per_layer = sum(rank * (lin.in_features + lin.out_features) for lin in spec.lora_linears(setup.lora.targets))
-    return spec.num_layers * per_layer
+    per_layer = [
+        n for lin in spec.lora_linears(setup.lora.targets) for n in (rank * lin.in_features, rank * lin.out_features)
+    ]
+    return per_layer * spec.num_layers
 
 
 def quantized_linear_bytes(in_features: int, out_features: int, double_quant: bool) -> int:
@@ -68,7 +72,7 @@ def _dense_tensors(spec: ModelSpec) -> list[int]:
 def weight_memory(spec: ModelSpec, setup: TrainingSetup) -> WeightMemory:
     width = weight_bytes_per_param(setup.precision)
     dense = _dense_tensors(spec)
-    linears = [lin for lin in spec.layer_linears] * spec.num_layers
+    linears = list(spec.layer_linears) * spec.num_layers
     if setup.method is Method.QLORA:
         # peft prepare_model_for_kbit_training casts every non-4-bit bf16/fp16 parameter to fp32 (peft/utils/other.py).
         dense_width = FP32_BYTES if setup.quant.kbit_prep else width
@@ -80,30 +84,24 @@ def weight_memory(spec: ModelSpec, setup: TrainingSetup) -> WeightMemory:
         base = sum(tensor_bytes(n * width) for n in dense) + sum(
             tensor_bytes(lin.weight_params * width) for lin in linears
         )
-    adapters = 0
-    trainable = spec.total_params
-    if setup.method is not Method.FULL:
-        # peft autocast_adapter_dtype=True keeps adapters in fp32 (peft/tuners/tuners_utils.py).
-        rank = setup.lora.rank
-        adapter_tensors = [
-            n
-            for lin in spec.lora_linears(setup.lora.targets)
-            for n in (rank * lin.in_features, rank * lin.out_features)
-        ] * spec.num_layers
-        adapters = sum(tensor_bytes(n * FP32_BYTES) for n in adapter_tensors)
-        trainable = lora_params(spec, setup)
-    total = spec.total_params + (trainable if setup.method is not Method.FULL else 0)
-    return WeightMemory(base_bytes=base, adapter_bytes=adapters, total_params=total, trainable_params=trainable)
+    adapter_tensors = adapter_tensor_elements(spec, setup)
+    # peft autocast_adapter_dtype=True keeps adapters in fp32 (peft/tuners/tuners_utils.py).
+    adapters = sum(tensor_bytes(n * FP32_BYTES) for n in adapter_tensors)
+    adapter_params = sum(adapter_tensors)
+    trainable = spec.total_params if setup.method is Method.FULL else adapter_params
+    return WeightMemory(
+        base_bytes=base,
+        adapter_bytes=adapters,
+        total_params=spec.total_params + adapter_params,
+        trainable_params=trainable,
+    )
 
 
 def trainable_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
     """Element count of each trainable tensor (for per-tensor gradients, optimizer states and temporaries)."""
     if setup.method is Method.FULL:
         return _dense_tensors(spec) + [lin.weight_params for lin in spec.layer_linears] * spec.num_layers
-    rank = setup.lora.rank
-    return [
-        n for lin in spec.lora_linears(setup.lora.targets) for n in (rank * lin.in_features, rank * lin.out_features)
-    ] * spec.num_layers
+    return adapter_tensor_elements(spec, setup)
 
 
 def trainable_bytes_per_param(setup: TrainingSetup) -> int:
