@@ -103,7 +103,8 @@ def resolve_model(model: str) -> ResolvedModel:
     if path.exists():
         config = load_config_file(path)
         spec = spec_from_config(config, origin=str(path))
-        name = config.get("_name_or_path") or path.resolve().parent.name if path.is_file() else path.name
+        folder = path.resolve().parent if path.is_file() else path.resolve()
+        name = config.get("_name_or_path") or folder.name
         return ResolvedModel(requested=model, id=str(path), name=str(name), resolved_from=f"config {path}", spec=spec)
     raise ModelConfigError(
         f"--model {model}: not a catalog model, size alias or config.json path "
