@@ -95,3 +95,10 @@ def test_estimate_path_imports_no_torch_transformers_or_pandas():
 def test_models_command_lists_catalog(capsys):
     code, out, _ = run(["models", "--format", "json"], capsys)
     assert code == 0 and len(json.loads(out)) >= 40
+
+
+def test_output_piped_into_a_closed_reader_exits_quietly():
+    script = f"{sys.executable} -m vramplan estimate --model 8b --method lora | head -n 1"
+    completed = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True,
+                               check=False, env={**os.environ, "COLUMNS": "120"})
+    assert completed.returncode == 0 and "Traceback" not in completed.stderr

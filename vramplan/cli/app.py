@@ -8,9 +8,9 @@ import sys
 import typer
 
 try:  # typer >= 0.16 vendors click as typer._click; older typer uses click itself
-    from typer import _click as click
+    from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover
-    import click
+    from click.exceptions import UsageError as ClickUsageError
 
 from vramplan.cli.estimate import estimate_command
 from vramplan.cli.models import models_command
@@ -43,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(str(err), err.exit_code)
-    except click.exceptions.UsageError as err:
+    except ClickUsageError as err:
         return _fail(err.format_message().splitlines()[0], EXIT_USAGE)
-    except click.exceptions.Abort:
+    except typer.Abort:
         return _fail("aborted", EXIT_INTERNAL)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): nothing left to say
+        return 0
     except Exception as err:  # noqa: BLE001 - the one place that turns surprises into a line
         if debug:
             raise

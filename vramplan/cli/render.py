@@ -36,11 +36,15 @@ def emit_estimate(estimate) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    # rich exits with SystemExit(1) when stdout is a closed pipe; let the CLI's handler see a BrokenPipeError.
     console = Console()
+    console.on_broken_pipe = _raise_broken_pipe
     table = Table(title=f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}")
     table.add_column("component")
     table.add_column("GiB", justify="right")
     for name, nbytes in estimate.components.items():
+        if nbytes == 0:
+            continue  # the JSON keeps every component; the table shows the ones that hold memory
         table.add_row(COMPONENT_LABELS.get(name, name), f"{gib(nbytes):.2f}")
     table.add_section()
     table.add_row("peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}")
@@ -57,3 +61,7 @@ def emit_estimate(estimate) -> None:
     for line in estimate.assumptions:
         console.print(f"  - {line}", highlight=False, soft_wrap=True)
     console.print("1 GiB = 2^30 bytes", style="dim")
+
+
+def _raise_broken_pipe() -> None:
+    raise BrokenPipeError
