@@ -9,7 +9,7 @@ MODELS = st.sampled_from(["llama-3.2-1b", "qwen2.5-0.5b", "qwen3-1.7b", "phi-3-m
 BATCH = st.integers(min_value=1, max_value=16)
 SEQ = st.sampled_from([128, 512, 1024, 2048, 4096, 8192])
 METHOD = st.sampled_from(["full", "lora", "qlora"])
-OPTIMIZER = st.sampled_from(["adamw", "adamw-fused", "adamw-8bit", "paged-adamw", "sgd"])
+OPTIMIZER = st.sampled_from(["adamw", "adamw-fused", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "adafactor"])
 
 
 @settings(max_examples=60, deadline=None)

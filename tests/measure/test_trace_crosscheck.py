@@ -40,6 +40,11 @@ CASES = [
     pytest.param(LLAMA, dict(method="qlora", gradient_checkpointing=False), id="llama-qlora-nockpt"),
     pytest.param(QWEN3, dict(method="qlora", double_quant=False, kbit_prep=False), id="qwen3-qlora-plain"),
     pytest.param(MISTRAL, dict(method="full", optimizer="adamw-8bit", batch_size=1, seq_len=1024), id="mistral-8bit"),
+    pytest.param(LLAMA, dict(method="full", optimizer="adafactor"), id="llama-full-adafactor"),
+    pytest.param(LLAMA, dict(method="lora", precision="bf16-mixed"), id="llama-lora-bf16mixed-ckpt"),
+    pytest.param(LLAMA, dict(method="full", precision="bf16-mixed", gradient_checkpointing=True),
+                 id="llama-full-bf16mixed-ckpt"),
+    pytest.param(QWEN3, dict(method="full", precision="fp16-mixed"), id="qwen3-full-fp16mixed"),
 ]
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
-from vramplan.estimate.activations import autocast_weight_copy_bytes, hidden_state_bytes, layer_saved_bytes
+from vramplan.estimate.activations import autocast_weight_copies, hidden_state_bytes, layer_saved_bytes
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.logits import logits_memory
 from vramplan.estimate.optimizer import optimizer_memory
 from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
-from vramplan.estimate.weights import trainable_bytes_per_param, trainable_tensor_elements, weight_memory
+from vramplan.estimate.weights import trainable_bytes_per_param, trainable_tensor_shapes, weight_memory
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.errors import NotModelledError
@@ -73,8 +75,6 @@ def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
             "gemma2 trains with eager attention in transformers (it has no SDPA path), which keeps the s x s "
             "attention scores; that path is not modelled yet"
         )
-    if setup.optimizer is Optimizer.ADAFACTOR:
-        raise NotModelledError("--optimizer adafactor is not modelled yet; use adamw, adamw-8bit, sgd or a paged AdamW")
 
 
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
@@ -82,17 +82,17 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     refuse_unmodelled(spec, setup)
     tokens = setup.tokens_per_step
     weights = weight_memory(spec, setup)
-    elements = trainable_tensor_elements(spec, setup)
+    shapes = trainable_tensor_shapes(spec, setup)
     width = trainable_bytes_per_param(setup)
-    gradients = sum(tensor_bytes(n * width) for n in elements)
-    opt = optimizer_memory(setup.optimizer, elements, width)
+    gradients = sum(tensor_bytes(math.prod(shape) * width) for shape in shapes)
+    opt = optimizer_memory(setup.optimizer, shapes, width)
     kept, recompute = activation_bytes(spec, setup)
     logits = logits_memory(spec, setup)
     # token ids and labels (int64), shifted labels
     inputs = 3 * tensor_bytes(tokens * INT64_BYTES)
     hidden = hidden_state_bytes(spec, setup, tokens)
     final_norm = tensor_bytes(tokens * spec.hidden_size * FP32_BYTES)
-    copies = autocast_weight_copy_bytes(spec, setup)
+    copies = autocast_weight_copies(spec, setup)
     persistent = {
         "weights": weights.base_bytes,
         "lora_adapters": weights.adapter_bytes,
@@ -103,7 +103,7 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         components={
             **persistent,
             "activations": kept + hidden + final_norm + inputs,
-            "autocast_weight_copies": copies,
+            "autocast_weight_copies": copies.forward_bytes,
             "logits_loss": logits.forward_peak_bytes,
         },
     )
@@ -112,7 +112,7 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         components={
             **persistent,
             "activations": kept + inputs,
-            "autocast_weight_copies": copies,
+            "autocast_weight_copies": copies.loss_backward_bytes,
             "logits_loss": logits.backward_peak_bytes,
         },
     )
@@ -123,6 +123,7 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         components={
             **persistent,
             "activations": kept + recompute + inputs + 2 * hidden,
+            "autocast_weight_copies": copies.layer_bytes,
             "gradients": gradients - _embedding_gradient_bytes(spec, setup),
         },
     )

@@ -131,23 +131,38 @@ def hidden_state_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> in
     return tensor_bytes(tokens * spec.hidden_size * dtype_flow(setup).residual)
 
 
-def autocast_weight_copy_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """Low-precision copies of fp32 weights that autocast makes for each matmul and autograd keeps for backward.
+class AutocastCopies(BaseModel):
+    """Autocast's low-precision copies of fp32 weights alive at the forward peak, at the start of the loss backward,
+    and for one layer in the layer backward."""
+
+    forward_bytes: int
+    loss_backward_bytes: int
+    layer_bytes: int
+
+
+def autocast_weight_copies(spec: ModelSpec, setup: TrainingSetup) -> AutocastCopies:
+    """Low-precision copies of fp32 weights that autocast makes for each matmul.
 
     torch autocast casts an fp32 weight to the autocast dtype for every linear (aten/src/ATen/autocast_mode.cpp,
-    cached_cast); the matmul saves that copy to compute its input gradient. Under bf16-mixed/fp16-mixed that is every
-    linear weight plus lm_head; under QLoRA k-bit preparation only lm_head is an fp32 nn.Linear. LoRA adapters are
-    fp32 too, so their copies count whenever autocast runs.
+    cached_cast, which caches casts of leaf tensors that require grad until the autocast region exits); the matmul
+    saves the copy for its input gradient. fp32 linears: every base linear under bf16-mixed/fp16-mixed (not the 4-bit
+    ones), lm_head whenever the dense weights are fp32 (mixed precision, or QLoRA k-bit preparation), and the LoRA
+    adapters. Under checkpointing a layer's forward saves nothing, so only the cached (trainable) copies outlive it,
+    until autocast exits at the end of the forward.
     """
     if not setup.autocast:
-        return 0
+        return AutocastCopies(forward_bytes=0, loss_backward_bytes=0, layer_bytes=0)
     half = HALF_BYTES
-    lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half)
-    copies = sum(tensor_bytes(n * half) for n in adapter_tensor_elements(spec, setup))
-    if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
-        if setup.method is not Method.QLORA:
-            copies += sum(tensor_bytes(lin.weight_params * half) for lin in spec.layer_linears) * spec.num_layers
-        copies += lm_head
-    elif setup.method is Method.QLORA and setup.quant.kbit_prep:
-        copies += lm_head
-    return copies
+    lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half) if dtype_flow(setup).residual == FP32_BYTES else 0
+    layer_base = 0
+    if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED) and setup.method is not Method.QLORA:
+        layer_base = sum(tensor_bytes(lin.weight_params * half) for lin in spec.layer_linears)
+    layer_adapters = sum(tensor_bytes(n * half) for n in adapter_tensor_elements(spec, setup)) // spec.num_layers
+    layer = layer_base + layer_adapters
+    if not setup.gradient_checkpointing:
+        kept = spec.num_layers * layer + lm_head
+        return AutocastCopies(forward_bytes=kept, loss_backward_bytes=kept, layer_bytes=layer)
+    cached = layer_adapters + (layer_base if setup.method is Method.FULL else 0)
+    return AutocastCopies(
+        forward_bytes=spec.num_layers * cached + lm_head, loss_backward_bytes=lm_head, layer_bytes=layer
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from vramplan.errors import NotModelledError
@@ -18,6 +20,12 @@ BNB_8BIT_BLOCK = 256
 BNB_QMAP_VALUES = 256
 
 
+# transformers/optimization.py Adafactor.step, while `update = grad**2 + eps` is formed (and again in
+# _approx_sq_grad): grad.float(), p.float(), grad**2 and update for a bf16/fp16 tensor; grad**2 and update for fp32.
+ADAFACTOR_FP32_COPIES_HALF = 4
+ADAFACTOR_FP32_COPIES_FP32 = 2
+
+
 class OptimizerMemory(BaseModel):
     """States the torch allocator holds, states outside it (paged), and the step's peak temporaries."""
 
@@ -26,8 +34,9 @@ class OptimizerMemory(BaseModel):
     step_temporary_bytes: int
 
 
-def optimizer_memory(optimizer: Optimizer, tensors: list[int], param_bytes: int) -> OptimizerMemory:
-    """Memory of `optimizer` over trainable tensors with `tensors` elements each, stored `param_bytes` wide."""
+def optimizer_memory(optimizer: Optimizer, shapes: list[tuple[int, ...]], param_bytes: int) -> OptimizerMemory:
+    """Memory of `optimizer` over trainable tensors of these shapes, stored `param_bytes` wide."""
+    tensors = [math.prod(shape) for shape in shapes]
     if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED, Optimizer.PAGED_ADAMW):
         states = sum(ADAM_STATES_PER_PARAM * tensor_bytes(n * param_bytes) for n in tensors)
         # state["step"] is a 0-d fp32 tensor per parameter (torch/optim/adamw.py, _init_group).
@@ -47,6 +56,8 @@ def optimizer_memory(optimizer: Optimizer, tensors: list[int], param_bytes: int)
     if optimizer is Optimizer.SGD:
         # Trainer's optim="sgd": torch.optim.SGD without momentum keeps no state and updates in place.
         return OptimizerMemory(state_bytes=0, paged_state_bytes=0, step_temporary_bytes=0)
+    if optimizer is Optimizer.ADAFACTOR:
+        return _adafactor_memory(shapes, param_bytes)
     raise NotModelledError(f"--optimizer {optimizer.value} is not modelled yet")
 
 
@@ -64,3 +75,24 @@ def _bnb_8bit_state_bytes(elements: int) -> int:
     blocks = -(-elements // BNB_8BIT_BLOCK)
     per_state = tensor_bytes(elements) + tensor_bytes(blocks * FP32_BYTES)
     return ADAM_STATES_PER_PARAM * per_state
+
+
+def _adafactor_memory(shapes: list[tuple[int, ...]], param_bytes: int) -> OptimizerMemory:
+    """transformers.optimization.Adafactor as Trainer's optim="adafactor" builds it (no first moment).
+
+    States (fp32, `.to(grad)` after `grad.float()`): a factored second moment, one row and one column vector, for
+    tensors of 2+ dims; a full exp_avg_sq for vectors; and state["RMS"], a 0-d tensor per parameter. The step runs
+    parameter by parameter; its peak holds fp32 copies of the largest tensor.
+    """
+    states = 0
+    for shape in shapes:
+        if len(shape) >= 2:
+            states += tensor_bytes(math.prod(shape[:-1]) * FP32_BYTES) + tensor_bytes(math.prod(shape[:-2] + shape[-1:]) * FP32_BYTES)
+        else:
+            states += tensor_bytes(math.prod(shape) * FP32_BYTES)
+        states += tensor_bytes(FP32_BYTES)
+    copies = ADAFACTOR_FP32_COPIES_HALF if param_bytes < FP32_BYTES else ADAFACTOR_FP32_COPIES_FP32
+    largest = max((math.prod(shape) for shape in shapes), default=0)
+    return OptimizerMemory(
+        state_bytes=states, paged_state_bytes=0, step_temporary_bytes=copies * tensor_bytes(largest * FP32_BYTES)
+    )

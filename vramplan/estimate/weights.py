@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from vramplan.estimate.dtypes import FP32_BYTES, tensor_bytes, weight_bytes_per_param
@@ -30,15 +32,21 @@ class WeightMemory(BaseModel):
         return self.base_bytes + self.adapter_bytes
 
 
-def adapter_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
-    """Element count of every LoRA tensor (peft LoraLayer: lora_A is r x d_in, lora_B d_out x r); none for full."""
+def adapter_tensor_shapes(spec: ModelSpec, setup: TrainingSetup) -> list[tuple[int, ...]]:
+    """Shape of every LoRA tensor (peft LoraLayer: lora_A is r x d_in, lora_B d_out x r); none for full."""
     if setup.lora is None:
         return []
     rank = setup.lora.rank
     per_layer = [
-        n for lin in spec.lora_linears(setup.lora.targets) for n in (rank * lin.in_features, rank * lin.out_features)
+        shape
+        for lin in spec.lora_linears(setup.lora.targets)
+        for shape in ((rank, lin.in_features), (lin.out_features, rank))
     ]
     return per_layer * spec.num_layers
+
+
+def adapter_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
+    return [math.prod(shape) for shape in adapter_tensor_shapes(spec, setup)]
 
 
 def quantized_linear_bytes(in_features: int, out_features: int, double_quant: bool) -> int:
@@ -57,16 +65,20 @@ def quantized_linear_bytes(in_features: int, out_features: int, double_quant: bo
     return packed + absmax_uint8 + nested_absmax + nested_code + offset + code
 
 
-def _dense_tensors(spec: ModelSpec) -> list[int]:
-    """Element counts of every non-linear-weight parameter tensor: embeddings, lm_head, norms, biases."""
-    sizes = [spec.embedding_params, spec.final_norm_params]
+def _dense_tensor_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
+    """Shapes of every non-linear-weight parameter tensor: embeddings, lm_head, norms, biases."""
+    shapes: list[tuple[int, ...]] = [(spec.vocab_size, spec.hidden_size), (spec.final_norm_params,)]
     if spec.lm_head_params:
-        sizes.append(spec.lm_head_params)
-    per_layer = [spec.hidden_size] * spec.norms_per_layer
+        shapes.append((spec.vocab_size, spec.hidden_size))
+    per_layer = [(spec.hidden_size,)] * spec.norms_per_layer
     if spec.has_qk_norm:
-        per_layer += [spec.head_dim, spec.head_dim]
-    per_layer += [lin.out_features for lin in spec.layer_linears if lin.bias]
-    return sizes + per_layer * spec.num_layers
+        per_layer += [(spec.head_dim,), (spec.head_dim,)]
+    per_layer += [(lin.out_features,) for lin in spec.layer_linears if lin.bias]
+    return shapes + per_layer * spec.num_layers
+
+
+def _dense_tensors(spec: ModelSpec) -> list[int]:
+    return [math.prod(shape) for shape in _dense_tensor_shapes(spec)]
 
 
 def weight_memory(spec: ModelSpec, setup: TrainingSetup) -> WeightMemory:
@@ -97,11 +109,12 @@ def weight_memory(spec: ModelSpec, setup: TrainingSetup) -> WeightMemory:
     )
 
 
-def trainable_tensor_elements(spec: ModelSpec, setup: TrainingSetup) -> list[int]:
-    """Element count of each trainable tensor (for per-tensor gradients, optimizer states and temporaries)."""
+def trainable_tensor_shapes(spec: ModelSpec, setup: TrainingSetup) -> list[tuple[int, ...]]:
+    """Shape of each trainable tensor (for per-tensor gradients, optimizer states and temporaries)."""
     if setup.method is Method.FULL:
-        return _dense_tensors(spec) + [lin.weight_params for lin in spec.layer_linears] * spec.num_layers
-    return adapter_tensor_elements(spec, setup)
+        linears = [(lin.out_features, lin.in_features) for lin in spec.layer_linears] * spec.num_layers
+        return _dense_tensor_shapes(spec) + linears
+    return adapter_tensor_shapes(spec, setup)
 
 
 def trainable_bytes_per_param(setup: TrainingSetup) -> int:
