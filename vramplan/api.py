@@ -19,3 +19,13 @@ def estimate(model: str, method: str = "lora", **options) -> Estimate:
     setup = resolve_setup(method, **options)
     result = estimate_memory(resolved, setup)
     return result.model_copy(update={"assumptions": describe_assumptions(resolved, setup)})
+
+
+def trace(model: str, method: str = "lora", **options):
+    """Trace one training step of `model` with `method` on CPU (fake tensors) and return its measured peaks.
+
+    Takes the same options as `estimate`. Needs the `probe` extra (torch, transformers, peft, bitsandbytes).
+    """
+    from vramplan.measure.trace import trace_memory
+
+    return trace_memory(resolve_model(model), resolve_setup(method, **options))

@@ -28,3 +28,21 @@ class NotModelledError(UsageError):
 
 class ModelConfigError(UsageError):
     """A model name, alias or config.json that cannot be resolved to an architecture."""
+
+
+class CannotCheckError(VramplanError):
+    """The check cannot run here (no GPU or driver, a missing optional dependency)."""
+
+    exit_code = EXIT_CANNOT_CHECK
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Fail with one line naming the pip extra when a command's optional dependencies are missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CannotCheckError(
+            f"this command needs {', '.join(missing)}: pip install 'vramplan[{extra}]' "
+            "(CPU torch first: pip install torch)"
+        )

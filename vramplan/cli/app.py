@@ -14,6 +14,8 @@ except ImportError:  # pragma: no cover
 
 from vramplan.cli.estimate import estimate_command
 from vramplan.cli.models import models_command
+from vramplan.cli.trace import trace_command
+from vramplan.cli.validate import validate_command
 from vramplan.errors import EXIT_INTERNAL, EXIT_USAGE, VramplanError
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app = typer.Typer(
 )
 app.command("estimate")(estimate_command)
 app.command("models")(models_command)
+app.command("trace")(trace_command)
+app.command("validate")(validate_command)
 
 
 def _fail(message: str, code: int) -> int:

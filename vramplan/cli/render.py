@@ -19,6 +19,8 @@ COMPONENT_LABELS = {
     "activations": "activations",
     "logits_loss": "logits / loss",
     "autocast_weight_copies": "autocast weight copies",
+    "parameters": "parameters (weights, adapters, buffers)",
+    "temporaries": "temporaries (backward, optimizer step)",
 }
 
 
@@ -59,6 +61,44 @@ def emit_estimate(estimate) -> None:
     )
     console.print("assumptions:")
     for line in estimate.assumptions:
+        console.print(f"  - {line}", highlight=False, soft_wrap=True)
+    console.print("1 GiB = 2^30 bytes", style="dim")
+
+
+def emit_trace(trace, top_modules: int = 0) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.on_broken_pipe = _raise_broken_pipe
+    table = Table(title=f"{trace.model.name}: {trace.setup.method.value}, traced peak in {trace.peak_phase}")
+    table.add_column("category at the peak")
+    table.add_column("GiB", justify="right")
+    for name, nbytes in trace.components.items():
+        if nbytes:
+            table.add_row(COMPONENT_LABELS.get(name, name), f"{gib(nbytes):.2f}")
+    table.add_section()
+    peak = gib(trace.peak_allocated_bytes)
+    table.add_row("peak allocated (live tensors, as torch max_memory_allocated)", f"{peak:.2f}")
+    console.print(table)
+    phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in trace.phases)
+    console.print(f"phase peaks (GiB): {phases}")
+    console.print(
+        f"parameters: {trace.trainable_params:,} trainable of {trace.total_params:,}; "
+        f"traced in {trace.trace_seconds:.1f} s"
+    )
+    if top_modules:
+        modules = Table(title="where the peak's bytes are (layers.* = summed over every layer)")
+        modules.add_column("module")
+        modules.add_column("x", justify="right")
+        modules.add_column("GiB", justify="right")
+        modules.add_column("mostly")
+        for row in trace.by_module[:top_modules]:
+            main = max(row.categories, key=row.categories.get)
+            modules.add_row(row.module, str(row.count), f"{gib(row.bytes):.3f}", main)
+        console.print(modules)
+    console.print("GPU corrections and limits:")
+    for line in trace.gpu_corrections:
         console.print(f"  - {line}", highlight=False, soft_wrap=True)
     console.print("1 GiB = 2^30 bytes", style="dim")
 

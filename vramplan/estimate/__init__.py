@@ -6,16 +6,32 @@ import math
 
 from pydantic import BaseModel
 
-from vramplan.estimate.activations import autocast_weight_copies, hidden_state_bytes, layer_saved_bytes
+from vramplan.estimate.activations import (
+    autocast_weight_copies,
+    final_norm_saved_bytes,
+    hidden_state_bytes,
+    layer_saved_bytes,
+    masked_layer_ids,
+    mlp_backward,
+    mlp_forward_transient_bytes,
+    post_mlp_norm_backward_bytes,
+    model_mask_bytes,
+    recompute_transient_bytes,
+)
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.logits import logits_memory
 from vramplan.estimate.optimizer import optimizer_memory
 from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
-from vramplan.estimate.weights import trainable_bytes_per_param, trainable_tensor_shapes, weight_memory
+from vramplan.estimate.weights import (
+    layer_gradient_bytes,
+    trainable_bytes_per_param,
+    trainable_tensor_shapes,
+    weight_memory,
+)
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.errors import NotModelledError
-from vramplan.training import Method, Optimizer, TrainingSetup
+from vramplan.training import Method, TrainingSetup
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -52,13 +68,16 @@ class Estimate(BaseModel):
 def activation_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
     """(bytes kept through the forward by all layers, bytes of one recomputed layer under checkpointing)."""
     tokens = setup.tokens_per_step
-    layer = layer_saved_bytes(spec, setup, tokens)
+    masked = masked_layer_ids(spec, setup)
     if setup.gradient_checkpointing:
         # transformers GradientCheckpointingLayer: each layer keeps only its input; backward recomputes one layer.
-        return spec.num_layers * hidden_state_bytes(spec, setup, tokens), layer
+        recompute = layer_saved_bytes(spec, setup, tokens, masked=spec.num_layers - 1 in masked, input_kept=True)
+        return spec.num_layers * hidden_state_bytes(spec, setup, tokens), recompute
     first_needs_grad = setup.method is Method.FULL
-    first = layer_saved_bytes(spec, setup, tokens, input_needs_grad=first_needs_grad)
-    return first + (spec.num_layers - 1) * layer, 0
+    return sum(
+        layer_saved_bytes(spec, setup, tokens, input_needs_grad=first_needs_grad or i > 0, masked=i in masked)
+        for i in range(spec.num_layers)
+    ), 0
 
 
 def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
@@ -77,6 +96,67 @@ def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
         )
 
 
+def _layer_backward_points(
+    spec: ModelSpec, setup: TrainingSetup, persistent: dict[str, int], inputs: int, copies: int, gradients: int
+) -> list[PhasePeak]:
+    """Candidate peaks of the layer backward.
+
+    Backward walks the layers from the top; at layer i the inputs (checkpointing) or saved tensors of layers
+    0..i are alive and the gradients of layers i+1..L-1 exist. Among layers of one kind (sliding-window or full
+    attention) that is linear in i, so each kind's topmost and bottommost layer are the candidates. In each
+    candidate layer three moments are taken: where its backward starts (after recomputation, with what that
+    leaves in flight, and the gradients of the layer's output and input), the SwiGLU step of its MLP backward,
+    and (Gemma) its fp32 post-feedforward norm's backward.
+    """
+    tokens = setup.tokens_per_step
+    hidden = hidden_state_bytes(spec, setup, tokens)
+    per_layer_grads = layer_gradient_bytes(spec, setup)
+    last = _embedding_gradient_bytes(spec, setup)  # the input embedding's gradient arrives after every layer
+    before_layers = gradients - last - spec.num_layers * per_layer_grads  # lm_head, final norm
+    masked = set(masked_layer_ids(spec, setup))
+    mlp = mlp_backward(spec, setup, tokens)
+    post_norm = post_mlp_norm_backward_bytes(spec, setup, tokens)
+    ckpt = setup.gradient_checkpointing
+    # Recomputation passes through the MLP's forward transient before it stops at the layer's last saving op.
+    transient = 0
+    if ckpt:
+        transient = max(
+            recompute_transient_bytes(spec, setup, tokens), mlp_forward_transient_bytes(spec, setup, tokens)
+        )
+    full = setup.method is Method.FULL
+    saved = [
+        layer_saved_bytes(spec, setup, tokens, input_needs_grad=full or i > 0, masked=i in masked, input_kept=ckpt)
+        for i in range(spec.num_layers)
+    ]
+    # Memory is linear in i among layers of one kind (sliding-window or not): the candidates are each kind's
+    # topmost and bottommost layer.
+    layers = range(spec.num_layers)
+    kinds = ([i for i in layers if i in masked], [i for i in layers if i not in masked])
+    candidates = sorted({i for kind in kinds if kind for i in (kind[0], kind[-1])})
+    ends = []
+    for i in candidates:
+        others = (i + 1) * hidden if ckpt else sum(saved[:i])
+        ends.append((others, saved[i], before_layers + (spec.num_layers - 1 - i) * per_layer_grads))
+    points = []
+    for others, layer, grads in ends:
+        start = others + layer + transient + 2 * hidden
+        mlp_step = others + layer - mlp.released_bytes + mlp.in_flight_bytes
+        norm_step = others + layer + post_norm
+        for acts in (start, mlp_step, norm_step):
+            points.append(
+                PhasePeak(
+                    phase="backward",
+                    components={
+                        **persistent,
+                        "activations": acts + inputs,
+                        "autocast_weight_copies": copies,
+                        "gradients": grads,
+                    },
+                )
+            )
+    return points
+
+
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     refuse_unmodelled(spec, setup)
@@ -86,10 +166,10 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     width = trainable_bytes_per_param(setup)
     gradients = sum(tensor_bytes(math.prod(shape) * width) for shape in shapes)
     opt = optimizer_memory(setup.optimizer, shapes, width)
-    kept, recompute = activation_bytes(spec, setup)
+    kept, _ = activation_bytes(spec, setup)
     logits = logits_memory(spec, setup)
-    # token ids and labels (int64), shifted labels
-    inputs = 3 * tensor_bytes(tokens * INT64_BYTES)
+    # token ids and labels (int64), shifted labels; a sliding-window model's bool mask
+    inputs = 3 * tensor_bytes(tokens * INT64_BYTES) + model_mask_bytes(spec, setup)
     hidden = hidden_state_bytes(spec, setup, tokens)
     final_norm = tensor_bytes(tokens * spec.hidden_size * FP32_BYTES)
     copies = autocast_weight_copies(spec, setup)
@@ -107,27 +187,27 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             "logits_loss": logits.forward_peak_bytes,
         },
     )
+    # Inside the last layer's forward, at its down_proj (the logits do not exist yet).
+    last_layer_forward = PhasePeak(
+        phase="forward",
+        components={
+            **persistent,
+            "activations": kept + inputs + mlp_forward_transient_bytes(spec, setup, tokens),
+            "autocast_weight_copies": copies.forward_bytes,
+        },
+    )
+    forward = max(forward, last_layer_forward, key=lambda p: p.total_bytes)
     loss_backward = PhasePeak(
         phase="backward",
         components={
             **persistent,
-            "activations": kept + inputs,
+            "activations": kept + inputs + final_norm_saved_bytes(spec, setup, tokens),
             "autocast_weight_copies": copies.loss_backward_bytes,
             "logits_loss": logits.backward_peak_bytes,
         },
     )
-    # Deepest point of the layer backward: every gradient but the embedding's exists, one layer is recomputed
-    # (checkpointing) and the incoming and outgoing hidden-state gradients are live.
-    layer_backward = PhasePeak(
-        phase="backward",
-        components={
-            **persistent,
-            "activations": kept + recompute + inputs + 2 * hidden,
-            "autocast_weight_copies": copies.layer_bytes,
-            "gradients": gradients - _embedding_gradient_bytes(spec, setup),
-        },
-    )
-    backward = max(loss_backward, layer_backward, key=lambda p: p.total_bytes)
+    layer_points = _layer_backward_points(spec, setup, persistent, inputs, copies.layer_bytes, gradients)
+    backward = max([loss_backward, *layer_points], key=lambda p: p.total_bytes)
     step = PhasePeak(
         phase="optimizer",
         components={**persistent, "gradients": gradients, "optimizer_temporaries": opt.step_temporary_bytes},

@@ -70,8 +70,20 @@ def _lora_input_copies(lin: LinearShape, setup: TrainingSetup, flow: Flow, token
     return saved
 
 
-def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_needs_grad: bool = True) -> int:
-    """Bytes one decoder layer keeps for backward when it runs without checkpointing."""
+def layer_saved_bytes(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    tokens: int,
+    input_needs_grad: bool = True,
+    masked: bool = False,
+    input_kept: bool = False,
+) -> int:
+    """Bytes one decoder layer keeps for backward when it runs without checkpointing.
+
+    `masked`: the layer's SDPA call gets an explicit mask (a sliding-window layer at or past its window).
+    `input_kept`: the layer's input is already counted (checkpointing keeps it); an fp32 residual stream makes
+    the input norm's `x.to(float32)` that same tensor rather than a copy.
+    """
     flow = dtype_flow(setup)
     h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
     adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
@@ -79,7 +91,10 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
     saved: list[int] = []
     gemma = spec.norms_per_layer == 4
     if input_needs_grad or flow.weights_train:
-        saved += _norm(flow.residual, h, flow, tokens, gemma)
+        input_norm = _norm(flow.residual, h, flow, tokens, gemma)
+        if input_kept and flow.residual == FP32_BYTES:
+            input_norm = input_norm[1:]
+        saved += input_norm
     # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
     if flow.weights_train:
         saved.append(tensor_bytes(tokens * h * flow.residual))
@@ -93,17 +108,7 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         saved += _norm(flow.compute, kv, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_kv_heads * FP32_BYTES)]
         if flow.weights_train:
             saved += [tensor_bytes(tokens * q * normed), tensor_bytes(tokens * kv * normed)]
-    # SDPA (flash / CPU flash) saves q after RoPE, k after RoPE, v, the output and a fp32 logsumexp per head.
-    sdpa = flow.compute
-    # Phi-3 slices v out of the fused qkv_proj output, so SDPA's saved v keeps that whole tensor alive.
-    v_storage = q + 2 * kv if spec.fused_projections else kv
-    saved += [
-        tensor_bytes(tokens * q * sdpa),
-        tensor_bytes(tokens * kv * sdpa),
-        tensor_bytes(tokens * v_storage * sdpa),
-        tensor_bytes(tokens * q * sdpa),
-        tensor_bytes(tokens * spec.num_heads * FP32_BYTES),
-    ]
+    saved += _sdpa_saved(spec, setup, flow, tokens, masked)
     if "o_proj" in adapted:
         saved += _lora_input_copies(linears["o_proj"], setup, flow, tokens)
     if gemma:  # post_attention_layernorm on the attention output, before the residual add
@@ -123,6 +128,169 @@ def layer_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, input_
         saved += _lora_input_copies(linears["down_proj"], setup, flow, tokens)
     if gemma:  # post_feedforward_layernorm on the MLP output
         saved += _norm(flow.compute, h, flow, tokens, gemma)
+    return sum(saved)
+
+
+def _sdpa_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: int, masked: bool) -> list[int]:
+    """SDPA (CUDA flash / efficient, CPU flash) saves q after RoPE, k, v, the output and an fp32 logsumexp per head.
+
+    Without a mask transformers passes k and v with their own (fewer) heads and `enable_gqa=True`; with one,
+    `use_gqa_in_sdpa` is false, so `repeat_kv` widens k and v to every query head, and SDPA also saves the mask,
+    converted to the query dtype at full batch size (ATen `convert_boolean_attn_mask`), b x s x s
+    (transformers integrations/sdpa_attention.py; traced in validation/matrix.toml's sliding-window cases).
+    """
+    q, kv, sdpa = spec.q_size, spec.kv_size, flow.compute
+    if masked:
+        return [
+            tensor_bytes(tokens * q * sdpa),
+            tensor_bytes(tokens * q * sdpa),
+            tensor_bytes(tokens * q * sdpa),
+            tensor_bytes(tokens * q * sdpa),
+            tensor_bytes(tokens * spec.num_heads * FP32_BYTES),
+            tensor_bytes(tokens * setup.seq_len * sdpa),
+        ]
+    # Phi-3 slices v out of the fused qkv_proj output, so SDPA's saved v keeps that whole tensor alive, unless
+    # autocast casts v for SDPA (a Linear4bit returns fp32 under k-bit preparation), which makes v its own copy.
+    shares_qkv = spec.fused_projections and flow.linear_out == sdpa
+    v_storage = q + 2 * kv if shares_qkv else kv
+    return [
+        tensor_bytes(tokens * q * sdpa),
+        tensor_bytes(tokens * kv * sdpa),
+        tensor_bytes(tokens * v_storage * sdpa),
+        tensor_bytes(tokens * q * sdpa),
+        tensor_bytes(tokens * spec.num_heads * FP32_BYTES),
+    ]
+
+
+def masked_layer_ids(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, ...]:
+    """Layers whose SDPA gets an explicit mask: sliding-window layers once the sequence reaches the window
+    (transformers masking_utils._ignore_causal_mask_sdpa keeps the mask when kv_length >= local_attention_size)."""
+    if spec.sliding_window is None or setup.seq_len < spec.sliding_window:
+        return ()
+    return spec.sliding_layer_ids
+
+
+def masked_attention_layers(spec: ModelSpec, setup: TrainingSetup) -> int:
+    return len(masked_layer_ids(spec, setup))
+
+
+def model_mask_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """The bool sliding-window mask the model builds once (1 x 1 x s x s), alive through forward and backward."""
+    if not masked_attention_layers(spec, setup):
+        return 0
+    return tensor_bytes(setup.seq_len * setup.seq_len * BOOL_BYTES)
+
+
+def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """Unsaved tensors alive when checkpointing's recomputation of a layer stops, plus gradients already in flight.
+
+    Non-reentrant checkpointing recomputes a layer when its backward first unpacks a saved tensor, and stops
+    early once the last tensor the layer saves is recomputed (torch/utils/checkpoint.py, early stop). What else
+    is alive at that moment depends on the layer's last saving op:
+    - full fine-tuning: down_proj's matmul saves its input; nothing unsaved is alive;
+    - Gemma: the post-feedforward norm saves last; down_proj's output is alive;
+    - a LoRA-adapted down_proj: peft's lora_B saves last; the MLP product and the base output are alive;
+    - a frozen torch Linear: it saves its weight, so recomputation runs through down_proj: product and output;
+    - a frozen bitsandbytes Linear4bit: MatMul4Bit keeps its weight outside save_for_backward, so its input
+      gradient is computed before the recomputation, which stops at the SwiGLU multiply: the product and its
+      gradient are alive.
+    """
+    flow = dtype_flow(setup)
+    hidden = tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    # The decoder layer's `residual` (the post-attention sum) is alive while its MLP runs.
+    if flow.weights_train:
+        return hidden
+    # Frozen MLP linears do not save their input, but the MLP's argument (the norm's output) is alive too. An fp32
+    # residual is itself the tensor the post-attention norm saves (its `.to(float32)` is a no-op), counted there.
+    frame = hidden + (hidden if flow.residual != FP32_BYTES else 0)
+    down_out = tensor_bytes(tokens * spec.hidden_size * flow.linear_out)
+    if spec.norms_per_layer == 4:
+        return frame + down_out
+    product_elements = tokens * spec.intermediate_size
+    product = tensor_bytes(product_elements * flow.linear_out)
+    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
+    if "down_proj" in adapted:
+        # peft casts the adapter's input to the adapter dtype (fp32; tuners_utils._cast_input_dtype, even under
+        # autocast) and dropout returns a new fp32 tensor; both are alive until lora_B runs.
+        cast = tensor_bytes(product_elements * FP32_BYTES) if flow.linear_out != FP32_BYTES else 0
+        # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
+        dropped = tensor_bytes(product_elements * FP32_BYTES) if setup.lora.dropout > 0 and setup.autocast else 0
+        return frame + product + cast + dropped + down_out
+    if setup.method is not Method.QLORA:
+        return frame + product + down_out
+    return frame + 2 * product
+
+
+def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """Unsaved tensors alive while the last layer's down_proj runs in the forward: the residual and the MLP's
+    argument (the decoder layer's locals), the SwiGLU product (saved only when down_proj trains), the cast
+    copies the projection makes of it (peft's fp32 cast and dropout output; Linear4bit's compute-dtype cast) and
+    its output."""
+    flow = dtype_flow(setup)
+    hidden = tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    if flow.weights_train:
+        return hidden
+    frame = hidden + (hidden if flow.residual != FP32_BYTES else 0)
+    product_elements = tokens * spec.intermediate_size
+    product = tensor_bytes(product_elements * flow.linear_out)
+    down_out = tensor_bytes(tokens * spec.hidden_size * flow.linear_out)
+    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
+    if "down_proj" in adapted:
+        cast = tensor_bytes(product_elements * FP32_BYTES) if flow.linear_out != FP32_BYTES else 0
+        # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
+        dropped = tensor_bytes(product_elements * FP32_BYTES) if setup.lora.dropout > 0 and setup.autocast else 0
+        return frame + product + cast + dropped + down_out
+    if setup.method is Method.QLORA and flow.linear_out != flow.compute:
+        return frame + product + tensor_bytes(product_elements * flow.compute) + down_out
+    return frame + product + down_out
+
+
+# Gemma's post-feedforward norm runs in fp32 (Gemma3RMSNorm.forward: x.float(), * (1 + weight), type_as); its
+# backward holds four fp32 hidden-state gradients at once (the upcast gradient, the (1 + weight) product's,
+# the normalisation's and its reduction temporary). Count from our trace (validation/matrix.toml tiny-gemma3-v512).
+GEMMA_NORM_BACKWARD_FP32_BUFFERS = 4
+
+
+def post_mlp_norm_backward_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """Gradients in flight while a Gemma layer's post-feedforward norm runs its backward, before the MLP's:
+    every tensor the layer saved is still alive then. Zero for families without a norm after the MLP."""
+    if spec.norms_per_layer != 4:
+        return 0
+    flow = dtype_flow(setup)
+    fp32 = tensor_bytes(tokens * spec.hidden_size * FP32_BYTES)
+    return GEMMA_NORM_BACKWARD_FP32_BUFFERS * fp32 + tensor_bytes(tokens * spec.hidden_size * flow.residual)
+
+
+class MlpBackward(BaseModel):
+    """The MLP's backward at the activation-function step: saved tensors already released, gradients in flight."""
+
+    released_bytes: int
+    in_flight_bytes: int
+
+
+def mlp_backward(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> MlpBackward:
+    """SwiGLU backward (torch autograd, transformers LlamaMLP): down_proj's backward gives d(product) and releases
+    the product (saved when down_proj's weight trains) and a LoRA-adapted down_proj's input copies; the
+    multiply's backward then allocates d(act) and d(up) while d(product), act and up are still held. Three
+    intermediate-wide gradients and the layer output's gradient are in flight at that moment."""
+    flow = dtype_flow(setup)
+    inter = tokens * spec.intermediate_size
+    mlp = flow.linear_out
+    released = tensor_bytes(inter * mlp) if flow.weights_train else 0
+    adapted = {lin.name: lin for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else {}
+    if "down_proj" in adapted:
+        released += sum(_lora_input_copies(adapted["down_proj"], setup, flow, tokens))
+    in_flight = 3 * tensor_bytes(inter * mlp) + tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    return MlpBackward(released_bytes=released, in_flight_bytes=in_flight)
+
+
+def final_norm_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """What the final norm and lm_head keep for backward: the norm's fp32 input and rsqrt, and when the weights
+    train the normalised tensor (norm weight gradient) and lm_head's input (lm_head weight gradient)."""
+    flow = dtype_flow(setup)
+    saved = _norm(flow.residual, spec.hidden_size, flow, tokens, spec.norms_per_layer == 4)
+    if flow.weights_train:
+        saved.append(tensor_bytes(tokens * spec.hidden_size * flow.residual))
     return sum(saved)
 
 

@@ -117,6 +117,20 @@ def trainable_tensor_shapes(spec: ModelSpec, setup: TrainingSetup) -> list[tuple
     return adapter_tensor_shapes(spec, setup)
 
 
+def layer_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """Gradient bytes of one decoder layer's trainable tensors (linears, norms and biases; or its adapters)."""
+    width = trainable_bytes_per_param(setup)
+    if setup.method is Method.FULL:
+        per_layer = [(spec.hidden_size,)] * spec.norms_per_layer
+        if spec.has_qk_norm:
+            per_layer += [(spec.head_dim,), (spec.head_dim,)]
+        per_layer += [(lin.out_features,) for lin in spec.layer_linears if lin.bias]
+        per_layer += [(lin.out_features, lin.in_features) for lin in spec.layer_linears]
+    else:
+        per_layer = adapter_tensor_shapes(spec, setup)[: len(adapter_tensor_shapes(spec, setup)) // spec.num_layers]
+    return sum(tensor_bytes(math.prod(shape) * width) for shape in per_layer)
+
+
 def trainable_bytes_per_param(setup: TrainingSetup) -> int:
     """Trainable tensors' dtype: the load dtype for full fine-tuning, fp32 for peft adapters."""
     if setup.method is Method.FULL:

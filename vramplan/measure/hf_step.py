@@ -1,35 +1,46 @@
 """Run the real Hugging Face training step on CPU and count its live tensor bytes.
 
-The model is built from its config with random weights (no download), wrapped as users wrap it (peft LoRA,
-bitsandbytes 4-bit through transformers' own loader, gradient checkpointing), and driven through
-forward, backward and optimizer step the way transformers' Trainer drives it: accelerate's autocast around
-the forward, `zero_grad(set_to_none=True)` after the step. The steady-state step (after a warm-up step, so
-optimizer states exist) is the one measured. Sized for small configs: the tensors are real.
+The model comes from `build` (real tensors for small configs, FakeTensors for any size) and is driven through
+forward, backward and optimizer step the way transformers' Trainer drives it: accelerate's autocast around the
+forward and `convert_to_fp32` of its outputs, `loss.backward()`, `optimizer.step()`, then
+`zero_grad(set_to_none=True)`. The step measured is a steady-state one: optimizer states already exist.
+
+Two warm-ups are offered. `step` runs a whole training step first (what a GPU probe does). `optimizer` only
+gives every trainable parameter a gradient and steps the optimizer once, which creates the same states at a
+third of the cost; tests hold the two to the same peak.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from typing import Any
+import re
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
 
-from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.training import Method, Optimizer, Precision, TrainingSetup
+from vramplan.measure.build import AUTOCAST_DTYPE, build_fake_model, build_real_model, make_optimizer
+from vramplan.measure.livebytes import (
+    CATEGORIES,
+    GRADIENTS,
+    OPTIMIZER_STATES,
+    PARAMETERS,
+    LiveBytesTracker,
+    Snapshot,
+)
+from vramplan.measure.trace import ModulePeak
+from vramplan.training import TrainingSetup
 
-_AUTOCAST_DTYPE = {
-    Precision.BF16: torch.bfloat16,
-    Precision.BF16_MIXED: torch.bfloat16,
-    Precision.FP16_MIXED: torch.float16,
-}
-_LOAD_DTYPE = {
-    Precision.BF16: torch.bfloat16,
-    Precision.BF16_MIXED: torch.float32,
-    Precision.FP16_MIXED: torch.float32,
-    Precision.FP32: torch.float32,
-}
+Warmup = Literal["step", "optimizer"]
+_LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+class PhaseBytes(BaseModel):
+    """Live bytes at one phase's peak, split by category."""
+
+    phase: str
+    peak_bytes: int
+    categories: dict[str, int]
 
 
 class StepTrace(BaseModel):
@@ -37,84 +48,12 @@ class StepTrace(BaseModel):
 
     peak_allocated_bytes: int
     peak_phase: str
-    phase_peaks: dict[str, int]
+    categories: dict[str, int]
+    phases: list[PhaseBytes]
+    by_module: list[ModulePeak]
     idle_bytes: int
     total_params: int
     trainable_params: int
-
-
-def build_model(config: dict[str, Any], setup: TrainingSetup):
-    """A randomly initialised model for `config`, prepared for `setup` as a Trainer user would."""
-    import transformers
-
-    hf_config = transformers.AutoConfig.for_model(**config)
-    if getattr(hf_config, "pad_token_id", None) is not None and hf_config.pad_token_id >= hf_config.vocab_size:
-        hf_config.pad_token_id = None  # random-init test configs may shrink the vocabulary below the pad id
-    dtype = _LOAD_DTYPE[setup.precision]
-    if setup.method is Method.QLORA:
-        model = _load_4bit(hf_config, setup, dtype)
-    else:
-        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
-    model.config.use_cache = False
-    model.train()
-    if setup.method is Method.QLORA and setup.quant.kbit_prep:
-        import peft
-
-        model = peft.prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=setup.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif setup.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if setup.method is not Method.FULL:
-            model.enable_input_require_grads()
-    if setup.method is not Method.FULL:
-        import peft
-
-        lora = setup.lora
-        targets = lora.targets if isinstance(lora.targets, str) else list(lora.targets)
-        peft_config = peft.LoraConfig(
-            r=lora.rank, lora_alpha=2 * lora.rank, lora_dropout=lora.dropout, target_modules=targets
-        )
-        model = peft.get_peft_model(model, peft_config)
-    return model
-
-
-def _load_4bit(hf_config, setup: TrainingSetup, dtype):
-    """Quantize through transformers' bitsandbytes loader, as `from_pretrained(quantization_config=...)` does."""
-    import transformers
-
-    quant = transformers.BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=setup.quant.quant_type,
-        bnb_4bit_use_double_quant=setup.quant.double_quant,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).save_pretrained(folder)
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, device_map="cpu", quantization_config=quant, attn_implementation="sdpa"
-        )
-
-
-def make_optimizer(params: list[torch.nn.Parameter], optimizer: Optimizer):
-    """The optimizer each `--optimizer` name stands for (Trainer's `optim=` choices)."""
-    if optimizer is Optimizer.ADAMW:
-        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
-    if optimizer is Optimizer.ADAMW_FUSED:
-        return torch.optim.AdamW(params, lr=1e-4, fused=True)
-    if optimizer is Optimizer.SGD:
-        return torch.optim.SGD(params, lr=1e-4)
-    if optimizer is Optimizer.ADAFACTOR:
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=1e-4, relative_step=False, scale_parameter=False, warmup_init=False)
-    if optimizer is Optimizer.ADAMW_8BIT:
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=1e-4)
-    raise ValueError(f"{optimizer.value} keeps its state outside torch's allocator; it cannot be traced on CPU")
 
 
 def _cuda_dropout(input, p=0.5, training=True, inplace=False):
@@ -129,56 +68,231 @@ def _cuda_dropout(input, p=0.5, training=True, inplace=False):
 
 
 @contextlib.contextmanager
-def _cuda_like_kernels():
-    original = torch.nn.functional.dropout
+def _quiet_libraries():
+    """transformers' and peft's deprecation notices and config remarks are not the user's business here."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|bitsandbytes)\.")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _unpacked_sequences(position_ids):
+    """transformers' packed-sequence detection as it answers on a GPU for our unpacked inputs: no packing.
+
+    `masking_utils.find_packed_sequence_indices` cannot read FakeTensor values, so under tracing it assumes
+    packed sequences and builds a b x s x s mask, which also moves SDPA off its flash kernel. On a GPU with
+    real unpacked inputs it returns None and SDPA runs with `is_causal=True` and no mask.
+    """
+    return None
+
+
+@contextlib.contextmanager
+def _as_on_gpu():
+    """Take the branches a CUDA run takes where CPU or FakeTensor code would differ (documented in each helper)."""
+    from transformers import masking_utils
+
+    originals = (torch.nn.functional.dropout, masking_utils.find_packed_sequence_indices)
     torch.nn.functional.dropout = _cuda_dropout
+    masking_utils.find_packed_sequence_indices = _unpacked_sequences
     try:
         yield
     finally:
-        torch.nn.functional.dropout = original
+        torch.nn.functional.dropout, masking_utils.find_packed_sequence_indices = originals
 
 
-def trace_training_step(config: dict[str, Any], setup: TrainingSetup, seed: int = 0) -> StepTrace:
-    """Peak live bytes of the second training step of `config` under `setup`, on CPU."""
+def _module_name(name: str) -> str:
+    """peft's wrapper prefix removed, so names read as in the user's model."""
+    for prefix in ("base_model.model.", "base_model."):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name or "(model)"
+
+
+@contextlib.contextmanager
+def _attribute_modules(model, tracker: LiveBytesTracker):
+    """Keep `tracker.module` on the innermost module whose forward runs (recomputation included)."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    names = {id(module): _module_name(name) for name, module in model.named_modules()}
+    stack: list[str] = []
+
+    def enter(module, args):
+        name = names.get(id(module))
+        if name is not None:
+            stack.append(name)
+            tracker.module = name
+            tracker.recomputing = tracker.phase == "backward"
+
+    def leave(module, args, output):
+        if names.get(id(module)) is not None and stack:
+            stack.pop()
+            tracker.module = stack[-1] if stack else "(no module)"
+            tracker.recomputing = bool(stack) and tracker.phase == "backward"
+
+    # always_call: checkpointing stops a recomputation early by raising inside the layer's forward.
+    handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _owner_of_parameters(model) -> dict[int, str]:
+    owners = {}
+    for name, module in model.named_modules():
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            owners[id(tensor)] = _module_name(name)
+    return owners
+
+
+def _tag_optimizer_states(optimizer, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:
+    for param, state in optimizer.state.items():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                tracker.tag(value, OPTIMIZER_STATES, owners.get(id(param), "(optimizer)"))
+
+
+def _by_module(snapshot: Snapshot) -> list[ModulePeak]:
+    """The peak's bytes by module, each layer's copy of a module folded into one `layers.*` row."""
+    grouped: dict[str, dict[str, int]] = {}
+    members: dict[str, set[str]] = {}
+    for (module, category), nbytes in snapshot.by_owner.items():
+        pattern = _LAYER_INDEX.sub(".*", module)
+        row = grouped.setdefault(pattern, dict.fromkeys(CATEGORIES, 0))
+        row[category] += nbytes
+        members.setdefault(pattern, set()).add(module)
+    rows = [
+        ModulePeak(module=name, count=len(members[name]), bytes=sum(row.values()), categories=row)
+        for name, row in grouped.items()
+    ]
+    return sorted(rows, key=lambda row: row.bytes, reverse=True)
+
+
+def trace_training_step(
+    config: dict[str, Any],
+    setup: TrainingSetup,
+    *,
+    fake: bool = True,
+    warmup: Warmup = "optimizer",
+    seed: int = 0,
+) -> StepTrace:
+    """Peak live bytes of a steady-state training step of `config` under `setup`, on CPU."""
+    with _quiet_libraries():
+        return _trace(config, setup, fake, warmup, seed)
+
+
+def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: Warmup, seed: int) -> StepTrace:
     from accelerate.utils import convert_to_fp32
 
     torch.manual_seed(seed)
-    model = build_model(config, setup)
+    fake_mode = _fake_mode() if fake else contextlib.nullcontext()
+    model = build_fake_model(config, setup, fake_mode) if fake else build_real_model(config, setup)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, setup.optimizer)
+    owners = _owner_of_parameters(model)
     vocab = int(config["vocab_size"])
-    input_ids = torch.randint(0, vocab, (setup.batch_size, setup.seq_len))
-    tracker = LiveBytesTracker(skip_matmul_arithmetic=True)
+    tracker = LiveBytesTracker(skip_matmul_arithmetic=not fake)
     autocast = (
-        torch.autocast("cpu", dtype=_AUTOCAST_DTYPE[setup.precision])
-        if setup.autocast
-        else contextlib.nullcontext()
+        torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision]) if setup.autocast else contextlib.nullcontext()
     )
-    with _cuda_like_kernels(), tracker:
-        tracker.track_all(model.parameters())
-        tracker.track_all(model.buffers())
-        for _ in range(2):
-            tracker.reset_peak()
-            tracker.set_phase("forward")
-            with autocast:
-                outputs = model(input_ids=input_ids, labels=input_ids)
-            if setup.autocast:
-                # accelerate's prepare_model wraps forward in convert_outputs_to_fp32 (Trainer with bf16/fp16=True).
-                outputs = convert_to_fp32(outputs)
-            loss = outputs.loss
-            del outputs
-            tracker.set_phase("backward")
-            loss.backward()
-            del loss
-            tracker.set_phase("optimizer")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    hooks = [
+        param.register_post_accumulate_grad_hook(
+            lambda p: tracker.tag(p.grad, GRADIENTS, owners.get(id(p), "(model)"))
+        )
+        for param in params
+    ]
+
+    def training_step(input_ids) -> None:
+        tracker.set_phase("forward")
+        with autocast:
+            outputs = model(input_ids=input_ids, labels=input_ids)
+        if setup.autocast:
+            # accelerate's prepare_model wraps forward in convert_outputs_to_fp32 (Trainer with bf16/fp16=True).
+            outputs = convert_to_fp32(outputs)
+        loss = outputs.loss
+        del outputs
+        tracker.set_phase("backward")
+        loss.backward()
+        del loss
+        tracker.set_phase("optimizer")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tracker.set_phase("idle")
+
+    # Built outside fake mode: bitsandbytes' optimizers build their quantization maps from Python scalars.
+    optimizer = make_optimizer(params, setup.optimizer)
+    try:
+        with fake_mode, _as_on_gpu(), _attribute_modules(model, tracker), tracker:
+            input_ids = torch.randint(0, vocab, (setup.batch_size, setup.seq_len))
+            for param in model.parameters():
+                tracker.tag(param, PARAMETERS, owners.get(id(param), "(model)"))
+            tracker.track_all(model.buffers(), PARAMETERS)
+            for name, tensors in _quant_state_tensors(model):
+                tracker.track_all(tensors, PARAMETERS, name)
+            tracker.set_phase("warmup")
+            if warmup == "step":
+                training_step(input_ids)
+            else:
+                for param in params:
+                    param.grad = torch.zeros_like(param)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            _tag_optimizer_states(optimizer, tracker, owners)
             tracker.set_phase("idle")
+            tracker.reset_peak()
+            training_step(input_ids)
+            tracker.finish()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    phases = [
+        PhaseBytes(phase=phase, peak_bytes=tracker.phase_peaks[phase], categories=snapshot.by_category())
+        for phase, snapshot in tracker.phase_snapshots.items()
+        if phase in ("forward", "backward", "optimizer")
+    ]
     return StepTrace(
         peak_allocated_bytes=tracker.peak_bytes,
         peak_phase=tracker.peak_phase,
-        phase_peaks=dict(tracker.phase_peaks),
+        categories=tracker.peak.by_category(),
+        phases=phases,
+        by_module=_by_module(tracker.peak),
         idle_bytes=tracker.live_bytes,
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=sum(_logical_numel(p) for p in model.parameters()),
         trainable_params=sum(p.numel() for p in params),
     )
+
+
+def _quant_state_tensors(model):
+    """(module name, tensors) of each 4-bit weight's QuantState: absmax, code, offset and the nested state2."""
+    for name, module in model.named_modules():
+        quant_state = getattr(module._parameters.get("weight"), "quant_state", None)  # the owner, not peft's wrapper
+        if quant_state is None:
+            continue
+        tensors = [quant_state.absmax, quant_state.code, getattr(quant_state, "offset", None)]
+        nested = getattr(quant_state, "state2", None)
+        if nested is not None:
+            tensors += [nested.absmax, nested.code]
+        yield _module_name(name), [tensor for tensor in tensors if isinstance(tensor, torch.Tensor)]
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    """Elements a parameter stands for: a packed 4-bit weight stands for its QuantState's full shape."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is not None:
+        return int(torch.Size(quant_state.shape).numel())
+    return param.numel()
+
+
+def _fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=True)

@@ -5,6 +5,12 @@ registered with a finalizer, so the live total falls when autograd or Python
 frees it. The running maximum is what `torch.cuda.max_memory_allocated` reports
 for the same code on a GPU, once sizes are rounded like the CUDA caching
 allocator rounds them.
+
+Each storage also carries a category (parameters, gradients, optimizer states,
+activations, temporaries) and the module that allocated it, so the peak can be
+broken down by both. Categories start from the phase a storage is born in and
+are corrected by `tag` when the step learns more (a gradient once autograd
+accumulates it, an optimizer state once the optimizer holds it).
 """
 
 from __future__ import annotations
@@ -18,6 +24,24 @@ from torch.utils._pytree import tree_leaves
 
 # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize = 512, every block is a multiple of it.
 CUDA_ALLOCATION_GRANULE_BYTES = 512
+
+PARAMETERS = "parameters"
+GRADIENTS = "gradients"
+OPTIMIZER_STATES = "optimizer_states"
+ACTIVATIONS = "activations"
+TEMPORARIES = "temporaries"
+CATEGORIES = (PARAMETERS, GRADIENTS, OPTIMIZER_STATES, ACTIVATIONS, TEMPORARIES)
+
+# What a storage born in each phase is, until `tag` says otherwise.
+_PHASE_CATEGORY = {
+    "setup": PARAMETERS,
+    "warmup": OPTIMIZER_STATES,
+    "forward": ACTIVATIONS,
+    "backward": TEMPORARIES,
+    "optimizer": TEMPORARIES,
+    "idle": TEMPORARIES,
+}
+UNATTRIBUTED = "(no module)"
 
 
 def cuda_block_bytes(nbytes: int) -> int:
@@ -40,8 +64,22 @@ def _matmul_shape(func, args) -> list[int] | None:
 
 
 @dataclass
+class Snapshot:
+    """Live bytes at one moment, by (module, category)."""
+
+    total_bytes: int = 0
+    by_owner: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def by_category(self) -> dict[str, int]:
+        totals = dict.fromkeys(CATEGORIES, 0)
+        for (_, category), nbytes in self.by_owner.items():
+            totals[category] += nbytes
+        return totals
+
+
+@dataclass
 class LiveBytesTracker(TorchDispatchMode):
-    """Live storage bytes, their peak, and the phase in which the peak happened."""
+    """Live storage bytes, their peak, the phase of the peak, and who holds the bytes at each peak."""
 
     live_bytes: int = 0
     peak_bytes: int = 0
@@ -49,52 +87,125 @@ class LiveBytesTracker(TorchDispatchMode):
     peak_phase: str = "setup"
     phase_peaks: dict[str, int] = field(default_factory=dict)
     # Return uninitialised outputs for mm/addmm/bmm: same allocation, no arithmetic (bf16 GEMMs are very slow on
-    # CPUs without bf16 units, and a memory count never reads the values).
+    # CPUs without bf16 units, and a memory count never reads the values). Fake tensors need no such help.
     skip_matmul_arithmetic: bool = False
-    _sizes: dict[int, int] = field(default_factory=dict)
+    # The module whose forward is running (maintained by the caller's module hooks), for attribution.
+    module: str = UNATTRIBUTED
+    recomputing: bool = False
+    peak: Snapshot = field(default_factory=Snapshot)
+    phase_snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    _records: dict[int, tuple[int, str, str]] = field(default_factory=dict)
+    _live_by_owner: dict[tuple[str, str], int] = field(default_factory=dict)
+    _peak_stale: bool = False
+    _phase_stale: bool = False
 
     def __post_init__(self) -> None:
         super().__init__()
 
     def set_phase(self, phase: str) -> None:
+        self._refresh_snapshots()
         self.phase = phase
+        if self.live_bytes > self.phase_peaks.get(phase, -1):  # a phase's peak may be where it starts
+            self.phase_peaks[phase] = self.live_bytes
+            self._phase_stale = True
 
     def reset_peak(self) -> None:
+        self._refresh_snapshots()
         self.peak_bytes = self.live_bytes
         self.peak_phase = self.phase
         self.phase_peaks = {}
+        self.phase_snapshots = {}
+        self.peak = self._snapshot()
 
-    def track(self, tensor: torch.Tensor) -> None:
+    def finish(self) -> None:
+        """Take any snapshot still owed; call once the measured code has run."""
+        self._refresh_snapshots()
+
+    def track(self, tensor: torch.Tensor, category: str | None = None, module: str | None = None) -> None:
         """Count the storage behind `tensor` (once, however many views share it)."""
         storage = tensor.untyped_storage()
         key = id(storage)
         nbytes = cuda_block_bytes(storage.nbytes())
-        known = self._sizes.get(key)
+        known = self._records.get(key)
         if known is None:
-            self._sizes[key] = nbytes
+            owner = (module or self._current_module(), category or self._current_category())
+            self._records[key] = (nbytes, owner[1], owner[0])
             weakref.finalize(storage, self._release, key)
-            self._grow(nbytes)
-        elif known != nbytes:  # resize_ on an existing storage
-            self._sizes[key] = nbytes
-            self._grow(nbytes - known)
+            self._grow(nbytes, owner)
+        elif known[0] != nbytes:  # resize_ on an existing storage
+            self._records[key] = (nbytes, known[1], known[2])
+            self._grow(nbytes - known[0], (known[2], known[1]))
 
-    def track_all(self, tensors) -> None:
+    def track_all(self, tensors, category: str | None = None, module: str | None = None) -> None:
         for tensor in tensors:
             if isinstance(tensor, torch.Tensor):
-                self.track(tensor)
+                self.track(tensor, category, module)
 
-    def _grow(self, delta: int) -> None:
+    def tag(self, tensor: torch.Tensor, category: str, module: str) -> None:
+        """Say what an already counted storage is (a gradient, an optimizer state)."""
+        key = id(tensor.untyped_storage())
+        known = self._records.get(key)
+        if known is None:
+            self.track(tensor, category, module)
+            return
+        nbytes, old_category, old_module = known
+        if (old_category, old_module) == (category, module):
+            return
+        self._records[key] = (nbytes, category, module)
+        self._add_owner((old_module, old_category), -nbytes)
+        self._add_owner((module, category), nbytes)
+
+    def _current_category(self) -> str:
+        if self.recomputing:
+            return ACTIVATIONS  # checkpointing recomputes a layer's forward during backward
+        return _PHASE_CATEGORY.get(self.phase, TEMPORARIES)
+
+    def _current_module(self) -> str:
+        if self.module != UNATTRIBUTED:
+            return self.module
+        return f"({self.phase})"
+
+    def _add_owner(self, owner: tuple[str, str], delta: int) -> None:
+        total = self._live_by_owner.get(owner, 0) + delta
+        if total:
+            self._live_by_owner[owner] = total
+        else:
+            self._live_by_owner.pop(owner, None)
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(total_bytes=self.live_bytes, by_owner=dict(self._live_by_owner))
+
+    def _refresh_snapshots(self) -> None:
+        # Snapshots are taken lazily, just before the first release after a new peak, so a run of allocations
+        # copies the owner table once rather than once per allocation.
+        if self._peak_stale:
+            self.peak = self._snapshot()
+            self._peak_stale = False
+        if self._phase_stale:
+            self.phase_snapshots[self.phase] = self._snapshot()
+            self._phase_stale = False
+
+    def _grow(self, delta: int, owner: tuple[str, str]) -> None:
+        if delta < 0:
+            self._refresh_snapshots()
         self.live_bytes += delta
-        phase_peak = self.phase_peaks.get(self.phase, 0)
-        if self.live_bytes > phase_peak:
+        self._add_owner(owner, delta)
+        if self.live_bytes > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = self.live_bytes
+            self._phase_stale = True
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self.peak_phase = self.phase
+            self._peak_stale = True
 
     def _release(self, key: int) -> None:
-        nbytes = self._sizes.pop(key, 0)
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        self._refresh_snapshots()
+        nbytes, category, module = record
         self.live_bytes -= nbytes
+        self._add_owner((module, category), -nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         shape = _matmul_shape(func, args) if self.skip_matmul_arithmetic else None

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from vramplan.errors import ModelConfigError, NotModelledError
 from vramplan.models.hf_config import load_config_file, spec_from_config
@@ -41,10 +41,16 @@ class CatalogModel(BaseModel):
     retrieved: date
     notes: str = ""
     config: dict[str, Any]
+    # config.json keys whose value is null (TOML has no null); they override the config class's default.
+    config_nulls: list[str] = []
+
+    @property
+    def full_config(self) -> dict[str, Any]:
+        return {**self.config, **dict.fromkeys(self.config_nulls)}
 
     @property
     def spec(self) -> ModelSpec:
-        return spec_from_config(self.config, origin=self.id)
+        return spec_from_config(self.full_config, origin=self.id)
 
 
 class ResolvedModel(BaseModel):
@@ -57,6 +63,8 @@ class ResolvedModel(BaseModel):
     name: str
     resolved_from: str
     spec: ModelSpec
+    # The config.json fields the spec came from; `trace` builds the real model from them.
+    config: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
 
 
 @lru_cache(maxsize=1)
@@ -105,7 +113,9 @@ def resolve_model(model: str) -> ResolvedModel:
         spec = spec_from_config(config, origin=str(path))
         folder = path.resolve().parent if path.is_file() else path.resolve()
         name = config.get("_name_or_path") or folder.name
-        return ResolvedModel(requested=model, id=str(path), name=str(name), resolved_from=f"config {path}", spec=spec)
+        return ResolvedModel(
+            requested=model, id=str(path), name=str(name), resolved_from=f"config {path}", spec=spec, config=config
+        )
     raise ModelConfigError(
         f"--model {model}: not a catalog model, size alias or config.json path "
         f"(see `vramplan models`; aliases: {' '.join(sorted(size_aliases(), key=_alias_order))})"
@@ -113,7 +123,14 @@ def resolve_model(model: str) -> ResolvedModel:
 
 
 def _from_record(requested: str, record: CatalogModel, how: str) -> ResolvedModel:
-    return ResolvedModel(requested=requested, id=record.id, name=record.name, resolved_from=how, spec=record.spec)
+    return ResolvedModel(
+        requested=requested,
+        id=record.id,
+        name=record.name,
+        resolved_from=how,
+        spec=record.spec,
+        config=record.full_config,
+    )
 
 
 def _alias_order(alias: str) -> float:

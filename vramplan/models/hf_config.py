@@ -50,12 +50,42 @@ def spec_from_config(config: dict[str, Any], origin: str = "config") -> ModelSpe
             o_bias=bias and model_type not in _ALWAYS_QKV_BIAS,
             mlp_bias=bool(config.get("mlp_bias", False)),
             final_logit_softcapping=config.get("final_logit_softcapping"),
+            **_sliding_window(model_type, config, int(config["num_hidden_layers"]), origin),
         )
     except KeyError as missing:
         raise ModelConfigError(f"{origin}: config.json lacks {missing.args[0]!r}") from None
     except (TypeError, ValueError) as bad:
         first_line = str(bad).splitlines()[0]
         raise ModelConfigError(f"{origin}: config.json has an invalid value ({first_line})") from None
+
+
+# The transformers config classes' defaults where config.json leaves a key out (MistralConfig sliding_window=4096,
+# Gemma2Config/Gemma3TextConfig sliding_window=4096 and sliding_window_pattern 2/6, Phi3Config sliding_window=None).
+_DEFAULT_SLIDING_WINDOW = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096}
+_DEFAULT_SLIDING_PATTERN = {"gemma2": 2, "gemma3_text": 6}
+
+
+def _sliding_window(model_type: str, config: dict[str, Any], layers: int, origin: str) -> dict[str, Any]:
+    """Which layers attend through a sliding window, as transformers decides from the config."""
+    if model_type in ("qwen2", "qwen3"):
+        if config.get("use_sliding_window"):
+            raise NotModelledError(f"{origin}: use_sliding_window=true is not modelled for {model_type}")
+        return {}
+    if model_type == "llama":
+        return {}
+    window = config.get("sliding_window", _DEFAULT_SLIDING_WINDOW.get(model_type))
+    if window is None:
+        return {}
+    if model_type in _DEFAULT_SLIDING_PATTERN:
+        layer_types = config.get("layer_types")
+        if layer_types:
+            sliding = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+        else:  # Gemma3TextConfig: layer i slides unless (i + 1) is a multiple of the pattern
+            pattern = int(config.get("sliding_window_pattern", _DEFAULT_SLIDING_PATTERN[model_type]))
+            sliding = tuple(i for i in range(layers) if (i + 1) % pattern)
+    else:
+        sliding = tuple(range(layers))
+    return {"sliding_window": int(window), "sliding_layer_ids": sliding}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

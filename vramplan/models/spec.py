@@ -47,6 +47,13 @@ class ModelSpec(BaseModel):
     o_bias: bool = False
     mlp_bias: bool = False
     final_logit_softcapping: float | None = None
+    # Sliding-window attention: the window and how many layers use it (0 when the model has none).
+    sliding_window: int | None = Field(default=None, gt=0)
+    sliding_layer_ids: tuple[int, ...] = ()
+
+    @property
+    def sliding_layers(self) -> int:
+        return len(self.sliding_layer_ids)
 
     @property
     def fused_projections(self) -> bool:

@@ -1,0 +1,95 @@
+"""`vramplan validate`: score the estimator against traces (the matrix) and against GPU measurements."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vramplan.cli.render import check_format
+
+MatrixOpt = Annotated[Path, typer.Option("--matrix", help="Validation matrix (TOML).")]
+Subset = Annotated[str, typer.Option("--subset", help="ci (fast, small configs) | full | all | none")]
+CaseOpt = Annotated[Optional[list[str]], typer.Option("--case", help="Run only this case id (repeatable).")]
+Out = Annotated[Path, typer.Option("--out", help="Folder for the CSV files and the PNG chart.")]
+Measurements = Annotated[
+    Optional[Path], typer.Option("--measurements", help="Folder of probe .jsonl files to score against.")
+]
+Published = Annotated[
+    Optional[Path], typer.Option("--published", help="published_measurements.tsv (needs --mapping).")
+]
+Mapping = Annotated[Optional[Path], typer.Option("--mapping", help="TOML mapping published rows to setups.")]
+Format = Annotated[str, typer.Option("--format", help="table | json")]
+
+
+def validate_command(
+    matrix: MatrixOpt = Path("validation/matrix.toml"),
+    subset: Subset = "ci",
+    case: CaseOpt = None,
+    out: Out = Path("validation/results"),
+    measurements: Measurements = None,
+    published: Published = None,
+    mapping: Mapping = None,
+    fmt: Format = "table",
+) -> None:
+    """Run the matrix through estimate and trace; score estimates against measured GPU peaks."""
+    from vramplan.errors import UsageError, require_extra
+
+    check_format(fmt)
+    if (published is None) != (mapping is None):
+        raise UsageError("--published and --mapping go together")
+    require_extra("report", "pandas", "matplotlib")
+    from vramplan.validate import report
+    from vramplan.validate.matrix import load_matrix, select_cases
+    from vramplan.validate.measured import load_probe_files, load_published, score_measured
+    from vramplan.validate.score import score_cases, summarise
+
+    document: dict = {}
+    sections: list[str] = []
+    if subset != "none" or case:
+        cases = select_cases(load_matrix(matrix), subset, case)
+        progress = None if fmt == "json" else _progress(len(cases))
+        results = score_cases(cases, progress)
+        frame = report.matrix_frame(results)
+        summary = summarise(results)
+        files = report.write_matrix_outputs(frame, out)
+        document["matrix"] = {"results": [r.model_dump() for r in results], "summary": summary.model_dump()}
+        sections += [report.matrix_table_text(frame), report.summary_text(summary)]
+        sections.append("wrote " + ", ".join(map(str, files)))
+    for name, peaks in _measured_sources(measurements, published, mapping, load_probe_files, load_published):
+        if not peaks:
+            sections.append(f"{name}: no measurements found")
+            continue
+        scores = score_measured(peaks)
+        frame = report.measured_frame(scores)
+        files = report.write_measured_outputs(frame, out, name)
+        document[name] = [score.model_dump() for score in scores]
+        sections += [f"{name} (error = (estimate - measured) / measured):", report.measured_table_text(frame)]
+        sections.append("wrote " + ", ".join(map(str, files)))
+    if not document and not sections:
+        raise UsageError("nothing to validate: give a --subset, --case, --measurements or --published")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write("\n\n".join(sections) + "\n")
+
+
+def _measured_sources(measurements, published, mapping, load_probe_files, load_published):
+    if measurements is not None:
+        yield "measurements", load_probe_files(measurements)
+    if published is not None:
+        yield "published", load_published(published, mapping)
+
+
+def _progress(total: int):
+    count = 0
+
+    def report_case(result) -> None:
+        nonlocal count
+        count += 1
+        sys.stderr.write(f"[{count}/{total}] {result.id}: {100 * result.error:+.2f}% ({result.trace_seconds:.0f} s)\n")
+
+    return report_case

@@ -1,0 +1,91 @@
+"""`vramplan trace`: the real training step of the real model code, counted byte by byte on CPU.
+
+The step runs under FakeTensorMode (no memory, any model size) through `hf_step`; the result has the same shape
+as an Estimate (components by category, per-phase peaks, the peak and its phase) so the two compare directly.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from vramplan.errors import NotModelledError, require_extra
+from vramplan.estimate import PhasePeak
+from vramplan.models.catalog import ResolvedModel
+from vramplan.training import Optimizer, Precision, TrainingSetup
+
+# What the trace does so that it answers for a CUDA run, and what stays different (shown with every trace).
+GPU_CORRECTIONS = (
+    "storage sizes rounded up to the CUDA caching allocator's 512-byte blocks (kMinBlockSize)",
+    "dropout as CUDA runs it (native_dropout, bool mask); CPU's at::dropout would keep a mask in the input dtype",
+    "unpacked inputs: transformers' packed-sequence check answers 'no packing' as it does on a GPU, so SDPA gets "
+    "is_causal=True and no s x s mask (fake tensors would otherwise force a mask)",
+    "SDPA runs CPU's flash kernel, which keeps the same output and fp32 logsumexp (b x heads x s) as CUDA flash",
+)
+NOT_IN_TRACE = (
+    "cuBLAS/cuBLASLt workspaces, the caching allocator's slack and the CUDA context are not tensors of the step",
+)
+AUTOCAST_NOTE = "autocast follows CPU's op lists; CUDA's differ for a few ops (casts of norms and losses)"
+UNTRACEABLE_OPTIMIZERS = {
+    Optimizer.PAGED_ADAMW: "paged optimizers keep their state in CUDA managed memory, outside torch's allocator",
+    Optimizer.PAGED_ADAMW_8BIT: "paged optimizers keep their state in CUDA managed memory, outside torch's allocator",
+}
+
+
+class ModulePeak(BaseModel):
+    """Bytes one module holds at the peak (`layers.*` rows sum a module over every layer)."""
+
+    module: str
+    count: int
+    bytes: int
+    categories: dict[str, int]
+
+
+class Trace(BaseModel):
+    """Peak live tensor bytes of one steady-state training step, measured on the real model code."""
+
+    model: ResolvedModel
+    setup: TrainingSetup
+    total_params: int
+    trainable_params: int
+    peak_phase: str
+    components: dict[str, int]
+    phases: list[PhasePeak]
+    peak_allocated_bytes: int
+    by_module: list[ModulePeak]
+    gpu_corrections: list[str]
+    trace_seconds: float
+
+
+def refuse_untraceable(setup: TrainingSetup) -> None:
+    if setup.optimizer in UNTRACEABLE_OPTIMIZERS:
+        raise NotModelledError(
+            f"--optimizer {setup.optimizer.value} cannot be traced on CPU: {UNTRACEABLE_OPTIMIZERS[setup.optimizer]}"
+        )
+
+
+def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    """Run one warm-up optimizer step and one measured training step of `model` under `setup`, on fake tensors."""
+    refuse_untraceable(setup)
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    from vramplan.measure.hf_step import trace_training_step
+
+    started = time.perf_counter()
+    step = trace_training_step(model.config, setup)
+    notes = [*GPU_CORRECTIONS, *NOT_IN_TRACE]
+    if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
+        notes.append(AUTOCAST_NOTE)
+    return Trace(
+        model=model,
+        setup=setup,
+        total_params=step.total_params,
+        trainable_params=step.trainable_params,
+        peak_phase=step.peak_phase,
+        components=step.categories,
+        phases=[PhasePeak(phase=phase.phase, components=phase.categories) for phase in step.phases],
+        peak_allocated_bytes=step.peak_allocated_bytes,
+        by_module=step.by_module,
+        gpu_corrections=notes,
+        trace_seconds=round(time.perf_counter() - started, 2),
+    )

@@ -1,0 +1,75 @@
+"""The validation matrix: a TOML list of setups, each run through `estimate` and `trace`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vramplan.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MATRIX = Path("validation/matrix.toml")
+
+
+class MatrixCase(BaseModel):
+    """One setup of the matrix; `model` is a catalog name or a config.json path (relative to the matrix file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    model: str
+    method: str
+    options: dict[str, Any] = {}
+    ci: bool = False
+
+
+def load_matrix(path: Path) -> list[MatrixCase]:
+    """Every case of the matrix file, with config paths made absolute; ids must be unique."""
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"--matrix {path}: no such file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"--matrix {path}: not valid TOML ({err})") from None
+    try:
+        cases = [MatrixCase(**case) for case in raw.get("case", [])]
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UsageError(f"--matrix {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    seen: set[str] = set()
+    resolved = []
+    for case in cases:
+        if case.id in seen:
+            raise UsageError(f"--matrix {path}: case id {case.id!r} appears twice")
+        seen.add(case.id)
+        relative = path.parent / case.model
+        model = str(relative) if case.model.endswith(".json") and relative.exists() else case.model
+        resolved.append(case.model_copy(update={"model": model}))
+    if not resolved:
+        raise UsageError(f"--matrix {path}: no [[case]] entries")
+    return resolved
+
+
+def select_cases(cases: list[MatrixCase], subset: str, ids: list[str] | None = None) -> list[MatrixCase]:
+    """`ci` (the fast subset), `full` (the rest), or `all`; `ids` picks cases by id instead."""
+    if ids:
+        known = {case.id: case for case in cases}
+        unknown = [case_id for case_id in ids if case_id not in known]
+        if unknown:
+            raise UsageError(f"--case {unknown[0]}: not in the matrix")
+        return [known[case_id] for case_id in ids]
+    if subset == "all":
+        return cases
+    if subset == "ci":
+        return [case for case in cases if case.ci]
+    if subset == "full":
+        return [case for case in cases if not case.ci]
+    raise UsageError(f"--subset {subset!r}: choose ci, full or all")
