@@ -13,6 +13,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError as ClickUsageError
 
 from vramplan.cli.estimate import estimate_command
+from vramplan.cli.hardware import catalog_app, fit_command, plan_command
 from vramplan.cli.models import models_command
 from vramplan.cli.trace import trace_command
 from vramplan.cli.validate import validate_command
@@ -30,6 +31,9 @@ app.command("estimate")(estimate_command)
 app.command("models")(models_command)
 app.command("trace")(trace_command)
 app.command("validate")(validate_command)
+app.add_typer(catalog_app, name="catalog")
+app.command("plan")(plan_command)
+app.command("fit")(fit_command)
 
 
 def _fail(message: str, code: int) -> int:

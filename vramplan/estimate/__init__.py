@@ -74,10 +74,13 @@ def activation_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
         recompute = layer_saved_bytes(spec, setup, tokens, masked=spec.num_layers - 1 in masked, input_kept=True)
         return spec.num_layers * hidden_state_bytes(spec, setup, tokens), recompute
     first_needs_grad = setup.method is Method.FULL
-    return sum(
-        layer_saved_bytes(spec, setup, tokens, input_needs_grad=first_needs_grad or i > 0, masked=i in masked)
-        for i in range(spec.num_layers)
-    ), 0
+    by_kind = {
+        (first, kind): layer_saved_bytes(spec, setup, tokens, input_needs_grad=first_needs_grad or not first,
+                                         masked=kind)
+        for first in (True, False)
+        for kind in (True, False)
+    }
+    return sum(by_kind[(i == 0, i in masked)] for i in range(spec.num_layers)), 0
 
 
 def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
@@ -124,10 +127,14 @@ def _layer_backward_points(
             recompute_transient_bytes(spec, setup, tokens), mlp_forward_transient_bytes(spec, setup, tokens)
         )
     full = setup.method is Method.FULL
-    saved = [
-        layer_saved_bytes(spec, setup, tokens, input_needs_grad=full or i > 0, masked=i in masked, input_kept=ckpt)
-        for i in range(spec.num_layers)
-    ]
+    by_kind = {
+        (first, kind): layer_saved_bytes(
+            spec, setup, tokens, input_needs_grad=full or not first, masked=kind, input_kept=ckpt
+        )
+        for first in (True, False)
+        for kind in (True, False)
+    }
+    saved = [by_kind[(i == 0, i in masked)] for i in range(spec.num_layers)]
     # Memory is linear in i among layers of one kind (sliding-window or not): the candidates are each kind's
     # topmost and bottommost layer.
     layers = range(spec.num_layers)

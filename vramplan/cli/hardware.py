@@ -1,0 +1,192 @@
+"""`vramplan catalog`, `vramplan plan` and `vramplan fit`: the hardware side."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vramplan.cli import options as o
+from vramplan.cli.render import check_format, emit_json
+
+catalog_app = typer.Typer(help="The hardware catalog: GPUs and systems.", no_args_is_help=True)
+
+Tokens = Annotated[str, typer.Option("--tokens", help="Training tokens per epoch, e.g. 50M.")]
+Epochs = Annotated[float, typer.Option("--epochs", help="Passes over the tokens.", min=0.001)]
+Utilisation = Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation of dense BF16.", min=0.01, max=1)]
+Years = Annotated[float, typer.Option("--amortise-years", help="Years a purchase is spread over.", min=0.01)]
+Kwh = Annotated[float, typer.Option("--kwh-price", help="Energy price in USD per kWh.", min=0)]
+Top = Annotated[int, typer.Option("--top", help="Rows of the table.", min=1)]
+GpuId = Annotated[str, typer.Option("--gpu", help="Catalog GPU id (see vramplan catalog gpus).")]
+SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
+
+
+@catalog_app.command("gpus")
+def catalog_gpus(catalog: o.CatalogDir = None, fmt: o.Format = "table") -> None:
+    """List the catalog's GPUs."""
+    from vramplan.cli.render_hardware import emit_gpus
+    from vramplan.hardware.catalog import load_hardware
+
+    check_format(fmt)
+    records = list(load_hardware(catalog).gpus.values())
+    if fmt == "json":
+        emit_json_list(records)
+    else:
+        emit_gpus(records)
+
+
+@catalog_app.command("systems")
+def catalog_systems(catalog: o.CatalogDir = None, fmt: o.Format = "table") -> None:
+    """List the catalog's systems (workstations, servers, cloud instances)."""
+    from vramplan.cli.render_hardware import emit_systems
+    from vramplan.hardware.catalog import load_hardware
+
+    check_format(fmt)
+    hardware = load_hardware(catalog)
+    if fmt == "json":
+        emit_json_list(list(hardware.systems.values()))
+    else:
+        emit_systems(list(hardware.systems.values()), hardware.gpus)
+
+
+@catalog_app.command("show")
+def catalog_show(record_id: Annotated[str, typer.Argument(help="A GPU or system id.")],
+                 catalog: o.CatalogDir = None, fmt: o.Format = "table") -> None:
+    """Show one GPU or system with every field and its sources."""
+    from vramplan.cli.render_hardware import emit_record
+    from vramplan.errors import UsageError
+    from vramplan.hardware.catalog import load_hardware
+
+    check_format(fmt)
+    hardware = load_hardware(catalog)
+    record = hardware.gpus.get(record_id) or hardware.systems.get(record_id)
+    if record is None:
+        raise UsageError(f"{record_id!r} is neither a GPU nor a system of the catalog (vramplan catalog gpus|systems)")
+    if fmt == "json":
+        emit_json(record)
+    else:
+        emit_record(record, hardware.origins[record_id])
+
+
+def emit_json_list(records) -> None:
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps([record.model_dump(mode="json") for record in records], indent=2) + "\n")
+
+
+def plan_command(
+    model: o.Model,
+    method: o.MethodOpt = "lora",
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    tokens: Tokens = "100M",
+    epochs: Epochs = 1.0,
+    headroom: o.Headroom = "10%",
+    mfu: Utilisation = 0.40,
+    amortise_years: Years = 3.0,
+    kwh_price: Kwh = 0.15,
+    catalog: o.CatalogDir = None,
+    top: Top = 15,
+    fmt: o.Format = "table",
+) -> None:
+    """Every catalog GPU and system that runs the job, with headroom, speed, time and cost; cheapest first."""
+    from vramplan.api import estimate
+    from vramplan.cli.render_hardware import emit_plan
+    from vramplan.hardware.catalog import load_hardware
+    from vramplan.hardware.plan import CostAssumptions, plan_options
+    from vramplan.hardware.suggest import suggest_changes
+
+    check_format(fmt)
+    assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
+                                  headroom=o.parse_fraction(headroom, "--headroom"))
+    training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
+    hardware = load_hardware(catalog)
+    result = estimate(model, method, **o.training_options(
+        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
+        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
+        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    plan = plan_options(result, hardware, training_tokens, assumptions)
+    suggestions = []
+    if not plan.options:
+        largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
+        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)))
+    if fmt == "json":
+        import json
+        import sys
+
+        document = plan.model_dump(mode="json")
+        document["suggestions"] = [s.model_dump(mode="json") for s in suggestions]
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        emit_plan(plan, suggestions, top)
+    if not plan.options:
+        raise typer.Exit(3)
+
+
+def fit_command(
+    gpu: GpuId,
+    model: o.Model,
+    method: o.MethodOpt = "lora",
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    solve: SolveOpt = "batch-size",
+    headroom: o.Headroom = "10%",
+    catalog: o.CatalogDir = None,
+    fmt: o.Format = "table",
+) -> None:
+    """The largest batch size (or sequence length, or LoRA rank) that fits one catalog GPU."""
+    from vramplan.cli.render_hardware import emit_fit
+    from vramplan.errors import UsageError
+    from vramplan.hardware.catalog import load_hardware
+    from vramplan.hardware.fit import SEARCH_LIMITS, largest_fitting
+    from vramplan.hardware.suggest import suggest_changes
+    from vramplan.models.catalog import resolve_model
+    from vramplan.estimate import estimate_memory
+    from vramplan.training import resolve_setup
+
+    check_format(fmt)
+    if solve not in SEARCH_LIMITS:
+        raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
+    hardware = load_hardware(catalog)
+    if gpu not in hardware.gpus:
+        raise UsageError(f"--gpu {gpu!r} is not in the catalog (see vramplan catalog gpus)")
+    card = hardware.gpus[gpu]
+    usable = int(card.memory_bytes * (1 - o.parse_fraction(headroom, "--headroom")))
+    resolved = resolve_model(model)
+    setup = resolve_setup(method, **o.training_options(
+        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
+        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
+        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    result = largest_fitting(resolved, setup, solve, usable)
+    suggestions = []
+    if result.value is None:
+        suggestions = suggest_changes(estimate_memory(resolved, setup), usable)
+    if fmt == "json":
+        import json
+        import sys
+
+        document = result.model_dump(mode="json")
+        document["gpu"] = card.model_dump(mode="json")
+        document["suggestions"] = [s.model_dump(mode="json") for s in suggestions]
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        emit_fit(result, card, suggestions)
+    if result.value is None:
+        raise typer.Exit(3)

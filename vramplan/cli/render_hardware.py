@@ -1,0 +1,147 @@
+"""Tables for the hardware commands (catalog, plan, fit). GiB = 2^30 bytes, GB = 10^9 bytes, labelled."""
+
+from __future__ import annotations
+
+from vramplan.cli.render import _raise_broken_pipe
+from vramplan.units import gib
+
+
+def _console():
+    from rich.console import Console
+
+    # At least 120 columns when stdout is not a terminal, so piped tables stay readable.
+    console = Console()
+    if not console.is_terminal and console.width < 120:
+        console = Console(width=120)
+    console.on_broken_pipe = _raise_broken_pipe
+    return console
+
+
+def _price_text(prices) -> str:
+    if not prices:
+        return "-"
+    price = max(prices, key=lambda p: p.date)
+    symbol = "$" if price.currency == "USD" else f"{price.currency} "
+    when = price.date.split(" ")[0]
+    if price.kind == "cloud-hourly":
+        return f"{symbol}{price.amount:,.2f}/h {when}"
+    return f"{symbol}{price.amount:,.0f} {price.kind} {when}"
+
+
+def _number(value, unit: str = "") -> str:
+    return "?" if value is None else f"{value:,.0f}{unit}"
+
+
+def emit_gpus(gpus) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(gpus)} GPUs")
+    for column in ("id", "memory GiB", "GB/s", "BF16 TFLOPS", "FP8", "TDP W", "segment", "price"):
+        table.add_column(column, justify="right" if column not in ("id", "segment", "price") else "left",
+                         no_wrap=column in ("id", "price"))
+    for gpu in sorted(gpus, key=lambda g: (-g.memory_bytes, g.id)):
+        table.add_row(gpu.id + (" (ROCm)" if gpu.software == "rocm" else ""), f"{gib(gpu.memory_bytes):.1f}",
+                      _number(gpu.bandwidth_gb_s), _number(gpu.bf16_dense_tflops), _number(gpu.fp8_dense_tflops),
+                      _number(gpu.tdp_w), gpu.segment, _price_text(gpu.prices))
+    console = _console()
+    console.print(table)
+    console.print("memory as the driver reports it where known (see `vramplan catalog show ID`); ? = not verified",
+                  style="dim")
+
+
+def emit_systems(systems, gpus) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(systems)} systems")
+    for column in ("id", "kind", "GPUs", "GPU memory GiB", "host RAM GiB", "price"):
+        table.add_column(column, no_wrap=column in ("id", "GPUs", "price"))
+    for system in sorted(systems, key=lambda s: (s.kind, s.id)):
+        ram = "?" if system.host_ram_bytes is None else f"{gib(system.host_ram_bytes):,.0f}"
+        table.add_row(system.id, system.kind, f"{system.gpu_count} x {system.gpu}",
+                      f"{gib(gpus[system.gpu].memory_bytes):.1f} each", ram, _price_text(system.prices))
+    _console().print(table)
+
+
+def emit_record(record, origin: str) -> None:
+    console = _console()
+    for name, value in record.model_dump(mode="json").items():
+        if name == "prices":
+            for price in value:
+                console.print(f"price: {price['amount']:,} {price['currency']} {price['kind']} ({price['date']}) "
+                              f"- {price['source']} {price['note']}".rstrip(), highlight=False, soft_wrap=True)
+            continue
+        if name == "memory_bytes" or name == "host_ram_bytes":
+            value = f"{value:,} B" + ("" if value is None else f" = {gib(value):.2f} GiB")
+        console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
+    console.print(f"file: {origin}", style="dim")
+
+
+def emit_plan(plan, suggestions, top: int) -> None:
+    from rich.table import Table
+
+    console = _console()
+    estimate = plan.estimate
+    console.print(f"{estimate.model.name}, {estimate.setup.method.value}: needs {gib(estimate.device_bytes):.2f} GiB "
+                  f"per GPU (device), {plan.training_tokens:,} training tokens, "
+                  f"{plan.flops_per_token / 1e9:.1f} GFLOPs per token", highlight=False)
+    if plan.options:
+        table = Table(title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})")
+        for column in ("option", "GPU", "free GiB", "tokens/s", "hours", "cost USD", ""):
+            table.add_column(column, justify="right" if column in ("free GiB", "tokens/s", "hours", "cost USD")
+                             else "left")
+        for option in plan.options[:top]:
+            marks = " ".join(mark for mark, on in (("cheapest", option.cheapest), ("fastest", option.fastest)) if on)
+            table.add_row(
+                option.id, f"{option.gpus_used} of {option.gpus_in_option} x {option.gpu}"
+                + (" (ROCm)" if any(note.startswith("ROCm") for note in option.notes) else ""),
+                f"{gib(option.headroom_bytes):.1f}", _number(option.tokens_per_second),
+                "?" if option.hours is None else f"{option.hours:,.1f}",
+                "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}", marks)
+        console.print(table)
+        for mark in ("cheapest", "fastest"):
+            chosen = next((option for option in plan.options if getattr(option, mark)), None)
+            if chosen is not None:
+                console.print(f"{mark}: {chosen.id}: {chosen.cost_basis}", highlight=False, soft_wrap=True)
+    else:
+        console.print("nothing in the catalog fits this job on one GPU", style="bold")
+    if plan.rejected:
+        largest = plan.rejected[0]
+        console.print(f"{len(plan.rejected)} options too small (largest rejected: {largest.gpu}, "
+                      f"{gib(largest.gpu_memory_bytes):.1f} GiB)", highlight=False)
+    _emit_suggestions(console, suggestions)
+    a = plan.assumptions
+    console.print(f"assumptions: one GPU per job (multi-GPU strategies: not modelled yet); {a.utilisation:.0%} of "
+                  f"dense BF16; {a.headroom:.0%} memory headroom; purchases over {a.amortisation_years:g} years plus "
+                  f"energy at {a.energy_usd_per_kwh} USD/kWh (TDP x hours); cloud at the catalog's hourly price and "
+                  "date; host and power-supply costs left out", highlight=False, soft_wrap=True, style="dim")
+
+
+def _emit_suggestions(console, suggestions) -> None:
+    if not suggestions:
+        return
+    console.print("what would make it fit, by memory saved:")
+    for item in suggestions:
+        if item.saved_bytes is None:
+            console.print(f"  - {item.change}: {item.note}", highlight=False, soft_wrap=True)
+        else:
+            verdict = "fits" if item.fits else "still too big"
+            console.print(f"  - {item.change}: saves {gib(item.saved_bytes):.2f} GiB -> "
+                          f"{gib(item.needed_bytes):.2f} GiB ({verdict})", highlight=False, soft_wrap=True)
+
+
+def emit_fit(result, gpu, suggestions) -> None:
+    console = _console()
+    what = result.solve.replace("-", " ")
+    if result.value is None:
+        console.print(f"{gpu.name}: nothing fits, not even {what} 1 "
+                      f"(usable {gib(result.usable_bytes):.2f} GiB)", highlight=False)
+    else:
+        estimate = result.estimate
+        capped = " (the search limit)" if result.value == result.limit else ""
+        console.print(f"{gpu.name}: largest {what} that fits: {result.value:,}{capped}", highlight=False)
+        console.print(f"  needs {gib(estimate.device_bytes):.2f} GiB of {gib(result.usable_bytes):.2f} GiB usable "
+                      f"({gib(gpu.memory_bytes):.2f} GiB total); batch {estimate.setup.batch_size} x sequence "
+                      f"{estimate.setup.seq_len}" + (f", rank {estimate.setup.lora.rank}" if estimate.setup.lora
+                                                     else ""), highlight=False)
+    console.print(f"  bisection over a monotone estimate: {result.estimates_run} estimate(s) run", style="dim")
+    _emit_suggestions(console, suggestions)

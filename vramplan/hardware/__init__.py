@@ -1,0 +1,1 @@
+"""Hardware: the GPU and system catalog, and the planner that fits jobs onto it."""

@@ -1,0 +1,71 @@
+"""`vramplan fit`: the largest batch, sequence length or LoRA rank that fits one GPU.
+
+Memory never falls when batch, sequence or rank grow (tests/estimate/test_properties.py holds the estimator to
+that), so the largest fitting value is found by bisection: about log2(limit) estimates, milliseconds in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel
+
+from vramplan.errors import UsageError
+from vramplan.estimate import Estimate, estimate_memory
+from vramplan.models.catalog import ResolvedModel
+from vramplan.training import TrainingSetup
+
+Solve = Literal["batch-size", "seq-len", "lora-rank"]
+SEARCH_LIMITS = {"batch-size": 4096, "seq-len": 1_048_576, "lora-rank": 4096}
+
+
+class FitResult(BaseModel):
+    solve: Solve
+    value: int | None  # None: not even the smallest value fits
+    limit: int
+    usable_bytes: int
+    estimate: Estimate | None  # at the value found
+    estimates_run: int
+
+
+def _setter(setup: TrainingSetup, solve: Solve) -> Callable[[int], TrainingSetup]:
+    if solve == "batch-size":
+        return lambda value: setup.model_copy(update={"batch_size": value})
+    if solve == "seq-len":
+        return lambda value: setup.model_copy(update={"seq_len": value})
+    if setup.lora is None:
+        raise UsageError("--solve lora-rank needs --method lora or qlora")
+    return lambda value: setup.model_copy(update={"lora": setup.lora.model_copy(update={"rank": value})})
+
+
+def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, usable_bytes: int) -> FitResult:
+    """The largest value of `solve` whose estimate's device_bytes fit in `usable_bytes`."""
+    make = _setter(setup, solve)
+    limit = SEARCH_LIMITS[solve]
+    runs = 0
+
+    def fits(value: int) -> Estimate | None:
+        nonlocal runs
+        runs += 1
+        result = estimate_memory(model, make(value))
+        return result if result.device_bytes <= usable_bytes else None
+
+    best = fits(1)
+    if best is None:
+        return FitResult(solve=solve, value=None, limit=limit, usable_bytes=usable_bytes, estimate=None,
+                         estimates_run=runs)
+    low, high = 1, limit  # invariant: low fits; anything above high is not searched
+    top = fits(high)
+    if top is not None:
+        return FitResult(solve=solve, value=high, limit=limit, usable_bytes=usable_bytes, estimate=top,
+                         estimates_run=runs)
+    while high - low > 1:
+        middle = (low + high) // 2
+        result = fits(middle)
+        if result is None:
+            high = middle
+        else:
+            low, best = middle, result
+    return FitResult(solve=solve, value=low, limit=limit, usable_bytes=usable_bytes, estimate=best,
+                     estimates_run=runs)

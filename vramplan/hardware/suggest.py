@@ -1,0 +1,66 @@
+"""What would make a job fit: each change to the setup, its new per-GPU need, and the memory it saves."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from vramplan.estimate import Estimate, estimate_memory
+from vramplan.errors import VramplanError
+from vramplan.training import Method, Optimizer, TrainingSetup
+
+
+class Suggestion(BaseModel):
+    change: str
+    needed_bytes: int | None  # None: not modelled yet, so no figure
+    saved_bytes: int | None
+    fits: bool | None
+    note: str = ""
+
+
+def _variants(setup: TrainingSetup) -> list[tuple[str, TrainingSetup]]:
+    variants = []
+    if not setup.gradient_checkpointing:
+        variants.append(("turn on gradient checkpointing", setup.model_copy(update={"gradient_checkpointing": True})))
+    if setup.method is not Method.QLORA:
+        from vramplan.training import resolve_setup
+
+        qlora = resolve_setup("qlora", batch_size=setup.batch_size, seq_len=setup.seq_len,
+                              gradient_checkpointing=setup.gradient_checkpointing)
+        variants.append(("train with QLoRA (4-bit base weights, rank-16 adapters)", qlora))
+    if setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
+        variants.append(("use the 8-bit AdamW optimizer (bitsandbytes)",
+                         setup.model_copy(update={"optimizer": Optimizer.ADAMW_8BIT})))
+    if setup.seq_len > 256:
+        half = setup.seq_len // 2
+        variants.append((f"halve the sequence length to {half}", setup.model_copy(update={"seq_len": half})))
+    if setup.batch_size > 1:
+        variants.append((f"micro-batch 1 with {setup.batch_size} gradient-accumulation steps",
+                         setup.model_copy(update={"batch_size": 1})))
+    return variants
+
+
+def suggest_changes(estimate: Estimate, usable_bytes: int) -> list[Suggestion]:
+    """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on the target GPU."""
+    suggestions = []
+    for change, setup in _variants(estimate.setup):
+        try:
+            needed = estimate_memory(estimate.model, setup).device_bytes
+        except VramplanError as err:  # a variant the estimator refuses is reported, not guessed
+            suggestions.append(Suggestion(change=change, needed_bytes=None, saved_bytes=None, fits=None,
+                                          note=str(err)))
+            continue
+        saved = estimate.device_bytes - needed
+        if saved > 0:
+            suggestions.append(Suggestion(change=change, needed_bytes=needed, saved_bytes=saved,
+                                          fits=needed <= usable_bytes))
+    suggestions.sort(key=lambda s: -(s.saved_bytes or 0))
+    loss = estimate.components.get("logits_loss", 0)
+    if loss:
+        suggestions.append(Suggestion(
+            change="a chunked or fused cross-entropy (Liger, cut-cross-entropy, torchtune's chunked loss)",
+            needed_bytes=None, saved_bytes=None, fits=None,
+            note=f"not modelled yet; the logits/loss term holds {loss / 2**30:.2f} GiB of this peak"))
+    suggestions.append(Suggestion(
+        change="more GPUs (sharding with FSDP or ZeRO)", needed_bytes=None, saved_bytes=None, fits=None,
+        note="multi-GPU strategies are not modelled yet"))
+    return suggestions
