@@ -102,3 +102,11 @@ def test_output_piped_into_a_closed_reader_exits_quietly():
     completed = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True,
                                check=False, env={**os.environ, "COLUMNS": "120"})
     assert completed.returncode == 0 and "Traceback" not in completed.stderr
+
+
+def test_api_call_survives_importing_the_estimate_package():
+    import vramplan
+    import vramplan.estimate.weights  # noqa: F401 - binds the package to vramplan.estimate
+
+    result = vramplan.estimate("8b", "qlora", batch_size=2)
+    assert result.setup.batch_size == 2 and result.peak_allocated_bytes > 0

@@ -190,3 +190,26 @@ def fit_command(
         emit_fit(result, card, suggestions)
     if result.value is None:
         raise typer.Exit(3)
+
+
+def report_command(
+    jobs: Annotated[str, typer.Argument(help="TOML file of planned jobs (see examples/jobs.toml).")],
+    out: Annotated[str, typer.Option("--out", help="Folder for report.html, report.md and the charts.")] = "report",
+    catalog: o.CatalogDir = None,
+) -> None:
+    """Write a procurement report (HTML and Markdown) for a team's planned jobs."""
+    import sys
+    from pathlib import Path
+
+    from vramplan.errors import require_extra
+    from vramplan.hardware.catalog import load_hardware
+    from vramplan.report.build import build_report
+    from vramplan.report.jobs import load_jobs
+    from vramplan.report.render import write_report
+
+    require_extra("report", "matplotlib")
+    report = build_report(load_jobs(Path(jobs)), load_hardware(catalog))
+    written = write_report(report, Path(out))
+    if report.recommended is not None:
+        sys.stdout.write(f"recommended: {report.recommended.id} ({report.recommended.name})\n")
+    sys.stdout.write("wrote " + ", ".join(str(path) for path in written) + "\n")

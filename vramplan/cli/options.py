@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vramplan.units import parse_count, parse_fraction  # noqa: F401 - the commands parse options with these
+
 Model = Annotated[
     str, typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...) or path to config.json/folder.")
 ]
@@ -59,29 +61,3 @@ CatalogDir = Annotated[
 ]
 Headroom = Annotated[str, typer.Option("--headroom", help="GPU memory to keep free, e.g. 10% or 0.1.")]
 
-
-def parse_fraction(text: str, option: str) -> float:
-    """'10%' or '0.1' -> 0.1."""
-    from vramplan.errors import UsageError
-
-    try:
-        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: write a percentage like 10% or a fraction like 0.1") from None
-    if not 0 <= value < 1:
-        raise UsageError(f"{option} {text!r}: must be at least 0% and under 100%")
-    return value
-
-
-def parse_count(text: str, option: str) -> int:
-    """'50M' -> 50_000_000; '2B', '500k' and plain integers too."""
-    from vramplan.errors import UsageError
-
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
-    cleaned = text.strip().lower().replace("_", "").replace(",", "")
-    try:
-        if cleaned and cleaned[-1] in scale:
-            return round(float(cleaned[:-1]) * scale[cleaned[-1]])
-        return int(cleaned)
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: write a count like 50M, 2B or 500000") from None

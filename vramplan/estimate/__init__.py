@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 from pydantic import BaseModel
 
@@ -238,3 +240,19 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         paged_optimizer_bytes=opt.paged_state_bytes,
         assumptions=[],
     )
+
+
+class _EstimatePackage(types.ModuleType):
+    """Keeps `vramplan.estimate(...)` the API call once this package is imported.
+
+    Importing `vramplan.estimate.<module>` binds the package to the `vramplan.estimate` attribute, shadowing
+    the API function of the same name; a callable package forwards the call instead.
+    """
+
+    def __call__(self, model: str, method: str = "lora", **options) -> Estimate:
+        from vramplan.api import estimate
+
+        return estimate(model, method, **options)
+
+
+sys.modules[__name__].__class__ = _EstimatePackage

@@ -120,7 +120,9 @@ def _option(
     hours = training_tokens / speed / 3600 if speed else None
     price = _price_of(record.prices)
     if kind == "system" and price is None:
-        price = _gpus_only_price(gpu, gpus_in_option)
+        # A machine without a price is at least its GPUs; a cloud instance without one has no price to use.
+        if isinstance(record, System) and record.kind != "cloud":
+            price = _gpus_only_price(gpu, gpus_in_option)
         notes.append("no system price in the catalog" + ("; priced as its GPUs alone" if price else ""))
     watts = None if gpu.tdp_w is None else gpu.tdp_w * gpus_in_option
     cost, basis = _cost(price, hours, watts, assumptions)

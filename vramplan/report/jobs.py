@@ -1,0 +1,59 @@
+"""The jobs file a team writes for `vramplan report`: its jobs, and the cost assumptions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vramplan.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    method: str
+    options: dict[str, Any] = {}
+    tokens: str = "100M"  # per epoch, e.g. "50M"
+    epochs: float = Field(default=1.0, gt=0)
+
+
+class ReportAssumptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    headroom: str = "10%"
+    mfu: float = Field(default=0.40, gt=0, le=1)
+    amortise_years: float = Field(default=3.0, gt=0)
+    kwh_price: float = Field(default=0.15, ge=0)
+
+
+class JobsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = "GPU procurement report"
+    assumptions: ReportAssumptions = ReportAssumptions()
+    job: list[Job] = Field(min_length=1)
+
+
+def load_jobs(path: Path) -> JobsFile:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such jobs file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{path}: not valid TOML ({err})") from None
+    try:
+        return JobsFile(**raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UsageError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
