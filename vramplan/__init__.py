@@ -12,4 +12,11 @@ def estimate(model: str, method: str = "lora", **options):
     return _estimate(model, method, **options)
 
 
-__all__ = ["__version__", "estimate"]
+def preflight(model: str, method: str = "lora", **options):
+    """See vramplan.api.preflight."""
+    from vramplan.api import preflight as _preflight
+
+    return _preflight(model, method, **options)
+
+
+__all__ = ["__version__", "estimate", "preflight"]

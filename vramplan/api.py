@@ -29,3 +29,25 @@ def trace(model: str, method: str = "lora", **options):
     from vramplan.measure.trace import trace_memory
 
     return trace_memory(resolve_model(model), resolve_setup(method, **options))
+
+
+def preflight(
+    model: str,
+    method: str = "lora",
+    *,
+    gpus: list[int] | None = None,
+    gpu: str | None = None,
+    headroom: float = 0.0,
+    nvml=None,
+    **options,
+):
+    """Will this job fit? On the local GPUs (NVML; `gpus` picks indices among the visible ones, LOCAL_RANK
+    picks the rank's own), or on an idle catalog GPU with `gpu="rtx-4090"`. Returns a Verdict; raises
+    CannotCheckError when there is no NVIDIA driver or GPU to read.
+    """
+    from vramplan.check.preflight import check_catalog, check_local
+
+    result = estimate(model, method, **options)
+    if gpu is not None:
+        return check_catalog(result, gpu, headroom)
+    return check_local(result, gpus, headroom, nvml)

@@ -13,7 +13,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError as ClickUsageError
 
 from vramplan.cli.estimate import estimate_command
-from vramplan.cli.hardware import catalog_app, fit_command, plan_command, report_command
+from vramplan.cli.hardware import catalog_app, check_command, fit_command, plan_command, report_command
 from vramplan.cli.models import models_command
 from vramplan.cli.trace import trace_command
 from vramplan.cli.validate import validate_command
@@ -35,6 +35,7 @@ app.add_typer(catalog_app, name="catalog")
 app.command("plan")(plan_command)
 app.command("fit")(fit_command)
 app.command("report")(report_command)
+app.command("check")(check_command)
 
 
 def _fail(message: str, code: int) -> int:

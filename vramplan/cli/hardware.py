@@ -213,3 +213,64 @@ def report_command(
     if report.recommended is not None:
         sys.stdout.write(f"recommended: {report.recommended.id} ({report.recommended.name})\n")
     sys.stdout.write("wrote " + ", ".join(str(path) for path in written) + "\n")
+
+
+
+def check_command(
+    model: o.Model,
+    method: o.MethodOpt = "lora",
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="Visible GPU indices to check, e.g. 0,1.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Check against an idle catalog GPU instead.")] = None,
+    headroom: o.Headroom = "0%",
+    nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
+                                                          help="Replay recorded NVML answers (tests, demos).")] = None,
+    catalog: o.CatalogDir = None,
+    fmt: o.Format = "table",
+) -> None:
+    """Pre-flight: does the job fit on the local GPUs (NVML) or on a catalog GPU? Exit 0 fits, 3 not, 4 cannot check."""
+    from pathlib import Path
+
+    from vramplan.api import estimate
+    from vramplan.check.nvml import RecordedNvml
+    from vramplan.check.preflight import check_catalog, check_local
+    from vramplan.cli.render_hardware import emit_verdict
+    from vramplan.errors import UsageError
+
+    check_format(fmt)
+    fraction = o.parse_fraction(headroom, "--headroom")
+    result = estimate(model, method, **o.training_options(
+        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
+        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
+        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    if gpu is not None:
+        verdict = check_catalog(result, gpu, fraction, catalog)
+    else:
+        indices = None
+        if gpus is not None:
+            try:
+                indices = [int(part) for part in gpus.split(",") if part.strip()]
+            except ValueError:
+                raise UsageError(f"--gpus {gpus!r}: write indices like 0,1") from None
+        nvml = RecordedNvml.from_file(Path(nvml_recording)) if nvml_recording else None
+        verdict = check_local(result, indices, fraction, nvml)
+    if fmt == "json":
+        import json
+        import sys
+
+        document = verdict.model_dump(mode="json")
+        document["exit_code"] = verdict.exit_code
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        emit_verdict(verdict)
+    if verdict.exit_code:
+        raise typer.Exit(verdict.exit_code)

@@ -145,3 +145,27 @@ def emit_fit(result, gpu, suggestions) -> None:
                                                      else ""), highlight=False)
     console.print(f"  bisection over a monotone estimate: {result.estimates_run} estimate(s) run", style="dim")
     _emit_suggestions(console, suggestions)
+
+
+def emit_verdict(verdict) -> None:
+    from rich.table import Table
+
+    console = _console()
+    estimate = verdict.estimate
+    where = "this machine" if verdict.source == "local" else "a catalog GPU"
+    console.print(f"{estimate.model.name}, {estimate.setup.method.value}: needs {gib(estimate.device_bytes):.2f} GiB "
+                  f"per GPU; checking {where}" + (f" (driver {verdict.driver_version}, CUDA {verdict.cuda_version})"
+                                                  if verdict.driver_version else ""), highlight=False)
+    table = Table()
+    for column in ("GPU", "name", "total GiB", "free GiB", "others GiB", "margin GiB", "verdict"):
+        table.add_column(column)
+    for gpu in verdict.gpus:
+        table.add_row("-" if gpu.index is None else str(gpu.index), gpu.name, f"{gib(gpu.total_bytes):.2f}",
+                      f"{gib(gpu.free_bytes):.2f}", f"{gib(gpu.other_processes_bytes):.2f}",
+                      f"{gib(gpu.margin_bytes):+.2f}", "fits" if gpu.fits else "DOES NOT FIT")
+    console.print(table)
+    console.print(("FITS" if verdict.fits else "DOES NOT FIT") + f" (headroom kept free: {verdict.headroom:.0%})",
+                  style="bold")
+    for note in verdict.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True, style="dim")
+    _emit_suggestions(console, verdict.suggestions)

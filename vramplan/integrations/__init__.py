@@ -1,0 +1,1 @@
+"""Hooks into training frameworks (import the one you use; each needs its framework installed)."""
