@@ -55,7 +55,7 @@ def test_probe_lines_give_one_peak_per_measured_metric_and_skip_ooms(tmp_path):
         ("p1", "allocated", 5 * 2**30), ("p1", "reserved", 6 * 2**30), ("p1", "device", 7 * 2**30)]
 
 
-def test_a_corrupt_probe_line_names_file_and_line(tmp_path):
+def test_a_corrupt_probe_line_names_file_and_line_when_strict(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"id": 1}\n{not json\n')
     with pytest.raises(UsageError, match=r"x.jsonl:2"):
         load_probe_files(tmp_path)

@@ -13,7 +13,14 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError as ClickUsageError
 
 from vramplan.cli.estimate import estimate_command
-from vramplan.cli.hardware import catalog_app, check_command, fit_command, plan_command, report_command
+from vramplan.cli.hardware import (
+    catalog_app,
+    check_command,
+    fit_command,
+    plan_command,
+    probe_command,
+    report_command,
+)
 from vramplan.cli.models import models_command
 from vramplan.cli.trace import trace_command
 from vramplan.cli.validate import validate_command
@@ -36,6 +43,7 @@ app.command("plan")(plan_command)
 app.command("fit")(fit_command)
 app.command("report")(report_command)
 app.command("check")(check_command)
+app.command("probe")(probe_command)
 
 
 def _fail(message: str, code: int) -> int:

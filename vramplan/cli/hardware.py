@@ -274,3 +274,53 @@ def check_command(
         emit_verdict(verdict)
     if verdict.exit_code:
         raise typer.Exit(verdict.exit_code)
+
+
+def probe_command(
+    model: o.Model,
+    method: o.MethodOpt = "lora",
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    steps: Annotated[int, typer.Option("--steps", help="Measured steps after one warm-up step.", min=1)] = 3,
+    device: Annotated[str, typer.Option("--device", help="auto | cuda | cpu (cpu: small configs)")] = "auto",
+    out: Annotated[str, typer.Option("--out", help="Folder for <gpu>-<date>.jsonl.")] = "validation/measurements",
+    fmt: o.Format = "table",
+) -> None:
+    """Run a few real training steps (random weights) and append the measured peaks as one JSON line."""
+    import sys
+    from pathlib import Path
+
+    from vramplan.errors import UsageError, require_extra
+    from vramplan.models.catalog import resolve_model
+    from vramplan.training import resolve_setup
+
+    check_format(fmt)
+    if device not in ("auto", "cuda", "cpu"):
+        raise UsageError(f"--device {device!r}: choose auto, cuda or cpu")
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    from vramplan.measure.probe import append_jsonl, measurement_file, run_probe
+
+    options = o.training_options(
+        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
+        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
+        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep)
+    record = run_probe(resolve_model(model), resolve_setup(method, **options), steps=steps, device=device,
+                       options=options)
+    path = measurement_file(Path(out), record.gpu)
+    append_jsonl(path, record)
+    if fmt == "json":
+        sys.stdout.write(record.model_dump_json(indent=2) + "\n")
+    else:
+        measured = record.max_memory_allocated
+        sys.stdout.write(
+            f"{record.id} on {record.gpu}: {record.status}; peak allocated "
+            f"{'?' if measured is None else f'{measured / 2**30:.2f} GiB'} ({record.peak_phase}) against "
+            f"{record.estimate['peak_allocated_bytes'] / 2**30:.2f} GiB estimated; appended to {path}\n")

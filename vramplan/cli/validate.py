@@ -79,7 +79,10 @@ def validate_command(
 
 def _measured_sources(measurements, published, mapping, load_probe_files, load_published):
     if measurements is not None:
-        yield "measurements", load_probe_files(measurements)
+        def warn(where: str) -> None:
+            sys.stderr.write(f"vramplan: warning: {where}: not a JSON line (a probe cut off mid-write?), skipped\n")
+
+        yield "measurements", load_probe_files(measurements, warn)
     if published is not None:
         yield "published", load_published(published, mapping)
 

@@ -55,8 +55,11 @@ def _quantization_config(setup: TrainingSetup):
     )
 
 
-def build_real_model(config: dict[str, Any], setup: TrainingSetup):
-    """A randomly initialised model with real tensors (small configs only)."""
+def build_real_model(config: dict[str, Any], setup: TrainingSetup, device: str = "cpu"):
+    """A randomly initialised model with real tensors on `device` (on the CPU: small configs only).
+
+    QLoRA goes through a saved checkpoint because transformers quantizes while loading (`from_pretrained`).
+    """
     import transformers
 
     hf_config = hf_config_for(config)
@@ -65,11 +68,12 @@ def build_real_model(config: dict[str, Any], setup: TrainingSetup):
         with tempfile.TemporaryDirectory() as folder:
             transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).save_pretrained(folder)
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, dtype=dtype, device_map="cpu", quantization_config=_quantization_config(setup),
+                folder, dtype=dtype, device_map=device, quantization_config=_quantization_config(setup),
                 attn_implementation="sdpa",
             )
     else:
-        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
+        with torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
     return _wrap_for_training(model, setup)
 
 

@@ -68,7 +68,7 @@ def _cuda_dropout(input, p=0.5, training=True, inplace=False):
 
 
 @contextlib.contextmanager
-def _quiet_libraries():
+def quiet_libraries():
     """transformers' and peft's deprecation notices and config remarks are not the user's business here."""
     import warnings
 
@@ -76,6 +76,7 @@ def _quiet_libraries():
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -83,6 +84,7 @@ def _quiet_libraries():
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def _unpacked_sequences(position_ids):
@@ -187,7 +189,7 @@ def trace_training_step(
     seed: int = 0,
 ) -> StepTrace:
     """Peak live bytes of a steady-state training step of `config` under `setup`, on CPU."""
-    with _quiet_libraries():
+    with quiet_libraries():
         return _trace(config, setup, fake, warmup, seed)
 
 

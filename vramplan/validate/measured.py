@@ -111,11 +111,12 @@ def load_published(tsv: Path, mapping_file: Path) -> list[MeasuredPeak]:
     return peaks
 
 
-def load_probe_files(folder: Path) -> list[MeasuredPeak]:
+def load_probe_files(folder: Path, on_corrupt=None) -> list[MeasuredPeak]:
     """Peaks from probe JSON lines (`validation/measurements/*.jsonl`): one line per probe, OOM lines skipped.
 
     A line carries `id`, `model`, `method`, `options`, `gpu` and the metrics it measured as
-    `max_memory_allocated`, `max_memory_reserved` and `nvml_peak_used` (bytes).
+    `max_memory_allocated`, `max_memory_reserved` and `nvml_peak_used` (bytes). A line that is not JSON (a
+    probe cut off mid-write) is skipped and reported to `on_corrupt(where)`; without a callback it is an error.
     """
     peaks = []
     for path in sorted(folder.glob("*.jsonl")):
@@ -125,7 +126,10 @@ def load_probe_files(folder: Path) -> list[MeasuredPeak]:
             try:
                 probe = json.loads(line)
             except json.JSONDecodeError:
-                raise UsageError(f"{path}:{number}: not a JSON line") from None
+                if on_corrupt is None:
+                    raise UsageError(f"{path}:{number}: not a JSON line") from None
+                on_corrupt(f"{path}:{number}")
+                continue
             if probe.get("status", "ok") != "ok":
                 continue
             for metric, key in (("allocated", "max_memory_allocated"), ("reserved", "max_memory_reserved"),

@@ -1,0 +1,225 @@
+"""`vramplan probe`: a few real training steps on the local GPU (or the CPU), with their measured peaks.
+
+On CUDA it records what only a GPU can tell: `torch.cuda.max_memory_allocated` and `max_memory_reserved`, the
+NVML peak (sampled in a thread), the CUDA context measured before the model loads, the phase of the peak, step
+time and tokens/s. On the CPU the same code counts live tensor bytes instead (small configs), so CI covers it.
+An out-of-memory error is a result, recorded with the estimate that predicted it or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from vramplan.estimate import estimate_memory
+from vramplan.measure.build import AUTOCAST_DTYPE, build_real_model, make_optimizer
+from vramplan.models.catalog import ResolvedModel
+from vramplan.training import TrainingSetup
+
+NVML_SAMPLE_SECONDS = 0.005
+
+
+class ProbeRecord(BaseModel):
+    """One probe, one JSON line (the keys `vramplan validate --measurements` reads are documented there)."""
+
+    id: str
+    model: str
+    method: str
+    options: dict[str, Any]
+    status: str  # ok | oom
+    device: str
+    gpu: str
+    max_memory_allocated: int | None
+    max_memory_reserved: int | None
+    nvml_peak_used: int | None
+    cuda_context_bytes: int | None
+    peak_phase: str | None
+    phase_peaks: dict[str, int]
+    step_seconds: float | None
+    tokens_per_second: float | None
+    estimate: dict[str, Any]
+    setup: dict[str, Any]
+    versions: dict[str, str]
+    measured_at: str
+    error: str = ""
+
+
+def append_jsonl(path: Path, record: BaseModel) -> None:
+    """Append one line with a single O_APPEND write and fsync: a crash can cut only this line, never earlier ones."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (record.model_dump_json() + "\n").encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(descriptor).st_size and _last_byte(path) != b"\n":
+            line = b"\n" + line  # an earlier crash left a cut line: start ours on a fresh one
+        os.write(descriptor, line)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "vramplan"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    if torch.cuda.is_available():
+        versions["cuda_runtime"] = str(torch.version.cuda)
+    return versions
+
+
+class _NvmlPeak:
+    """Samples NVML's used memory of one GPU in a thread; `peak` is the largest reading."""
+
+    def __init__(self, index: int):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.peak = self.used()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def used(self) -> int:
+        return self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
+
+    def _run(self) -> None:
+        while not self._stop.wait(NVML_SAMPLE_SECONDS):
+            self.peak = max(self.peak, self.used())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.used())
+
+
+def _step(model, optimizer, input_ids, setup: TrainingSetup, on_phase) -> None:
+    from accelerate.utils import convert_to_fp32
+
+    autocast = (torch.autocast(input_ids.device.type, dtype=AUTOCAST_DTYPE[setup.precision])
+                if setup.autocast else contextlib.nullcontext())
+    with autocast:
+        outputs = model(input_ids=input_ids, labels=input_ids)
+    if setup.autocast:
+        outputs = convert_to_fp32(outputs)
+    loss = outputs.loss
+    del outputs
+    on_phase("forward")
+    loss.backward()
+    del loss
+    on_phase("backward")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    on_phase("optimizer")
+
+
+def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, device: str = "auto",
+              options: dict[str, Any] | None = None, probe_id: str | None = None) -> ProbeRecord:
+    """Warm-up step, then `steps` measured steps; the peaks are the maximum over the measured steps."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    predicted = estimate_memory(resolved, setup)
+    base = dict(
+        id=probe_id or f"{resolved.name}-{setup.method.value}-b{setup.batch_size}-s{setup.seq_len}",
+        model=resolved.requested, method=setup.method.value, options=options or {}, device=device,
+        estimate=dict(peak_allocated_bytes=predicted.peak_allocated_bytes, peak_reserved_bytes=predicted.peak_reserved_bytes,
+                      device_bytes=predicted.device_bytes, peak_phase=predicted.peak_phase),
+        setup=setup.model_dump(mode="json"), versions=_versions(),
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    from vramplan.measure.hf_step import quiet_libraries
+
+    if device == "cpu":
+        return _cpu_probe(resolved, setup, base)
+    with quiet_libraries():
+        return _cuda_probe(resolved, setup, steps, base)
+
+
+def _cpu_probe(resolved: ResolvedModel, setup: TrainingSetup, base: dict) -> ProbeRecord:
+    from vramplan.measure.hf_step import trace_training_step
+
+    started = time.perf_counter()
+    trace = trace_training_step(resolved.config, setup, fake=False, warmup="step")
+    seconds = time.perf_counter() - started
+    return ProbeRecord(**base, status="ok", gpu="cpu", max_memory_allocated=trace.peak_allocated_bytes,
+                       max_memory_reserved=None, nvml_peak_used=None, cuda_context_bytes=None,
+                       peak_phase=trace.peak_phase, phase_peaks={p.phase: p.peak_bytes for p in trace.phases},
+                       step_seconds=seconds, tokens_per_second=setup.tokens_per_step / seconds)
+
+
+def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base: dict) -> ProbeRecord:
+    index = torch.cuda.current_device()
+    gpu = torch.cuda.get_device_name(index)
+    nvml = _NvmlPeak(index)
+    before = nvml.used()
+    torch.ones(1, device="cuda")  # creates the CUDA context
+    torch.cuda.synchronize()
+    context = nvml.used() - before - torch.cuda.memory_reserved()
+    phase_peaks: dict[str, int] = {}
+    reserved: list[int] = [0]
+
+    def on_phase(phase: str) -> None:
+        torch.cuda.synchronize()
+        phase_peaks[phase] = max(phase_peaks.get(phase, 0), torch.cuda.max_memory_allocated())
+        reserved[0] = max(reserved[0], torch.cuda.max_memory_reserved())
+        torch.cuda.reset_peak_memory_stats()
+
+    model = optimizer = None
+    try:
+        model = build_real_model(resolved.config, setup, device="cuda")
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], setup.optimizer)
+        input_ids = torch.randint(0, int(resolved.config["vocab_size"]), (setup.batch_size, setup.seq_len),
+                                  device="cuda")
+        _step(model, optimizer, input_ids, setup, lambda phase: None)  # warm-up: optimizer states now exist
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with nvml:
+            started = time.perf_counter()
+            for _ in range(steps):
+                _step(model, optimizer, input_ids, setup, on_phase)
+            torch.cuda.synchronize()
+            seconds = (time.perf_counter() - started) / steps
+        peak_phase = max(phase_peaks, key=phase_peaks.get)
+        return ProbeRecord(**base, status="ok", gpu=gpu, max_memory_allocated=phase_peaks[peak_phase],
+                           max_memory_reserved=reserved[0], nvml_peak_used=nvml.peak, cuda_context_bytes=context,
+                           peak_phase=peak_phase, phase_peaks=phase_peaks, step_seconds=seconds,
+                           tokens_per_second=setup.tokens_per_step / seconds)
+    except torch.cuda.OutOfMemoryError as err:
+        return ProbeRecord(**base, status="oom", gpu=gpu, max_memory_allocated=torch.cuda.max_memory_allocated(),
+                           max_memory_reserved=torch.cuda.max_memory_reserved(), nvml_peak_used=None,
+                           cuda_context_bytes=context, peak_phase=None, phase_peaks=phase_peaks, step_seconds=None,
+                           tokens_per_second=None, error=str(err).splitlines()[0])
+    finally:
+        del model, optimizer
+        torch.cuda.empty_cache()
+
+
+def measurement_file(folder: Path, gpu: str, when: datetime | None = None) -> Path:
+    """validation/measurements/<gpu>-<date>.jsonl, the GPU name as a file-safe slug."""
+    slug = "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    day = (when or datetime.now(timezone.utc)).date().isoformat()
+    return folder / f"{slug}-{day}.jsonl"
+
