@@ -87,12 +87,19 @@ def _versions() -> dict[str, str]:
 class _NvmlPeak:
     """Samples NVML's used memory of one GPU in a thread; `peak` is the largest reading."""
 
-    def __init__(self, index: int):
+    def __init__(self, cuda_index: int):
         import pynvml
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        # CUDA and NVML number GPUs differently under CUDA_VISIBLE_DEVICES; the UUID names the same device.
+        uuid = getattr(torch.cuda.get_device_properties(cuda_index), "uuid", None)
+        try:
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}") if uuid else None
+        except pynvml.NVMLError:
+            self._handle = None
+        if self._handle is None:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(cuda_index)
         self.peak = self.used()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
