@@ -4,8 +4,8 @@
     python scripts/gpu_probe_matrix.py --cpu --out /tmp/probes      # the same driver on small configs (CI)
 
 At least 24 probes across full/LoRA/QLoRA, checkpointing on and off, AdamW, 8-bit AdamW and paged 8-bit AdamW,
-three architectures (llama, qwen2 with tied embeddings, qwen3), and batch and sequence sweeps, ordered cheapest
-first. The script enforces its own time budget: a probe is started only when the time left exceeds what the
+three architectures (llama, qwen2 with tied embeddings, qwen3), and batch and sequence sweeps, ordered from cheap to
+costly, each pattern across all three models. The script enforces its own time budget: a probe is started only when the time left exceeds what the
 last one took, and the ones not run are recorded as skipped. An OOM is a recorded result.
 """
 
@@ -26,21 +26,20 @@ CPU_MODELS = tuple(str(REPO / "validation" / "configs" / f"{name}.json")
 
 
 def matrix(models: tuple[str, ...], cpu: bool) -> list[tuple[str, str, dict]]:
-    """(model, method, options) for every probe, cheapest first."""
+    """(model, method, options) for every probe: patterns from cheap to costly, each across every model, so a
+    tight budget still covers all three architectures."""
     scale = 8 if cpu else 1  # sequences on the CPU are 8x shorter
-    probes = []
-    for model in models:
-        probes += [
-            (model, "lora", {"batch_size": 1, "seq_len": 2048 // scale}),
-            (model, "qlora", {"batch_size": 1, "seq_len": 2048 // scale}),
-            (model, "full", {"batch_size": 1, "seq_len": 2048 // scale, "gradient_checkpointing": True}),
-            (model, "lora", {"batch_size": 4, "seq_len": 2048 // scale, "gradient_checkpointing": False}),
-            (model, "qlora", {"batch_size": 2, "seq_len": 4096 // scale, "optimizer": "adamw-8bit"}),
-            (model, "full", {"batch_size": 2, "seq_len": 1024 // scale, "optimizer": "adamw-8bit"}),
-            (model, "lora", {"batch_size": 8, "seq_len": 1024 // scale, "optimizer": "paged-adamw-8bit"}),
-            (model, "qlora", {"batch_size": 1, "seq_len": 8192 // scale, "gradient_checkpointing": False}),
-        ]
-    return probes
+    patterns = [
+        ("lora", {"batch_size": 1, "seq_len": 2048 // scale}),
+        ("qlora", {"batch_size": 1, "seq_len": 2048 // scale}),
+        ("full", {"batch_size": 1, "seq_len": 2048 // scale, "gradient_checkpointing": True}),
+        ("full", {"batch_size": 2, "seq_len": 1024 // scale, "optimizer": "adamw-8bit"}),
+        ("lora", {"batch_size": 4, "seq_len": 2048 // scale, "gradient_checkpointing": False}),
+        ("lora", {"batch_size": 8, "seq_len": 1024 // scale, "optimizer": "paged-adamw-8bit"}),
+        ("qlora", {"batch_size": 2, "seq_len": 4096 // scale, "optimizer": "adamw-8bit"}),
+        ("qlora", {"batch_size": 1, "seq_len": 8192 // scale, "gradient_checkpointing": False}),
+    ]
+    return [(model, method, dict(options)) for method, options in patterns for model in models]
 
 
 def main() -> int:

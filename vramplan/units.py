@@ -27,15 +27,21 @@ def parse_fraction(text: str, option: str) -> float:
     return value
 
 
-def parse_count(text: str, option: str) -> int:
-    """'50M' -> 50_000_000; '2B', '500k' and plain integers too."""
+def parse_count(text: str | int, option: str) -> int:
+    """'50M' -> 50_000_000; '2B', '500k', '1e9' and plain integers too; at least 1."""
+    import math
+
     from vramplan.errors import UsageError
 
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
-    cleaned = text.strip().lower().replace("_", "").replace(",", "")
+    cleaned = str(text).strip().lower().replace("_", "").replace(",", "")
     try:
         if cleaned and cleaned[-1] in scale:
-            return round(float(cleaned[:-1]) * scale[cleaned[-1]])
-        return int(cleaned)
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: write a count like 50M, 2B or 500000") from None
+            value = float(cleaned[:-1]) * scale[cleaned[-1]]
+        else:
+            value = float(cleaned)
+        if not math.isfinite(value) or value < 1:
+            raise ValueError
+        return round(value)
+    except (ValueError, OverflowError):
+        raise UsageError(f"{option} {text!r}: write a positive count like 50M, 2B or 500000") from None

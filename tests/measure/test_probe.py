@@ -47,7 +47,8 @@ def test_append_survives_a_line_cut_by_a_crash(cpu_record, tmp_path):
     assert ProbeRecord.model_validate_json(lines[0]) == cpu_record == ProbeRecord.model_validate_json(lines[2])
     corrupt = []
     peaks = load_probe_files(tmp_path, corrupt.append)
-    assert corrupt == [f"{path}:2"] and [peak.metric for peak in peaks] == ["allocated", "allocated"]
+    assert corrupt == [f"{path}:2"]
+    assert peaks == []  # CPU probes check the driver; they are not GPU measurements
 
 
 def test_matrix_script_cpu_mode(tmp_path, monkeypatch, capsys):

@@ -68,7 +68,9 @@ def check_local(estimate: Estimate, gpus: list[int] | None = None, headroom: flo
     if gpus is None:
         chosen = _local_rank_index(visible, environ) or visible
     else:
-        unknown = [index for index in gpus if index >= len(visible)]
+        if not gpus:
+            raise UsageError("--gpus: name at least one GPU index")
+        unknown = [index for index in gpus if index < 0 or index >= len(visible)]
         if unknown:
             raise UsageError(f"--gpus {unknown[0]}: only {len(visible)} GPUs are visible")
         chosen = [visible[index] for index in gpus]
@@ -81,11 +83,16 @@ def check_local(estimate: Estimate, gpus: list[int] | None = None, headroom: flo
         notes.append("each GPU is checked for the one-GPU need (a data-parallel replica); sharded strategies are "
                      "not modelled yet")
     by_index = {gpu.index: gpu for gpu in local.gpus}
+    own = os.getpid()
     verdicts = []
     for index in chosen:
         gpu = by_index[index]
-        others = sum(p.used_bytes or 0 for p in gpu.processes)
-        verdicts.append(_gpu_verdict(index, gpu.name, gpu.total_bytes, gpu.free_bytes, others,
+        # Memory this process already holds (a Trainer that loaded the model) belongs to the job, not to others.
+        mine = sum(p.used_bytes or 0 for p in gpu.processes if p.pid == own)
+        others = sum(p.used_bytes or 0 for p in gpu.processes if p.pid != own)
+        if mine:
+            notes.append(f"GPU {index}: {mine / 2**30:.2f} GiB this process already holds count as free for the job")
+        verdicts.append(_gpu_verdict(index, gpu.name, gpu.total_bytes, gpu.free_bytes + mine, others,
                                      estimate.device_bytes, headroom))
     return _verdict("local", estimate, verdicts, headroom, local.driver_version, local.cuda_version, notes)
 

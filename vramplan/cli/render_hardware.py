@@ -70,8 +70,8 @@ def emit_record(record, origin: str) -> None:
                 console.print(f"price: {price['amount']:,} {price['currency']} {price['kind']} ({price['date']}) "
                               f"- {price['source']} {price['note']}".rstrip(), highlight=False, soft_wrap=True)
             continue
-        if name == "memory_bytes" or name == "host_ram_bytes":
-            value = f"{value:,} B" + ("" if value is None else f" = {gib(value):.2f} GiB")
+        if name in ("memory_bytes", "host_ram_bytes") and value is not None:
+            value = f"{value:,} B = {gib(value):.2f} GiB"
         console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
     console.print(f"file: {origin}", style="dim")
 

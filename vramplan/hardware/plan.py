@@ -124,7 +124,7 @@ def _option(
         if isinstance(record, System) and record.kind != "cloud":
             price = _gpus_only_price(gpu, gpus_in_option)
         notes.append("no system price in the catalog" + ("; priced as its GPUs alone" if price else ""))
-    watts = None if gpu.tdp_w is None else gpu.tdp_w * gpus_in_option
+    watts = None if gpu.tdp_w is None else gpu.tdp_w  # the one GPU the job runs on (idle ones left out)
     cost, basis = _cost(price, hours, watts, assumptions)
     return PlanOption(
         kind=kind,

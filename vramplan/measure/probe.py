@@ -146,6 +146,10 @@ def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, 
     """Warm-up step, then `steps` measured steps; the peaks are the maximum over the measured steps."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from vramplan.errors import CannotCheckError
+
+        raise CannotCheckError("--device cuda: this torch has no CUDA device (use --device cpu for small configs)")
     predicted = estimate_memory(resolved, setup)
     base = dict(
         id=probe_id or f"{resolved.name}-{setup.method.value}-b{setup.batch_size}-s{setup.seq_len}",

@@ -7,6 +7,7 @@ from datetime import date
 from pydantic import BaseModel
 
 from vramplan.units import parse_count, parse_fraction
+from vramplan.errors import UsageError
 from vramplan.estimate import Estimate
 from vramplan.hardware.catalog import HardwareCatalog
 from vramplan.hardware.plan import CostAssumptions, Plan, PlanOption, plan_options
@@ -81,14 +82,14 @@ def _candidates(jobs: list[JobResult]) -> list[Candidate]:
     return candidates
 
 
-def _rules(catalog: HardwareCatalog) -> list[RuleRow]:
+def _rules(catalog: HardwareCatalog, headroom: float) -> list[RuleRow]:
     from vramplan.api import estimate
 
     rows = []
     gpus = sorted(catalog.gpus.values(), key=lambda gpu: gpu.memory_bytes)
     for model, method, rule, rule_gb in RULES_OF_THUMB:
         needed = estimate(model, method, batch_size=1, seq_len=2048).device_bytes
-        smallest = next((gpu.id for gpu in gpus if gpu.memory_bytes * 0.9 >= needed), None)
+        smallest = next((gpu.id for gpu in gpus if gpu.memory_bytes * (1 - headroom) >= needed), None)
         rows.append(RuleRow(model=model, method=method, rule=rule, rule_gb=rule_gb, vramplan_bytes=needed,
                             smallest_gpu=smallest))
     return rows
@@ -103,7 +104,12 @@ def build_report(jobs_file: JobsFile, catalog: HardwareCatalog, made_on: date | 
                                   headroom=parse_fraction(given.headroom, "headroom"))
     results = []
     for job in jobs_file.job:
-        job_estimate = estimate(job.model, job.method, **job.options)
+        try:
+            job_estimate = estimate(job.model, job.method, **job.options)
+        except UsageError as err:
+            raise UsageError(f"job {job.name!r}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"job {job.name!r}: bad options ({str(err).splitlines()[0]})") from None
         tokens = round(parse_count(job.tokens, f"job {job.name!r} tokens") * job.epochs)
         results.append(JobResult(name=job.name, estimate=job_estimate,
                                  plan=plan_options(job_estimate, catalog, tokens, assumptions)))
@@ -111,4 +117,4 @@ def build_report(jobs_file: JobsFile, catalog: HardwareCatalog, made_on: date | 
     # The estimate models the CUDA stack (bitsandbytes, CUDA kernels): ROCm parts are listed, not recommended.
     priced = [c for c in candidates if c.cost_usd is not None and not c.rocm]
     return Report(title=jobs_file.title, made_on=made_on or date.today(), assumptions=assumptions, jobs=results,
-                  candidates=candidates, recommended=priced[0] if priced else None, rules=_rules(catalog))
+                  candidates=candidates, recommended=priced[0] if priced else None, rules=_rules(catalog, assumptions.headroom))

@@ -23,7 +23,7 @@ class Job(BaseModel):
     model: str
     method: str
     options: dict[str, Any] = {}
-    tokens: str = "100M"  # per epoch, e.g. "50M"
+    tokens: str | int = "100M"  # per epoch, e.g. "50M" or 50000000
     epochs: float = Field(default=1.0, gt=0)
 
 

@@ -48,6 +48,10 @@ def _cost_time_chart(report: Report) -> bytes:
 
     figure, axis = plt.subplots(figsize=(9, 5))
     shown = [c for c in report.candidates if c.cost_usd is not None and c.hours is not None]
+    if not shown:
+        axis.text(0.5, 0.5, "no priced option runs every job on one GPU", ha="center", va="center")
+        axis.set_axis_off()
+        return _png(figure)
     for kind, marker in (("gpu", "o"), ("system", "s")):
         points = [c for c in shown if c.kind == kind]
         axis.scatter([c.hours for c in points], [c.cost_usd for c in points], marker=marker,
@@ -161,8 +165,8 @@ img { max-width: 100%; border: 1px solid #eee; }
 
 def write_report(report: Report, out: Path) -> list[Path]:
     """report.html (self-contained) and report.md with its PNG charts, under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
     charts = dict(zip(CHART_NAMES, (_memory_chart(report), _cost_time_chart(report))))
+    out.mkdir(parents=True, exist_ok=True)
     for name, data in charts.items():
         (out / name).write_bytes(data)
     sections = _sections(report)

@@ -118,6 +118,8 @@ def load_probe_files(folder: Path, on_corrupt=None) -> list[MeasuredPeak]:
     `max_memory_allocated`, `max_memory_reserved` and `nvml_peak_used` (bytes). A line that is not JSON (a
     probe cut off mid-write) is skipped and reported to `on_corrupt(where)`; without a callback it is an error.
     """
+    if not folder.is_dir():
+        raise UsageError(f"--measurements {folder}: not a folder")
     peaks = []
     for path in sorted(folder.glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -130,8 +132,8 @@ def load_probe_files(folder: Path, on_corrupt=None) -> list[MeasuredPeak]:
                     raise UsageError(f"{path}:{number}: not a JSON line") from None
                 on_corrupt(f"{path}:{number}")
                 continue
-            if probe.get("status", "ok") != "ok":
-                continue
+            if probe.get("status", "ok") != "ok" or probe.get("gpu") == "cpu":
+                continue  # OOMs are results but not peaks; CPU probes check the driver, not a GPU
             for metric, key in (("allocated", "max_memory_allocated"), ("reserved", "max_memory_reserved"),
                                 ("device", "nvml_peak_used")):
                 if probe.get(key) is not None:
