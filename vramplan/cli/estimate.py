@@ -26,24 +26,12 @@ def estimate_command(
     """Estimate per-GPU memory for a fine-tuning run, component by component."""
     from vramplan.api import estimate
 
+    options = locals()
     check_format(fmt)
     result = estimate(
         model,
         method,
-        **o.training_options(
-            batch_size=batch_size,
-            seq_len=seq_len,
-            precision=precision,
-            optimizer=optimizer,
-            gradient_checkpointing=gradient_checkpointing,
-            lora_rank=lora_rank,
-            lora_targets=lora_targets,
-            lora_dropout=lora_dropout,
-            double_quant=double_quant,
-            kbit_prep=kbit_prep,
-            gpus=gpus,
-            strategy=strategy,
-        ),
+        **o.training_options(options, o.SETUP_AND_GPU_OPTIONS),
     )
     if fmt == "json":
         emit_json(result)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.render import check_format, emit_json
+from vramplan.cli.render import check_format, emit_json, emit_json_document
 
 catalog_app = typer.Typer(help="The hardware catalog: GPUs and systems.", no_args_is_help=True)
 
@@ -69,10 +69,7 @@ def catalog_show(record_id: Annotated[str, typer.Argument(help="A GPU or system 
 
 
 def emit_json_list(records) -> None:
-    import json
-    import sys
-
-    sys.stdout.write(json.dumps([record.model_dump(mode="json") for record in records], indent=2) + "\n")
+    emit_json_document([record.model_dump(mode="json") for record in records])
 
 
 def plan_command(
@@ -99,6 +96,7 @@ def plan_command(
     fmt: o.Format = "table",
 ) -> None:
     """Every catalog GPU and system that runs the job, with headroom, speed, time and cost; cheapest first."""
+    options = locals()
     from vramplan.api import estimate
     from vramplan.cli.render_hardware import emit_plan
     from vramplan.hardware.catalog import load_hardware
@@ -110,22 +108,16 @@ def plan_command(
                                   headroom=o.parse_fraction(headroom, "--headroom"))
     training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
     hardware = load_hardware(catalog)
-    result = estimate(model, method, **o.training_options(
-        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
-        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    result = estimate(model, method, **o.training_options(options))
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
         suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)))
     if fmt == "json":
-        import json
-        import sys
-
         document = plan.model_dump(mode="json")
         document["suggestions"] = [s.model_dump(mode="json") for s in suggestions]
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        emit_json_document(document)
     else:
         emit_plan(plan, suggestions, top)
     if not plan.options:
@@ -152,6 +144,7 @@ def fit_command(
     fmt: o.Format = "table",
 ) -> None:
     """The largest batch size (or sequence length, or LoRA rank) that fits one catalog GPU."""
+    options = locals()
     from vramplan.cli.render_hardware import emit_fit
     from vramplan.errors import UsageError
     from vramplan.hardware.catalog import load_hardware
@@ -170,22 +163,16 @@ def fit_command(
     card = hardware.gpus[gpu]
     usable = int(card.memory_bytes * (1 - o.parse_fraction(headroom, "--headroom")))
     resolved = resolve_model(model)
-    setup = resolve_setup(method, **o.training_options(
-        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
-        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    setup = resolve_setup(method, **o.training_options(options))
     result = largest_fitting(resolved, setup, solve, usable)
     suggestions = []
     if result.value is None:
         suggestions = suggest_changes(estimate_memory(resolved, setup), usable)
     if fmt == "json":
-        import json
-        import sys
-
         document = result.model_dump(mode="json")
         document["gpu"] = card.model_dump(mode="json")
         document["suggestions"] = [s.model_dump(mode="json") for s in suggestions]
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        emit_json_document(document)
     else:
         emit_fit(result, card, suggestions)
     if result.value is None:
@@ -238,6 +225,7 @@ def check_command(
     fmt: o.Format = "table",
 ) -> None:
     """Pre-flight: does the job fit on the local GPUs (NVML) or on a catalog GPU? Exit 0 fits, 3 not, 4 cannot check."""
+    options = locals()
     from pathlib import Path
 
     from vramplan.api import estimate
@@ -248,10 +236,7 @@ def check_command(
 
     check_format(fmt)
     fraction = o.parse_fraction(headroom, "--headroom")
-    result = estimate(model, method, **o.training_options(
-        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
-        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep))
+    result = estimate(model, method, **o.training_options(options))
     if gpu is not None:
         verdict = check_catalog(result, gpu, fraction, catalog)
     else:
@@ -264,12 +249,9 @@ def check_command(
         nvml = RecordedNvml.from_file(Path(nvml_recording)) if nvml_recording else None
         verdict = check_local(result, indices, fraction, nvml)
     if fmt == "json":
-        import json
-        import sys
-
         document = verdict.model_dump(mode="json")
         document["exit_code"] = verdict.exit_code
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        emit_json_document(document)
     else:
         emit_verdict(verdict)
     if verdict.exit_code:
@@ -295,6 +277,7 @@ def probe_command(
     fmt: o.Format = "table",
 ) -> None:
     """Run a few real training steps (random weights) and append the measured peaks as one JSON line."""
+    options = locals()
     import sys
     from pathlib import Path
 
@@ -308,10 +291,7 @@ def probe_command(
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.measure.probe import append_jsonl, measurement_file, run_probe
 
-    options = o.training_options(
-        batch_size=batch_size, seq_len=seq_len, precision=precision, optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank, lora_targets=lora_targets,
-        lora_dropout=lora_dropout, double_quant=double_quant, kbit_prep=kbit_prep)
+    options = o.training_options(options)
     record = run_probe(resolve_model(model), resolve_setup(method, **options), steps=steps, device=device,
                        options=options)
     path = measurement_file(Path(out), record.gpu)

@@ -50,9 +50,16 @@ Strategy = Annotated[Optional[str], typer.Option("--strategy", help="single (mul
 Format = Annotated[str, typer.Option("--format", help="table | json")]
 
 
-def training_options(**values) -> dict:
-    """The options a library call takes, with the ones left unset dropped so their defaults apply."""
-    return {name: value for name, value in values.items() if value is not None}
+# The training options every sizing command declares (estimate and trace add gpus and strategy).
+SETUP_OPTIONS = ("batch_size", "seq_len", "precision", "optimizer", "gradient_checkpointing", "lora_rank",
+                 "lora_targets", "lora_dropout", "double_quant", "kbit_prep")
+SETUP_AND_GPU_OPTIONS = SETUP_OPTIONS + ("gpus", "strategy")
+
+
+def training_options(values: dict, names: tuple[str, ...] = SETUP_OPTIONS) -> dict:
+    """The library call's options among a command's parameters (`locals()`), unset ones dropped so their
+    defaults apply."""
+    return {name: values[name] for name in names if values.get(name) is not None}
 
 CatalogDir = Annotated[
     Optional[str],

@@ -31,16 +31,18 @@ def check_format(fmt: str) -> str:
 
 
 def emit_json(result: BaseModel) -> None:
-    sys.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
+    emit_json_document(result.model_dump(mode="json"))
+
+
+def emit_json_document(document) -> None:
+    """Any JSON-able result (a dumped model with extra keys, a list of records) on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 def emit_estimate(estimate) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    # rich exits with SystemExit(1) when stdout is a closed pipe; let the CLI's handler see a BrokenPipeError.
-    console = Console()
-    console.on_broken_pipe = _raise_broken_pipe
+    console = make_console()
     table = Table(title=f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}")
     table.add_column("component")
     table.add_column("GiB", justify="right")
@@ -66,11 +68,9 @@ def emit_estimate(estimate) -> None:
 
 
 def emit_trace(trace, top_modules: int = 0) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.on_broken_pipe = _raise_broken_pipe
+    console = make_console()
     table = Table(title=f"{trace.model.name}: {trace.setup.method.value}, traced peak in {trace.peak_phase}")
     table.add_column("category at the peak")
     table.add_column("GiB", justify="right")
@@ -101,6 +101,18 @@ def emit_trace(trace, top_modules: int = 0) -> None:
     for line in trace.gpu_corrections:
         console.print(f"  - {line}", highlight=False, soft_wrap=True)
     console.print("1 GiB = 2^30 bytes", style="dim")
+
+
+def make_console(min_piped_width: int | None = None):
+    """A rich Console for results. rich exits with SystemExit(1) when stdout is a closed pipe; this one raises
+    BrokenPipeError so the CLI's handler sees it. `min_piped_width` widens output that is not a terminal."""
+    from rich.console import Console
+
+    console = Console()
+    if min_piped_width and not console.is_terminal and console.width < min_piped_width:
+        console = Console(width=min_piped_width)
+    console.on_broken_pipe = _raise_broken_pipe
+    return console
 
 
 def _raise_broken_pipe() -> None:

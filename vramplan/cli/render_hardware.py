@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from vramplan.cli.render import _raise_broken_pipe
+from vramplan.cli.render import make_console
 from vramplan.units import gib
+
+# Piped tables stay readable at 120 columns (rich would fall back to 80).
+PIPED_WIDTH = 120
 
 
 def _console():
-    from rich.console import Console
-
-    # At least 120 columns when stdout is not a terminal, so piped tables stay readable.
-    console = Console()
-    if not console.is_terminal and console.width < 120:
-        console = Console(width=120)
-    console.on_broken_pipe = _raise_broken_pipe
-    return console
+    return make_console(PIPED_WIDTH)
 
 
 def _price_text(prices) -> str:

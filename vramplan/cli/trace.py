@@ -35,24 +35,12 @@ def trace_command(
     """Run one real training step on CPU under fake tensors and report its peak, like `estimate` does."""
     from vramplan.api import trace
 
+    options = locals()
     check_format(fmt)
     result = trace(
         model,
         method,
-        **o.training_options(
-            batch_size=batch_size,
-            seq_len=seq_len,
-            precision=precision,
-            optimizer=optimizer,
-            gradient_checkpointing=gradient_checkpointing,
-            lora_rank=lora_rank,
-            lora_targets=lora_targets,
-            lora_dropout=lora_dropout,
-            double_quant=double_quant,
-            kbit_prep=kbit_prep,
-            gpus=gpus,
-            strategy=strategy,
-        ),
+        **o.training_options(options, o.SETUP_AND_GPU_OPTIONS),
     )
     if fmt == "json":
         emit_json(result)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vramplan.cli.render import check_format
+from vramplan.cli.render import check_format, emit_json_document
 
 MatrixOpt = Annotated[Path, typer.Option("--matrix", help="Validation matrix (TOML).")]
 Subset = Annotated[str, typer.Option("--subset", help="ci (fast, small configs) | full | all | none")]
@@ -84,7 +83,7 @@ def validate_command(
     if not document and not sections:
         raise UsageError("nothing to validate: give a --subset, --case, --measurements or --published")
     if fmt == "json":
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        emit_json_document(document)
     else:
         sys.stdout.write("\n\n".join(sections) + "\n")
 

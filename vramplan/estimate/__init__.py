@@ -49,8 +49,8 @@ class PhasePeak(BaseModel):
         return sum(self.components.values())
 
 
-class Estimate(BaseModel):
-    """One GPU's memory for one training step; every figure in bytes."""
+class StepPeak(BaseModel):
+    """What both an estimate and a trace report for one training step: the peak, its phase, and its parts."""
 
     model: ResolvedModel
     setup: TrainingSetup
@@ -60,6 +60,11 @@ class Estimate(BaseModel):
     components: dict[str, int]
     phases: list[PhasePeak]
     peak_allocated_bytes: int
+
+
+class Estimate(StepPeak):
+    """One GPU's memory for one training step; every figure in bytes."""
+
     peak_reserved_bytes: int
     device_bytes: int
     cuda_context_bytes: int

@@ -181,6 +181,40 @@ def model_mask_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     return tensor_bytes(setup.seq_len * setup.seq_len * BOOL_BYTES)
 
 
+class MlpLocals(BaseModel):
+    """Unsaved tensors a frozen MLP's forward keeps alive while down_proj runs, as transformers and peft hold them."""
+
+    frame: int  # the decoder layer's `residual` and the MLP's argument (the norm's output)
+    product: int  # act(gate) * up, down_proj's input
+    down_out: int
+    adapted_down: bool
+    lora_down_copies: int  # a LoRA-adapted down_proj's fp32 cast of the product and dropout output
+
+
+def _mlp_locals(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) -> MlpLocals:
+    hidden = tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    product_elements = tokens * spec.intermediate_size
+    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
+    copies = 0
+    if "down_proj" in adapted:
+        # peft casts the adapter's input to the adapter dtype (fp32; tuners_utils._cast_input_dtype, even under
+        # autocast) and dropout returns a new fp32 tensor; both are alive until lora_B runs.
+        if flow.linear_out != FP32_BYTES:
+            copies += tensor_bytes(product_elements * FP32_BYTES)
+        # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
+        if setup.lora.dropout > 0 and setup.autocast:
+            copies += tensor_bytes(product_elements * FP32_BYTES)
+    return MlpLocals(
+        # An fp32 residual is itself the tensor the post-attention norm saves (its `.to(float32)` is a no-op),
+        # counted there.
+        frame=hidden + (hidden if flow.residual != FP32_BYTES else 0),
+        product=tensor_bytes(product_elements * flow.linear_out),
+        down_out=tensor_bytes(tokens * spec.hidden_size * flow.linear_out),
+        adapted_down="down_proj" in adapted,
+        lora_down_copies=copies,
+    )
+
+
 def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
     """Unsaved tensors alive when checkpointing's recomputation of a layer stops, plus gradients already in flight.
 
@@ -196,29 +230,16 @@ def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int
       gradient are alive.
     """
     flow = dtype_flow(setup)
-    hidden = tensor_bytes(tokens * spec.hidden_size * flow.residual)
-    # The decoder layer's `residual` (the post-attention sum) is alive while its MLP runs.
-    if flow.weights_train:
-        return hidden
-    # Frozen MLP linears do not save their input, but the MLP's argument (the norm's output) is alive too. An fp32
-    # residual is itself the tensor the post-attention norm saves (its `.to(float32)` is a no-op), counted there.
-    frame = hidden + (hidden if flow.residual != FP32_BYTES else 0)
-    down_out = tensor_bytes(tokens * spec.hidden_size * flow.linear_out)
+    if flow.weights_train:  # only the decoder layer's `residual` (the post-attention sum) is alive
+        return tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    mlp = _mlp_locals(spec, setup, tokens, flow)
     if spec.norms_per_layer == 4:
-        return frame + down_out
-    product_elements = tokens * spec.intermediate_size
-    product = tensor_bytes(product_elements * flow.linear_out)
-    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
-    if "down_proj" in adapted:
-        # peft casts the adapter's input to the adapter dtype (fp32; tuners_utils._cast_input_dtype, even under
-        # autocast) and dropout returns a new fp32 tensor; both are alive until lora_B runs.
-        cast = tensor_bytes(product_elements * FP32_BYTES) if flow.linear_out != FP32_BYTES else 0
-        # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
-        dropped = tensor_bytes(product_elements * FP32_BYTES) if setup.lora.dropout > 0 and setup.autocast else 0
-        return frame + product + cast + dropped + down_out
+        return mlp.frame + mlp.down_out
+    if mlp.adapted_down:
+        return mlp.frame + mlp.product + mlp.lora_down_copies + mlp.down_out
     if setup.method is not Method.QLORA:
-        return frame + product + down_out
-    return frame + 2 * product
+        return mlp.frame + mlp.product + mlp.down_out
+    return mlp.frame + 2 * mlp.product  # the product and its gradient
 
 
 def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
@@ -227,22 +248,14 @@ def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: i
     copies the projection makes of it (peft's fp32 cast and dropout output; Linear4bit's compute-dtype cast) and
     its output."""
     flow = dtype_flow(setup)
-    hidden = tensor_bytes(tokens * spec.hidden_size * flow.residual)
     if flow.weights_train:
-        return hidden
-    frame = hidden + (hidden if flow.residual != FP32_BYTES else 0)
-    product_elements = tokens * spec.intermediate_size
-    product = tensor_bytes(product_elements * flow.linear_out)
-    down_out = tensor_bytes(tokens * spec.hidden_size * flow.linear_out)
-    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
-    if "down_proj" in adapted:
-        cast = tensor_bytes(product_elements * FP32_BYTES) if flow.linear_out != FP32_BYTES else 0
-        # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
-        dropped = tensor_bytes(product_elements * FP32_BYTES) if setup.lora.dropout > 0 and setup.autocast else 0
-        return frame + product + cast + dropped + down_out
-    if setup.method is Method.QLORA and flow.linear_out != flow.compute:
-        return frame + product + tensor_bytes(product_elements * flow.compute) + down_out
-    return frame + product + down_out
+        return tensor_bytes(tokens * spec.hidden_size * flow.residual)
+    mlp = _mlp_locals(spec, setup, tokens, flow)
+    if mlp.adapted_down:
+        return mlp.frame + mlp.product + mlp.lora_down_copies + mlp.down_out
+    if setup.method is Method.QLORA and flow.linear_out != flow.compute:  # Linear4bit's compute-dtype cast
+        return mlp.frame + mlp.product + tensor_bytes(tokens * spec.intermediate_size * flow.compute) + mlp.down_out
+    return mlp.frame + mlp.product + mlp.down_out
 
 
 # Gemma's post-feedforward norm runs in fp32 (Gemma3RMSNorm.forward: x.float(), * (1 + weight), type_as); its

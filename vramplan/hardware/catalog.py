@@ -7,20 +7,16 @@ Users layer their own files over ours with `--catalog DIR` or VRAMPLAN_CATALOG (
 from __future__ import annotations
 
 import os
-import sys
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vramplan.errors import UsageError
+from vramplan.tomlfile import parse_record, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CATALOG_DIR = Path(__file__).resolve().parents[2] / "hardware_catalog"
 CATALOG_ENV = "VRAMPLAN_CATALOG"
@@ -107,15 +103,7 @@ class HardwareCatalog(BaseModel):
 
 
 def _read(path: Path, kind: type[BaseModel]):
-    try:
-        with path.open("rb") as handle:
-            record = kind(**tomllib.load(handle))
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{path}: not valid TOML ({err})") from None
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "file"
-        raise UsageError(f"{path}: {where}: {first['msg']}") from None
+    record = parse_record(kind, read_toml(path), str(path))
     if record.id != path.stem:
         raise UsageError(f"{path}: id {record.id!r} does not match the file name")
     return record

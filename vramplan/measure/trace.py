@@ -11,7 +11,7 @@ import time
 from pydantic import BaseModel
 
 from vramplan.errors import NotModelledError, require_extra
-from vramplan.estimate import PhasePeak
+from vramplan.estimate import PhasePeak, StepPeak
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import Optimizer, Precision, TrainingSetup
 
@@ -42,17 +42,9 @@ class ModulePeak(BaseModel):
     categories: dict[str, int]
 
 
-class Trace(BaseModel):
+class Trace(StepPeak):
     """Peak live tensor bytes of one steady-state training step, measured on the real model code."""
 
-    model: ResolvedModel
-    setup: TrainingSetup
-    total_params: int
-    trainable_params: int
-    peak_phase: str
-    components: dict[str, int]
-    phases: list[PhasePeak]
-    peak_allocated_bytes: int
     by_module: list[ModulePeak]
     gpu_corrections: list[str]
     trace_seconds: float

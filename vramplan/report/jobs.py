@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from vramplan.errors import UsageError
+from vramplan.tomlfile import parse_record, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class Job(BaseModel):
@@ -45,15 +40,4 @@ class JobsFile(BaseModel):
 
 
 def load_jobs(path: Path) -> JobsFile:
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such jobs file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{path}: not valid TOML ({err})") from None
-    try:
-        return JobsFile(**raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UsageError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return parse_record(JobsFile, read_toml(path), str(path))

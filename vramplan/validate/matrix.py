@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import UsageError
+from vramplan.tomlfile import parse_record, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_MATRIX = Path("validation/matrix.toml")
 
@@ -32,18 +28,9 @@ class MatrixCase(BaseModel):
 
 def load_matrix(path: Path) -> list[MatrixCase]:
     """Every case of the matrix file, with config paths made absolute; ids must be unique."""
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError(f"--matrix {path}: no such file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"--matrix {path}: not valid TOML ({err})") from None
-    try:
-        cases = [MatrixCase(**case) for case in raw.get("case", [])]
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UsageError(f"--matrix {path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    where = f"--matrix {path}"
+    raw = read_toml(path, where)
+    cases = [parse_record(MatrixCase, case, where) for case in raw.get("case", [])]
     seen: set[str] = set()
     resolved = []
     for case in cases:

@@ -10,18 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vramplan.errors import UsageError
+from vramplan.tomlfile import read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 Metric = Literal["allocated", "reserved", "device"]
 ESTIMATE_FIELD: dict[str, str] = {
@@ -79,10 +75,9 @@ def load_published(tsv: Path, mapping_file: Path) -> list[MeasuredPeak]:
     try:
         with tsv.open(newline="") as handle:
             rows = {row["id"]: row for row in csv.DictReader(handle, delimiter="\t")}
-        with mapping_file.open("rb") as handle:
-            entries = tomllib.load(handle).get("row", [])
     except FileNotFoundError as err:
         raise UsageError(f"{err.filename}: no such file") from None
+    entries = read_toml(mapping_file).get("row", [])
     peaks = []
     for raw in entries:
         try:
