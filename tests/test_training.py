@@ -50,6 +50,29 @@ def test_bad_setups_are_usage_errors(kwargs, fragment):
         resolve_setup(method, **kwargs)
 
 
-def test_multi_gpu_is_refused_until_modelled():
-    with pytest.raises(NotModelledError, match="not yet modelled"):
+def test_several_gpus_need_a_strategy():
+    with pytest.raises(UsageError, match="--strategy"):
         resolve_setup("lora", gpus=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(gpus=2, strategy="single"), UsageError, "one GPU"),
+        (dict(strategy="ddp", offload="params"), UsageError, "shards parameters"),
+        (dict(strategy="fsdp", offload="optimizer"), UsageError, "--offload params"),
+        (dict(gpus=2, nodes=2, strategy="device-map"), UsageError, "--nodes 1"),
+        (dict(gpus=2, strategy="zero2", optimizer="adamw-8bit"), NotModelledError, "DeepSpeed"),
+        (dict(gpus=2, strategy="ddp", optimizer="paged-adamw"), NotModelledError, "several GPUs"),
+        (dict(gpus=2, strategy="mesh"), UsageError, "unknown --strategy"),
+        (dict(gpus=2, nodes=0, strategy="ddp"), UsageError, "--nodes"),
+    ],
+)
+def test_strategy_combinations_an_engine_does_not_run_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        resolve_setup("full", **kwargs)
+
+
+def test_world_size_counts_every_node():
+    setup = resolve_setup("full", gpus=8, nodes=4, strategy="fsdp-hybrid", offload="params")
+    assert (setup.world_size, setup.strategy.value, setup.offload.value) == (32, "fsdp-hybrid", "params")

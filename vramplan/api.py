@@ -12,13 +12,14 @@ def estimate(model: str, method: str = "lora", **options) -> Estimate:
     """Estimate one GPU's memory for fine-tuning `model` with `method`.
 
     `options` are the CLI's training options with underscores: batch_size, seq_len, precision, optimizer,
-    gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus, strategy.
+    gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus (per node), nodes, strategy, offload.
     Raises vramplan.errors.UsageError (or a subclass) for bad input.
     """
     resolved = resolve_model(model)
     setup = resolve_setup(method, **options)
     result = estimate_memory(resolved, setup)
-    return result.model_copy(update={"assumptions": describe_assumptions(resolved, setup)})
+    assumptions = describe_assumptions(resolved, setup, result.strategy_notes)
+    return result.model_copy(update={"assumptions": assumptions})
 
 
 def trace(model: str, method: str = "lora", **options):

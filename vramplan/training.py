@@ -43,6 +43,32 @@ class Optimizer(str, Enum):
 ALL_LINEAR = "all-linear"
 
 
+class Strategy(str, Enum):
+    """How the run is spread over GPUs (per-GPU memory is what every strategy reports)."""
+
+    SINGLE = "single"
+    DDP = "ddp"  # torch DistributedDataParallel: a full replica per GPU
+    ZERO1 = "zero1"  # DeepSpeed ZeRO stage 1: optimizer states partitioned
+    ZERO2 = "zero2"  # ... stage 2: optimizer states and gradients partitioned
+    ZERO3 = "zero3"  # ... stage 3: parameters too
+    FSDP = "fsdp"  # FSDP2 fully_shard over every GPU of every node
+    FSDP_HYBRID = "fsdp-hybrid"  # FSDP2 HSDP: sharded within a node, replicated across nodes
+    DEVICE_MAP = "device-map"  # transformers device_map="auto": layers split over the GPUs of one process
+
+
+class Offload(str, Enum):
+    """What lives in host RAM instead of GPU memory."""
+
+    NONE = "none"
+    OPTIMIZER = "optimizer"  # DeepSpeed offload_optimizer: fp32 master weights, states and the step on the CPU
+    PARAMS = "params"  # DeepSpeed offload_param (+ offload_optimizer) / FSDP2 CPUOffloadPolicy
+
+
+SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID)
+DEEPSPEED_STRATEGIES = (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3)
+FSDP_STRATEGIES = (Strategy.FSDP, Strategy.FSDP_HYBRID)
+
+
 class LoraSettings(BaseModel):
     """peft LoraConfig fields that change memory."""
 
@@ -76,8 +102,10 @@ class TrainingSetup(BaseModel):
     gradient_checkpointing: bool
     lora: LoraSettings | None = None
     quant: QuantSettings | None = None
-    gpus: int = Field(1, gt=0)
-    strategy: str = "single"
+    gpus: int = Field(1, gt=0)  # GPUs per node
+    nodes: int = Field(1, gt=0)
+    strategy: Strategy = Strategy.SINGLE
+    offload: Offload = Offload.NONE
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -90,6 +118,10 @@ class TrainingSetup(BaseModel):
         if self.method is Method.QLORA and self.quant is None:
             raise ValueError("--method qlora needs 4-bit settings")
         return self
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
 
     @property
     def tokens_per_step(self) -> int:
@@ -114,7 +146,9 @@ def resolve_setup(
     double_quant: bool | None = None,
     kbit_prep: bool | None = None,
     gpus: int | None = None,
-    strategy: str | None = None,
+    nodes: int | None = None,
+    strategy: Strategy | str | None = None,
+    offload: Offload | str | None = None,
 ) -> TrainingSetup:
     """Fill the defaults users of each method typically run, and reject contradictions with a UsageError."""
     method = _enum(Method, method, "method")
@@ -139,25 +173,58 @@ def resolve_setup(
             kbit_prep=True if kbit_prep is None else kbit_prep,
         )
     gpus = 1 if gpus is None else _positive(gpus, "--gpus")
-    strategy = strategy or "single"
-    if gpus > 1 or strategy != "single":
-        raise NotModelledError(
-            f"--gpus {gpus} --strategy {strategy}: multi-GPU strategies are not yet modelled; use --gpus 1"
-        )
+    nodes = 1 if nodes is None else _positive(nodes, "--nodes")
+    strategy = _enum(Strategy, strategy, "strategy") if strategy is not None else None
+    offload = _enum(Offload, offload, "offload") if offload is not None else Offload.NONE
+    optimizer = _enum(Optimizer, optimizer, "optimizer") if optimizer is not None else Optimizer.ADAMW
+    strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
     # peft's prepare_model_for_kbit_training and the common LoRA/QLoRA recipes turn checkpointing on.
     checkpointing = method is not Method.FULL if gradient_checkpointing is None else gradient_checkpointing
     return TrainingSetup(
         method=method,
         precision=_enum(Precision, precision, "precision") if precision is not None else Precision.BF16,
-        optimizer=_enum(Optimizer, optimizer, "optimizer") if optimizer is not None else Optimizer.ADAMW,
+        optimizer=optimizer,
         batch_size=_positive(batch_size, "--batch-size") if batch_size is not None else 1,
         seq_len=_positive(seq_len, "--seq-len") if seq_len is not None else 2048,
         gradient_checkpointing=checkpointing,
         lora=lora,
         quant=quant,
         gpus=gpus,
+        nodes=nodes,
         strategy=strategy,
+        offload=offload,
     )
+
+
+def _check_strategy(
+    strategy: Strategy | None, gpus: int, nodes: int, offload: Offload, optimizer: Optimizer
+) -> Strategy:
+    """The strategy to model, or a UsageError/NotModelledError for a combination its engine does not run."""
+    world = gpus * nodes
+    if strategy is None:
+        if world > 1:
+            choices = "|".join(s.value for s in Strategy if s is not Strategy.SINGLE)
+            raise UsageError(f"--gpus {gpus} --nodes {nodes}: say how the run is spread, --strategy {choices}")
+        strategy = Strategy.SINGLE
+    if strategy is Strategy.SINGLE and world > 1:
+        raise UsageError(f"--strategy single runs on one GPU; got --gpus {gpus} --nodes {nodes}")
+    if strategy is Strategy.DEVICE_MAP and nodes > 1:
+        raise UsageError("--strategy device-map splits the layers over one machine's GPUs; use --nodes 1")
+    if offload is Offload.OPTIMIZER and strategy not in DEEPSPEED_STRATEGIES:
+        hint = " (FSDP2 offloads parameters, gradients and optimizer together: --offload params)" if (
+            strategy in FSDP_STRATEGIES) else ""
+        raise UsageError(f"--offload optimizer needs --strategy zero1|zero2|zero3{hint}")
+    if offload is Offload.PARAMS and strategy not in SHARDED_STRATEGIES:
+        raise UsageError("--offload params needs a strategy that shards parameters: zero3, fsdp or fsdp-hybrid")
+    chosen = optimizer
+    if strategy in DEEPSPEED_STRATEGIES and chosen not in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
+        raise NotModelledError(
+            f"--optimizer {chosen.value} under DeepSpeed is not modelled (ZeRO keeps fp32 master weights and "
+            "Adam states in its own partitions); use adamw or adamw-fused"
+        )
+    if world > 1 and chosen in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT):
+        raise NotModelledError(f"--optimizer {chosen.value} with several GPUs is not modelled")
+    return strategy
 
 
 def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Literal["all-linear"]:

@@ -52,7 +52,7 @@ def test_config_json_path(tmp_path, capsys):
         pytest.param(["--model", "8b", "--batch-size", "0"], "--batch-size", id="zero-batch"),
         pytest.param(["--model", "8b", "--seq-len", "-1"], "--seq-len", id="negative-seq"),
         pytest.param(["--model", "8b", "--method", "full", "--lora-rank", "8"], "--method lora", id="lora-on-full"),
-        pytest.param(["--model", "8b", "--gpus", "2"], "not yet modelled", id="multi-gpu"),
+        pytest.param(["--model", "8b", "--gpus", "2"], "--strategy", id="multi-gpu-without-strategy"),
         pytest.param(["--model", "671b"], "not yet modelled", id="moe"),
         pytest.param(["--model", "gemma-2-9b"], "eager attention", id="gemma2"),
         pytest.param(["--model", "8b", "--lora-targets", "w1"], "not in this model", id="bad-target"),

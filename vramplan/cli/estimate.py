@@ -20,7 +20,9 @@ def estimate_command(
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
     gpus: o.Gpus = None,
+    nodes: o.Nodes = None,
     strategy: o.Strategy = None,
+    offload: o.OffloadOpt = None,
     fmt: o.Format = "table",
 ) -> None:
     """Estimate per-GPU memory for a fine-tuning run, component by component."""

@@ -45,15 +45,24 @@ KbitPrep = Annotated[
     typer.Option("--kbit-prep/--no-kbit-prep", help="qlora: peft prepare_model_for_kbit_training [default: on]",
                  show_default=False),
 ]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs (only 1 is modelled so far). [default: 1]")]
-Strategy = Annotated[Optional[str], typer.Option("--strategy", help="single (multi-GPU strategies: not yet)")]
+Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs per node. [default: 1]")]
+Nodes = Annotated[Optional[int], typer.Option("--nodes", help="Machines, each with --gpus GPUs. [default: 1]")]
+Strategy = Annotated[
+    Optional[str],
+    typer.Option("--strategy", help="single | ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | device-map "
+                                    "[default: single; needed with several GPUs]"),
+]
+OffloadOpt = Annotated[
+    Optional[str],
+    typer.Option("--offload", help="none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]"),
+]
 Format = Annotated[str, typer.Option("--format", help="table | json")]
 
 
-# The training options every sizing command declares (estimate and trace add gpus and strategy).
+# The training options every sizing command declares (estimate and trace add the multi-GPU ones).
 SETUP_OPTIONS = ("batch_size", "seq_len", "precision", "optimizer", "gradient_checkpointing", "lora_rank",
                  "lora_targets", "lora_dropout", "double_quant", "kbit_prep")
-SETUP_AND_GPU_OPTIONS = SETUP_OPTIONS + ("gpus", "strategy")
+SETUP_AND_GPU_OPTIONS = SETUP_OPTIONS + ("gpus", "nodes", "strategy", "offload")
 
 
 def training_options(values: dict, names: tuple[str, ...] = SETUP_OPTIONS) -> dict:

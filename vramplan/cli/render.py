@@ -21,6 +21,8 @@ COMPONENT_LABELS = {
     "autocast_weight_copies": "autocast weight copies",
     "parameters": "parameters (weights, adapters, buffers)",
     "temporaries": "temporaries (backward, optimizer step)",
+    "sharding_in_flight": "gathered parameters and communication buckets (multi-GPU)",
+    "gradient_partition": "gradient partition (ZeRO-2/3)",
 }
 
 
@@ -53,8 +55,15 @@ def emit_estimate(estimate) -> None:
     table.add_section()
     table.add_row("peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}")
     table.add_row("peak reserved (caching allocator)", f"{gib(estimate.peak_reserved_bytes):.2f}")
-    table.add_row("device (nvidia-smi: + CUDA context, paged state)", f"{gib(estimate.device_bytes):.2f}")
+    device_label = "device (nvidia-smi: + CUDA context, paged state" + (", NCCL)" if estimate.nccl_bytes else ")")
+    table.add_row(device_label, f"{gib(estimate.device_bytes):.2f}")
     console.print(table)
+    if estimate.setup.world_size > 1 or estimate.setup.strategy.value != "single":
+        console.print(f"per GPU, on each of {estimate.setup.world_size} GPUs ({estimate.setup.strategy.value})")
+    if estimate.host_bytes:
+        machine = estimate.host_bytes * estimate.setup.gpus
+        console.print(f"host RAM for offloaded states: {gib(estimate.host_bytes):.2f} GiB per GPU, "
+                      f"{gib(machine):.2f} GiB per node of {estimate.setup.gpus} GPUs")
     phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in estimate.phases)
     console.print(f"phase peaks (GiB): {phases}")
     console.print(

@@ -23,6 +23,15 @@ from vramplan.estimate.activations import (
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.logits import logits_memory
 from vramplan.estimate.optimizer import optimizer_memory
+from vramplan.estimate.parallel import (
+    FORWARD_LAYER,
+    FORWARD_LOGITS,
+    LAYER_BACKWARD,
+    LOSS_BACKWARD,
+    OPTIMIZER_STEP,
+    RankStates,
+    rank_states,
+)
 from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
 from vramplan.estimate.weights import (
     layer_gradient_bytes,
@@ -33,7 +42,7 @@ from vramplan.estimate.weights import (
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.errors import NotModelledError
-from vramplan.training import Method, TrainingSetup
+from vramplan.training import Method, Strategy, TrainingSetup
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -69,6 +78,9 @@ class Estimate(StepPeak):
     device_bytes: int
     cuda_context_bytes: int
     paged_optimizer_bytes: int
+    nccl_bytes: int = 0  # NCCL's device buffers, outside torch's allocator (in device_bytes)
+    host_bytes: int = 0  # host RAM per GPU for offloaded states (multiply by GPUs per node for a machine)
+    strategy_notes: list[str] = []
     assumptions: list[str]
 
 
@@ -107,7 +119,7 @@ def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
 
 
 def _layer_backward_points(
-    spec: ModelSpec, setup: TrainingSetup, persistent: dict[str, int], inputs: int, copies: int, gradients: int
+    spec: ModelSpec, setup: TrainingSetup, persistent: dict[str, int], inputs: int, copies: int, states: RankStates
 ) -> list[PhasePeak]:
     """Candidate peaks of the layer backward.
 
@@ -120,9 +132,9 @@ def _layer_backward_points(
     """
     tokens = setup.tokens_per_step
     hidden = hidden_state_bytes(spec, setup, tokens)
-    per_layer_grads = layer_gradient_bytes(spec, setup)
-    last = _embedding_gradient_bytes(spec, setup)  # the input embedding's gradient arrives after every layer
-    before_layers = gradients - last - spec.num_layers * per_layer_grads  # lm_head, final norm
+    # The input embedding's gradient arrives after every layer; lm_head's and the final norm's are there before.
+    per_layer_grads = states.layer_gradient_bytes
+    before_layers = states.before_layer_gradient_bytes
     masked = set(masked_layer_ids(spec, setup))
     mlp = mlp_backward(spec, setup, tokens)
     post_norm = post_mlp_norm_backward_bytes(spec, setup, tokens)
@@ -165,21 +177,33 @@ def _layer_backward_points(
                         "activations": acts + inputs,
                         "autocast_weight_copies": copies,
                         "gradients": grads,
+                        **_in_flight(states, LAYER_BACKWARD),
                     },
                 )
             )
     return points
 
 
+def _in_flight(states: RankStates, moment: str) -> dict[str, int]:
+    """Gathered parameters and communication buffers at one moment (none on a single GPU)."""
+    extra = states.in_flight.get(moment, 0) + states.comm_buffers
+    held = {"sharding_in_flight": extra} if extra else {}
+    if states.gradient_partition:
+        held["gradient_partition"] = states.gradient_partition
+    return held
+
+
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     refuse_unmodelled(spec, setup)
+    if setup.strategy is Strategy.DEVICE_MAP:
+        from vramplan.estimate.device_map import estimate_device_map
+
+        return estimate_device_map(model, setup)
     tokens = setup.tokens_per_step
     weights = weight_memory(spec, setup)
-    shapes = trainable_tensor_shapes(spec, setup)
-    width = trainable_bytes_per_param(setup)
-    gradients = sum(tensor_bytes(math.prod(shape) * width) for shape in shapes)
-    opt = optimizer_memory(setup.optimizer, shapes, width)
+    opt = optimizer_memory(setup.optimizer, trainable_tensor_shapes(spec, setup), trainable_bytes_per_param(setup))
+    states = rank_states(spec, setup)
     kept, _ = activation_bytes(spec, setup)
     logits = logits_memory(spec, setup)
     # token ids and labels (int64), shifted labels; a sliding-window model's bool mask
@@ -188,9 +212,9 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     final_norm = tensor_bytes(tokens * spec.hidden_size * FP32_BYTES)
     copies = autocast_weight_copies(spec, setup)
     persistent = {
-        "weights": weights.base_bytes,
-        "lora_adapters": weights.adapter_bytes,
-        "optimizer_states": opt.state_bytes,
+        "weights": states.weights,
+        "lora_adapters": states.lora_adapters,
+        "optimizer_states": states.optimizer_states,
     }
     forward = PhasePeak(
         phase="forward",
@@ -199,6 +223,7 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             "activations": kept + hidden + final_norm + inputs,
             "autocast_weight_copies": copies.forward_bytes,
             "logits_loss": logits.forward_peak_bytes,
+            **_in_flight(states, FORWARD_LOGITS),
         },
     )
     # Inside the last layer's forward, at its down_proj (the logits do not exist yet).
@@ -208,6 +233,7 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             **persistent,
             "activations": kept + inputs + mlp_forward_transient_bytes(spec, setup, tokens),
             "autocast_weight_copies": copies.forward_bytes,
+            **_in_flight(states, FORWARD_LAYER),
         },
     )
     forward = max(forward, last_layer_forward, key=lambda p: p.total_bytes)
@@ -218,13 +244,19 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             "activations": kept + inputs + final_norm_saved_bytes(spec, setup, tokens),
             "autocast_weight_copies": copies.loss_backward_bytes,
             "logits_loss": logits.backward_peak_bytes,
+            **_in_flight(states, LOSS_BACKWARD),
         },
     )
-    layer_points = _layer_backward_points(spec, setup, persistent, inputs, copies.layer_bytes, gradients)
+    layer_points = _layer_backward_points(spec, setup, persistent, inputs, copies.layer_bytes, states)
     backward = max([loss_backward, *layer_points], key=lambda p: p.total_bytes)
     step = PhasePeak(
         phase="optimizer",
-        components={**persistent, "gradients": gradients, "optimizer_temporaries": opt.step_temporary_bytes},
+        components={
+            **persistent,
+            "gradients": states.gradients_at_step,
+            "optimizer_temporaries": states.optimizer_temporaries,
+            **_in_flight(states, OPTIMIZER_STEP),
+        },
     )
     phases = [forward, backward, step]
     peak = max(phases, key=lambda p: p.total_bytes)
@@ -240,9 +272,12 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         phases=phases,
         peak_allocated_bytes=allocated,
         peak_reserved_bytes=reserved,
-        device_bytes=device_bytes(reserved, opt.paged_state_bytes),
+        device_bytes=device_bytes(reserved, opt.paged_state_bytes) + states.nccl_bytes,
         cuda_context_bytes=CUDA_CONTEXT_BYTES,
         paged_optimizer_bytes=opt.paged_state_bytes,
+        nccl_bytes=states.nccl_bytes,
+        host_bytes=states.host_bytes,
+        strategy_notes=states.notes,
         assumptions=[],
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Method, Precision, TrainingSetup
+from vramplan.training import Method, Precision, Strategy, TrainingSetup
 
 _PRECISION_TEXT = {
     Precision.BF16: "bf16 weights, gradients and optimizer states; Trainer bf16=True autocast",
@@ -13,10 +13,19 @@ _PRECISION_TEXT = {
 }
 
 
-def describe_assumptions(model: ResolvedModel, setup: TrainingSetup) -> list[str]:
+def _gpus_text(setup: TrainingSetup) -> str:
+    if setup.strategy is Strategy.SINGLE:
+        return "1 GPU"
+    nodes = f" x {setup.nodes} nodes" if setup.nodes > 1 else ""
+    return (f"{setup.gpus} GPUs{nodes} ({setup.world_size} ranks), {setup.strategy.value}, offload "
+            f"{setup.offload.value}; figures are per GPU, the micro-batch is per GPU")
+
+
+def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_notes: list[str] = ()) -> list[str]:
     lines = [
         f"model: {model.name} ({model.resolved_from})",
-        "stack: transformers + peft + torch (HF Trainer), SDPA attention, standard cross-entropy, 1 GPU",
+        "stack: transformers + peft + torch (HF Trainer), SDPA attention, standard cross-entropy, "
+        + _gpus_text(setup),
         f"precision: {setup.precision.value} = {_PRECISION_TEXT[setup.precision]}",
         f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
         f"gradient checkpointing: {'on (non-reentrant, per decoder layer)' if setup.gradient_checkpointing else 'off'}",
@@ -31,5 +40,6 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup) -> list[str
             f"double quantization {'on' if quant.double_quant else 'off'}, bf16 compute, "
             f"k-bit preparation {'on (non-4-bit weights upcast to fp32)' if quant.kbit_prep else 'off'}"
         )
+    lines += estimate_notes
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
     return lines

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from vramplan.errors import NotModelledError, require_extra
 from vramplan.estimate import PhasePeak, StepPeak
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Optimizer, Precision, TrainingSetup
+from vramplan.training import Optimizer, Precision, Strategy, TrainingSetup
 
 # What the trace does so that it answers for a CUDA run, and what stays different (shown with every trace).
 GPU_CORRECTIONS = (
@@ -22,6 +22,8 @@ GPU_CORRECTIONS = (
     "unpacked inputs: transformers' packed-sequence check answers 'no packing' as it does on a GPU, so SDPA gets "
     "is_causal=True and no s x s mask (fake tensors would otherwise force a mask)",
     "SDPA runs CPU's flash kernel, which keeps the same output and fp32 logsumexp (b x heads x s) as CUDA flash",
+    "SDPA with a value head dim unlike the query's (MLA) runs the memory-efficient kernel CUDA picks, not CPU's "
+    "math fallback with its s x s scores",
 )
 NOT_IN_TRACE = (
     "cuBLAS/cuBLASLt workspaces, the caching allocator's slack and the CUDA context are not tensors of the step",
@@ -51,6 +53,10 @@ class Trace(StepPeak):
 
 
 def refuse_untraceable(setup: TrainingSetup) -> None:
+    if setup.strategy is not Strategy.SINGLE:
+        raise NotModelledError(
+            f"--strategy {setup.strategy.value} cannot be traced on CPU yet; trace runs one GPU's step"
+        )
     if setup.optimizer in UNTRACEABLE_OPTIMIZERS:
         raise NotModelledError(
             f"--optimizer {setup.optimizer.value} cannot be traced on CPU: {UNTRACEABLE_OPTIMIZERS[setup.optimizer]}"

@@ -1,0 +1,112 @@
+"""`device_map="auto"` training (naive model parallelism): the layers split over one process's GPUs.
+
+accelerate's infer_auto_device_map with get_balanced_memory (accelerate/utils/modeling.py) spreads the decoder layers
+evenly, keeps the input embedding on the first GPU and the final norm and lm_head on the last (a tied lm_head stays
+with the embedding it shares). Only one GPU computes at a time, and each keeps its own layers' weights, gradients,
+optimizer states and saved activations. Each GPU is estimated as a model of its own layers, without the root
+parameters another GPU holds; the answer is the fullest GPU.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimate.optimizer import optimizer_memory
+from vramplan.estimate.shards import model_units
+from vramplan.estimate.weights import trainable_bytes_per_param
+from vramplan.models.catalog import ResolvedModel
+from vramplan.models.spec import ModelSpec
+from vramplan.training import Method, Strategy, TrainingSetup
+
+
+def layer_split(layers: int, gpus: int) -> list[range]:
+    """Contiguous decoder-layer ranges per GPU, as even as the count allows (earlier GPUs take the remainder)."""
+    base, extra = divmod(layers, gpus)
+    ranges, start = [], 0
+    for gpu in range(gpus):
+        count = base + (1 if gpu < extra else 0)
+        ranges.append(range(start, start + count))
+        start += count
+    return ranges
+
+
+def _sub_spec(spec: ModelSpec, layers: range) -> ModelSpec:
+    sliding = tuple(i - layers.start for i in spec.sliding_layer_ids if i in layers)
+    return spec.model_copy(update={"num_layers": len(layers), "sliding_layer_ids": sliding})
+
+
+def _root_tensor_bytes(spec: ModelSpec, setup: TrainingSetup, which: str) -> dict[str, int]:
+    """Weights (and, under full fine-tuning, gradient and optimizer states) of the embedding or the lm_head."""
+    root = model_units(spec, setup)[0]
+    tensor = root.tensors[0] if which == "embedding" else root.tensors[2]
+    held = {"weights": tensor.nbytes}
+    if setup.method is Method.FULL:
+        width = trainable_bytes_per_param(setup)
+        held["gradients"] = tensor.nbytes
+        held["optimizer_states"] = optimizer_memory(
+            setup.optimizer, [(tensor.rows, tensor.numel // tensor.rows)], width
+        ).state_bytes
+    return held
+
+
+def estimate_device_map(model: ResolvedModel, setup: TrainingSetup):
+    from vramplan.estimate import Estimate, PhasePeak, estimate_memory
+    from vramplan.estimate.runtime import device_bytes, reserved_bytes
+
+    spec = model.spec
+    if setup.gpus > spec.num_layers:
+        from vramplan.errors import UsageError
+
+        raise UsageError(f"--gpus {setup.gpus} is more than the model's {spec.num_layers} decoder layers")
+    single = setup.model_copy(update={"gpus": 1, "strategy": Strategy.SINGLE})
+    split = layer_split(spec.num_layers, setup.gpus)
+    logits_gpu = 0 if spec.tie_word_embeddings else setup.gpus - 1
+    per_gpu, paged = [], []
+    for gpu, layers in enumerate(split):
+        sub = estimate_memory(model.model_copy(update={"spec": _sub_spec(spec, layers)}), single)
+        remove: dict[str, int] = {}
+        if gpu != 0:
+            for key, value in _root_tensor_bytes(spec, setup, "embedding").items():
+                remove[key] = remove.get(key, 0) + value
+        if gpu != logits_gpu and not spec.tie_word_embeddings:
+            for key, value in _root_tensor_bytes(spec, setup, "lm_head").items():
+                remove[key] = remove.get(key, 0) + value
+        phases = []
+        for phase in sub.phases:
+            components = dict(phase.components)
+            if gpu != logits_gpu:
+                components.pop("logits_loss", None)
+            for key, value in remove.items():
+                if key in components:
+                    components[key] = max(0, components[key] - value)
+            phases.append(PhasePeak(phase=phase.phase, components=components))
+        per_gpu.append(phases)
+        paged.append(sub.paged_optimizer_bytes)
+    fullest = max(range(setup.gpus), key=lambda g: max(p.total_bytes for p in per_gpu[g]))
+    phases = per_gpu[fullest]
+    peak = max(phases, key=lambda p: p.total_bytes)
+    whole = estimate_memory(model, single.model_copy(update={"gradient_checkpointing": setup.gradient_checkpointing}))
+    allocated = peak.total_bytes
+    reserved = reserved_bytes(allocated)
+    per_gpu_peaks = ", ".join(
+        f"GPU {g}: layers {r.start}-{r.stop - 1}, {max(p.total_bytes for p in per_gpu[g]) / 2**30:.2f} GiB"
+        for g, r in enumerate(split)
+    )
+    return Estimate(
+        model=model,
+        setup=setup,
+        total_params=whole.total_params,
+        trainable_params=whole.trainable_params,
+        peak_phase=peak.phase,
+        components=peak.components,
+        phases=phases,
+        peak_allocated_bytes=allocated,
+        peak_reserved_bytes=reserved,
+        device_bytes=device_bytes(reserved, paged[fullest]),
+        cuda_context_bytes=whole.cuda_context_bytes,
+        paged_optimizer_bytes=paged[fullest],
+        strategy_notes=[
+            f"device-map: decoder layers split over {setup.gpus} GPUs of one process; only one computes at a "
+            f"time; the fullest is GPU {fullest} ({per_gpu_peaks})",
+        ],
+        assumptions=[],
+    )
+
