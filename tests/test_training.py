@@ -7,7 +7,8 @@ from vramplan.training import ALL_LINEAR, Method, Optimizer, Precision, resolve_
 def test_lora_defaults_are_the_common_recipe():
     setup = resolve_setup("lora")
     assert setup.batch_size == 1 and setup.seq_len == 2048
-    assert setup.optimizer is Optimizer.ADAMW and setup.precision is Precision.BF16
+    # transformers' TrainingArguments default optim is adamw_torch_fused on torch >= 2.8 (vramplan/presets.py)
+    assert setup.optimizer is Optimizer.ADAMW_FUSED and setup.precision is Precision.BF16
     assert setup.gradient_checkpointing is True
     assert setup.lora.rank == 16 and setup.lora.targets == ALL_LINEAR and setup.lora.dropout == 0.05
     assert setup.quant is None

@@ -8,17 +8,33 @@ from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
 
 
+def resolve_run(model: str, method: str = "lora", **options):
+    """(ResolvedModel, TrainingSetup, notes) for a command: the model, the setup with every default filled, and what
+    vramplan chose on the user's behalf (LoRA targets on an MoE model when none were given)."""
+    from vramplan.estimate.moe import default_lora_targets
+
+    resolved = resolve_model(model)
+    notes = []
+    if method != "full" and options.get("lora_targets") is None:
+        targets = default_lora_targets(resolved.spec)
+        if targets is not None:
+            options = {**options, "lora_targets": targets}
+            notes.append(f"LoRA targets not given: the attention projections ({targets}); peft's all-linear on "
+                         f"{resolved.spec.family} also adapts the 3D experts, which is not modelled")
+    return resolved, resolve_setup(method, **options), notes
+
+
 def estimate(model: str, method: str = "lora", **options) -> Estimate:
     """Estimate one GPU's memory for fine-tuning `model` with `method`.
 
     `options` are the CLI's training options with underscores: batch_size, seq_len, precision, optimizer,
-    gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus (per node), nodes, strategy, offload.
+    gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus (per node), nodes, strategy, offload,
+    stack, loss, liger, packing, attn, optimizer_in_backward, activation_offload.
     Raises vramplan.errors.UsageError (or a subclass) for bad input.
     """
-    resolved = resolve_model(model)
-    setup = resolve_setup(method, **options)
+    resolved, setup, notes = resolve_run(model, method, **options)
     result = estimate_memory(resolved, setup)
-    assumptions = describe_assumptions(resolved, setup, result.strategy_notes)
+    assumptions = describe_assumptions(resolved, setup, [*notes, *result.strategy_notes])
     return result.model_copy(update={"assumptions": assumptions})
 
 
@@ -29,7 +45,8 @@ def trace(model: str, method: str = "lora", **options):
     """
     from vramplan.measure.trace import trace_memory
 
-    return trace_memory(resolve_model(model), resolve_setup(method, **options))
+    resolved, setup, _ = resolve_run(model, method, **options)
+    return trace_memory(resolved, setup)
 
 
 def preflight(

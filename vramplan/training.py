@@ -64,6 +64,27 @@ class Offload(str, Enum):
     PARAMS = "params"  # DeepSpeed offload_param (+ offload_optimizer) / FSDP2 CPUOffloadPolicy
 
 
+class Stack(str, Enum):
+    """The training framework, which decides dtypes, modules and loss (defaults in vramplan/presets.py)."""
+
+    HF = "hf"  # transformers Trainer / TRL SFTTrainer + peft + bitsandbytes
+    TORCHTUNE = "torchtune"  # torchtune recipes: pure bf16, its LoRA modules, NF4 from torchao, chunked loss
+    AXOLOTL = "axolotl"  # HF stack with axolotl's defaults
+    LLAMA_FACTORY = "llama-factory"  # HF stack with LLaMA-Factory's defaults
+
+
+class Loss(str, Enum):
+    STANDARD = "standard"  # full logits, fp32 upcast, cross_entropy
+    CHUNKED = "chunked"  # logits upcast and cross-entropy one chunk at a time (torchtune CEWithChunkedOutputLoss)
+    FUSED = "fused"  # lm_head + cross-entropy fused, no full logits (Liger FLCE, cut-cross-entropy)
+
+
+class Attention(str, Enum):
+    SDPA = "sdpa"
+    FLASH = "flash"  # flash_attention_2 / varlen
+    EAGER = "eager"  # materialises the s x s scores
+
+
 SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID)
 DEEPSPEED_STRATEGIES = (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3)
 FSDP_STRATEGIES = (Strategy.FSDP, Strategy.FSDP_HYBRID)
@@ -106,6 +127,13 @@ class TrainingSetup(BaseModel):
     nodes: int = Field(1, gt=0)
     strategy: Strategy = Strategy.SINGLE
     offload: Offload = Offload.NONE
+    stack: Stack = Stack.HF
+    loss: Loss = Loss.STANDARD
+    liger: bool = False  # Liger's fused RMSNorm, SwiGLU and RoPE kernels
+    packing: bool = False  # several sequences per row, attention kept within each
+    attn: Attention = Attention.SDPA
+    optimizer_in_backward: bool = False  # each parameter stepped (and its gradient freed) as its gradient arrives
+    activation_offload: bool = False  # saved activations moved to host memory during forward
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -149,9 +177,21 @@ def resolve_setup(
     nodes: int | None = None,
     strategy: Strategy | str | None = None,
     offload: Offload | str | None = None,
+    stack: Stack | str | None = None,
+    loss: Loss | str | None = None,
+    liger: bool | None = None,
+    packing: bool | None = None,
+    attn: Attention | str | None = None,
+    optimizer_in_backward: bool | None = None,
+    activation_offload: bool | None = None,
 ) -> TrainingSetup:
-    """Fill the defaults users of each method typically run, and reject contradictions with a UsageError."""
+    """Fill the defaults of the stack's preset (vramplan/presets.py) for every option not given, and reject
+    contradictions with a UsageError."""
+    from vramplan.presets import preset_for
+
     method = _enum(Method, method, "method")
+    stack = _enum(Stack, stack, "stack") if stack is not None else Stack.HF
+    preset = preset_for(stack)
     lora_given = any(v is not None for v in (lora_rank, lora_targets, lora_dropout))
     quant_given = any(v is not None for v in (double_quant, kbit_prep))
     if method is Method.FULL and (lora_given or quant_given):
@@ -160,11 +200,10 @@ def resolve_setup(
         raise UsageError("--double-quant/--kbit-prep apply to --method qlora only")
     lora = None
     if method is not Method.FULL:
-        defaults = LoraSettings()
         lora = LoraSettings(
-            rank=_positive(lora_rank, "--lora-rank") if lora_rank is not None else defaults.rank,
-            targets=parse_lora_targets(lora_targets) if lora_targets is not None else defaults.targets,
-            dropout=_dropout(lora_dropout) if lora_dropout is not None else defaults.dropout,
+            rank=_positive(lora_rank, "--lora-rank") if lora_rank is not None else preset.lora_rank,
+            targets=parse_lora_targets(lora_targets if lora_targets is not None else preset.lora_targets),
+            dropout=_dropout(lora_dropout) if lora_dropout is not None else preset.lora_dropout,
         )
     quant = None
     if method is Method.QLORA:
@@ -176,10 +215,23 @@ def resolve_setup(
     nodes = 1 if nodes is None else _positive(nodes, "--nodes")
     strategy = _enum(Strategy, strategy, "strategy") if strategy is not None else None
     offload = _enum(Offload, offload, "offload") if offload is not None else Offload.NONE
-    optimizer = _enum(Optimizer, optimizer, "optimizer") if optimizer is not None else Optimizer.ADAMW
+    optimizer = _enum(Optimizer, optimizer, "optimizer") if optimizer is not None else preset.optimizer
     strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
-    # peft's prepare_model_for_kbit_training and the common LoRA/QLoRA recipes turn checkpointing on.
-    checkpointing = method is not Method.FULL if gradient_checkpointing is None else gradient_checkpointing
+    switches = _check_stack_switches(
+        stack,
+        strategy,
+        loss=_enum(Loss, loss, "loss") if loss is not None else preset.loss,
+        attn=_enum(Attention, attn, "attn") if attn is not None else preset.attn,
+        liger=bool(liger),
+        packing=preset.packing if packing is None else packing,
+        optimizer_in_backward=bool(optimizer_in_backward),
+        activation_offload=bool(activation_offload),
+    )
+    if gradient_checkpointing is None:
+        full = method is Method.FULL
+        checkpointing = preset.checkpointing_full if full else preset.checkpointing_adapters
+    else:
+        checkpointing = gradient_checkpointing
     return TrainingSetup(
         method=method,
         precision=_enum(Precision, precision, "precision") if precision is not None else Precision.BF16,
@@ -193,6 +245,8 @@ def resolve_setup(
         nodes=nodes,
         strategy=strategy,
         offload=offload,
+        stack=stack,
+        **switches,
     )
 
 
@@ -225,6 +279,40 @@ def _check_strategy(
     if world > 1 and chosen in (Optimizer.PAGED_ADAMW, Optimizer.PAGED_ADAMW_8BIT):
         raise NotModelledError(f"--optimizer {chosen.value} with several GPUs is not modelled")
     return strategy
+
+
+# Which stacks expose each switch (their config key), for the error that names where a switch exists.
+_SWITCH_STACKS = {
+    "liger": ({Stack.HF, Stack.AXOLOTL, Stack.LLAMA_FACTORY}, "use_liger_kernel / liger plugin / enable_liger_kernel"),
+    "optimizer_in_backward": ({Stack.TORCHTUNE}, "torchtune optimizer_in_bwd"),
+    "activation_offload": ({Stack.TORCHTUNE, Stack.AXOLOTL},
+                           "torchtune enable_activation_offloading / axolotl activation_offloading"),
+}
+# Loss implementations each stack can run: torchtune's recipes chunk the output; the HF-based stacks fuse it through
+# Liger's fused linear cross-entropy or cut-cross-entropy.
+_STACK_LOSSES = {
+    Stack.HF: {Loss.STANDARD, Loss.FUSED},
+    Stack.AXOLOTL: {Loss.STANDARD, Loss.FUSED},
+    Stack.LLAMA_FACTORY: {Loss.STANDARD, Loss.FUSED},
+    Stack.TORCHTUNE: {Loss.STANDARD, Loss.CHUNKED},
+}
+
+
+def _check_stack_switches(stack: Stack, strategy: Strategy, **switches) -> dict:
+    """The switches, or a UsageError for one the chosen stack does not offer."""
+    for name, (stacks, where) in _SWITCH_STACKS.items():
+        if switches[name] and stack not in stacks:
+            flag = "--" + name.replace("_", "-")
+            offered = ", ".join(sorted(s.value for s in stacks))
+            raise UsageError(f"{flag} is not offered by --stack {stack.value}; it exists in {offered} ({where})")
+    if switches["loss"] not in _STACK_LOSSES[stack]:
+        offered = "|".join(sorted(loss.value for loss in _STACK_LOSSES[stack]))
+        raise UsageError(f"--loss {switches['loss'].value} is not offered by --stack {stack.value}; use {offered}")
+    if stack is Stack.TORCHTUNE and strategy not in (Strategy.SINGLE, Strategy.FSDP, Strategy.FSDP_HYBRID):
+        raise UsageError(f"torchtune's distributed recipes shard with FSDP2; --strategy {strategy.value} is not one")
+    if switches["optimizer_in_backward"] and strategy is not Strategy.SINGLE:
+        raise UsageError("--optimizer-in-backward runs in torchtune's single-device recipes only")
+    return switches
 
 
 def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Literal["all-linear"]:

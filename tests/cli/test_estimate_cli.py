@@ -53,7 +53,9 @@ def test_config_json_path(tmp_path, capsys):
         pytest.param(["--model", "8b", "--seq-len", "-1"], "--seq-len", id="negative-seq"),
         pytest.param(["--model", "8b", "--method", "full", "--lora-rank", "8"], "--method lora", id="lora-on-full"),
         pytest.param(["--model", "8b", "--gpus", "2"], "--strategy", id="multi-gpu-without-strategy"),
-        pytest.param(["--model", "671b"], "not yet modelled", id="moe"),
+        pytest.param(["--model", "671b", "--lora-targets", "all-linear"], "LoRA on deepseek_v3 experts is not modelled",
+                     id="moe-lora-on-experts"),
+        pytest.param(["--model", "gpt-oss-20b"], "eager attention", id="gpt-oss"),
         pytest.param(["--model", "gemma-2-9b"], "eager attention", id="gemma2"),
         pytest.param(["--model", "8b", "--lora-targets", "w1"], "not in this model", id="bad-target"),
         pytest.param(["--model", "8b", "--format", "xml"], "--format", id="bad-format"),
@@ -110,3 +112,13 @@ def test_api_call_survives_importing_the_estimate_package():
 
     result = vramplan.estimate("8b", "qlora", batch_size=2)
     assert result.setup.batch_size == 2 and result.peak_allocated_bytes > 0
+
+
+def test_moe_lora_without_targets_adapts_the_attention_and_says_so(capsys):
+    code, out, err = run(["estimate", "--model", "671b", "--method", "qlora", "--gpus", "8", "--strategy", "fsdp",
+                          "--format", "json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["setup"]["lora"]["targets"] == ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
+    assert any("attention projections" in line for line in data["assumptions"])
+    assert any("not 4-bit" in line for line in data["assumptions"])

@@ -42,8 +42,8 @@ def test_plan_over_the_full_catalog_is_quick(capsys):
 
 
 def test_plan_exit_3_with_suggestions_when_nothing_fits(capsys):
-    code, out, _ = run(["plan", "--model", "405b", "--method", "full"], capsys)
-    assert code == 3 and "what would make it fit" in out and "QLoRA" in out
+    code, out, _ = run(["plan", "--model", "405b", "--method", "full", "--max-nodes", "1"], capsys)
+    assert code == 3 and "what would make it fit" in out and "QLoRA" in out and "more GPUs: FSDP over" in out
 
 
 def test_fit_batch_and_seq_len(capsys):
@@ -67,3 +67,37 @@ def test_fit_usage_errors(capsys):
     code, _, err = run(["fit", "--gpu", "rtx-4090", "--model", "8b", "--method", "full", "--solve", "lora-rank"],
                        capsys)
     assert code == 2 and "lora-rank" in err
+
+
+def test_plan_json_carries_the_layout(capsys):
+    # 32B full fine-tuning: 16 B per parameter under FSDP2/ZeRO-3 (fp32 master, gradients, Adam) fits one 8-GPU H200 node
+    code, out, _ = run(["plan", "--model", "qwen2.5-32b", "--method", "full", "--format", "json"], capsys)
+    assert code == 0
+    options = {o["id"]: o for o in json.loads(out)["options"]}
+    h200 = options["hgx-h200-8gpu"]
+    assert h200["gpus_used"] == 8 and h200["nodes"] == 1 and h200["strategy"] in ("fsdp", "zero3")
+    assert 0 < h200["communication_share"] < 1 and h200["gpu_link"] == "NVLink" and h200["choice"]
+    assert {"host_bytes_needed", "host_ram_bytes", "layouts_tried", "offload"} <= set(h200)
+    code, out, _ = run(["plan", "--model", "70b", "--method", "full"], capsys)
+    assert code == 0 and "nodes x GPUs" in out and "comm" in out and "$ cheapest:" in out
+
+
+def test_plan_emits_the_cheapest_options_config(tmp_path, capsys):
+    code, out, _ = run(["plan", "--model", "qwen2.5-32b", "--method", "full", "--format", "json"], capsys)
+    cheapest = next(o for o in json.loads(out)["options"] if o["cheapest"])
+    target = tmp_path / "accelerate.yaml"
+    code, _, err = run(["plan", "--model", "qwen2.5-32b", "--method", "full", "--emit", "accelerate", "--emit-to",
+                        str(target)], capsys)
+    processes = cheapest["gpus_used"] * cheapest["nodes"]
+    assert code == 0 and "wrote" in err and f"num_processes: {processes}" in target.read_text()
+    other = "deepspeed" if cheapest["strategy"].startswith("fsdp") else "fsdp"
+    code, _, err = run(["plan", "--model", "qwen2.5-32b", "--method", "full", "--emit", other], capsys)
+    assert code == 2 and "the cheapest option" in err and err.count("\n") == 1
+
+
+def test_fit_under_a_multi_gpu_strategy(capsys):
+    code, out, _ = run(["fit", "--gpu", "h100-sxm5-80gb", "--model", "70b", "--method", "lora", "--gpus", "8",
+                        "--strategy", "fsdp", "--format", "json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["value"] >= 1 and result["estimate"]["setup"]["strategy"] == "fsdp"

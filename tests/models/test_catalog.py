@@ -1,10 +1,10 @@
 import pytest
 
-from vramplan.errors import ModelConfigError, NotModelledError
+from vramplan.errors import ModelConfigError
 from vramplan.models.catalog import CATALOG_DIR, load_catalog, resolve_model, size_aliases
 
 CATALOG = load_catalog()
-REQUIRED_ALIASES = {"1b", "3b", "7b", "8b", "13b", "14b", "32b", "70b", "72b", "405b"}
+REQUIRED_ALIASES = {"1b", "3b", "7b", "8b", "13b", "14b", "32b", "70b", "72b", "405b", "671b"}
 
 
 def test_every_file_loads_with_its_stem_as_id():
@@ -15,7 +15,10 @@ def test_every_file_loads_with_its_stem_as_id():
 
 def test_catalog_covers_the_families_asked_for():
     families = {record.spec.family for record in CATALOG.values()}
-    assert families == {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"}
+    assert families == {
+        "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+        "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "gpt_oss",
+    }
 
 
 def test_size_aliases_map_to_named_representatives():
@@ -24,9 +27,10 @@ def test_size_aliases_map_to_named_representatives():
     assert resolved.id == "llama-3.1-70b" and "size alias 70b" in resolved.resolved_from
 
 
-def test_671b_is_refused_until_moe_is_modelled():
-    with pytest.raises(NotModelledError, match="DeepSeek-R1"):
-        resolve_model("671b")
+def test_671b_resolves_to_deepseek_r1():
+    resolved = resolve_model("671b")
+    assert resolved.id == "deepseek-r1" and "size alias 671b" in resolved.resolved_from
+    assert resolved.spec.moe is not None and resolved.spec.mla is not None
 
 
 def test_resolve_by_repo_name():

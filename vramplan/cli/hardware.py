@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from vramplan.cli import options as o
+from vramplan.api import resolve_run
+from vramplan.cli.imported import merge_config_file
 from vramplan.cli.render import check_format, emit_json, emit_json_document
 
 catalog_app = typer.Typer(help="The hardware catalog: GPUs and systems.", no_args_is_help=True)
@@ -19,6 +21,8 @@ Kwh = Annotated[float, typer.Option("--kwh-price", help="Energy price in USD per
 Top = Annotated[int, typer.Option("--top", help="Rows of the table.", min=1)]
 GpuId = Annotated[str, typer.Option("--gpu", help="Catalog GPU id (see vramplan catalog gpus).")]
 SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
+MaxNodes = Annotated[int, typer.Option("--max-nodes", help="Most nodes of one system a multi-node layout may use.",
+                                       min=1)]
 
 
 @catalog_app.command("gpus")
@@ -73,8 +77,9 @@ def emit_json_list(records) -> None:
 
 
 def plan_command(
-    model: o.Model,
-    method: o.MethodOpt = "lora",
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
     batch_size: o.BatchSize = None,
     seq_len: o.SeqLen = None,
     precision: o.PrecisionOpt = None,
@@ -85,35 +90,61 @@ def plan_command(
     lora_dropout: o.LoraDropout = None,
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
     tokens: Tokens = "100M",
     epochs: Epochs = 1.0,
     headroom: o.Headroom = "10%",
     mfu: Utilisation = 0.40,
     amortise_years: Years = 3.0,
     kwh_price: Kwh = 0.15,
+    max_nodes: MaxNodes = 64,
+    emit: o.Emit = None,
+    emit_to: o.EmitTo = None,
     catalog: o.CatalogDir = None,
     top: Top = 15,
     fmt: o.Format = "table",
 ) -> None:
-    """Every catalog GPU and system that runs the job, with headroom, speed, time and cost; cheapest first."""
+    """Every catalog GPU and system that runs the job (all its GPUs, the fastest strategy that fits, several
+    nodes when one is not enough), with headroom, speed, time and cost; cheapest first."""
     options = locals()
     from vramplan.api import estimate
     from vramplan.cli.render_hardware import emit_plan
+    from vramplan.errors import UsageError
     from vramplan.hardware.catalog import load_hardware
     from vramplan.hardware.plan import CostAssumptions, plan_options
     from vramplan.hardware.suggest import suggest_changes
 
     check_format(fmt)
     assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
-                                  headroom=o.parse_fraction(headroom, "--headroom"))
+                                  headroom=o.parse_fraction(headroom, "--headroom"), max_nodes=max_nodes)
     training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
     hardware = load_hardware(catalog)
-    result = estimate(model, method, **o.training_options(options))
+    model, method, chosen = merge_config_file(from_file, model, method, o.training_options(options))
+    result = estimate(model, method, **chosen)
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
         suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)))
+    if emit is not None and plan.options:
+        from vramplan.cli.emit import emit_configs
+        from vramplan.hardware.plan import chosen_setup
+
+        cheapest = next((option for option in plan.options if option.cheapest), plan.options[0])
+        try:
+            printed = emit_configs(emit, chosen_setup(plan, cheapest), result.model.spec, emit_to)
+        except UsageError as err:
+            raise UsageError(f"the cheapest option, {cheapest.id}, runs {cheapest.strategy}: {err}") from None
+        if printed:
+            return  # the config of the cheapest option went to stdout, in place of the plan
+    elif emit_to is not None:
+        raise UsageError("--emit-to needs --emit deepspeed|fsdp|accelerate")
     if fmt == "json":
         document = plan.model_dump(mode="json")
         document["suggestions"] = [s.model_dump(mode="json") for s in suggestions]
@@ -126,8 +157,9 @@ def plan_command(
 
 def fit_command(
     gpu: GpuId,
-    model: o.Model,
-    method: o.MethodOpt = "lora",
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
     batch_size: o.BatchSize = None,
     seq_len: o.SeqLen = None,
     precision: o.PrecisionOpt = None,
@@ -138,12 +170,24 @@ def fit_command(
     lora_dropout: o.LoraDropout = None,
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
+    gpus: o.Gpus = None,
+    nodes: o.Nodes = None,
+    strategy: o.Strategy = None,
+    offload: o.OffloadOpt = None,
     solve: SolveOpt = "batch-size",
     headroom: o.Headroom = "10%",
     catalog: o.CatalogDir = None,
     fmt: o.Format = "table",
 ) -> None:
-    """The largest batch size (or sequence length, or LoRA rank) that fits one catalog GPU."""
+    """The largest per-GPU batch size (or sequence length, or LoRA rank) that fits a catalog GPU, alone or under
+    --gpus/--nodes/--strategy/--offload."""
     options = locals()
     from vramplan.cli.render_hardware import emit_fit
     from vramplan.errors import UsageError
@@ -162,8 +206,10 @@ def fit_command(
         raise UsageError(f"--gpu {gpu!r} is not in the catalog (see vramplan catalog gpus)")
     card = hardware.gpus[gpu]
     usable = int(card.memory_bytes * (1 - o.parse_fraction(headroom, "--headroom")))
-    resolved = resolve_model(model)
-    setup = resolve_setup(method, **o.training_options(options))
+    model, method, chosen = merge_config_file(
+        from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS)
+    )
+    resolved, setup, _ = resolve_run(model, method, **chosen)
     result = largest_fitting(resolved, setup, solve, usable)
     suggestions = []
     if result.value is None:
@@ -203,9 +249,14 @@ def report_command(
 
 
 
+# check's --gpus picks local GPU indices; the job's own GPU count is --gpus-per-node.
+CHECK_OPTIONS = o.SETUP_OPTIONS + ("nodes", "strategy", "offload")
+
+
 def check_command(
-    model: o.Model,
-    method: o.MethodOpt = "lora",
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
     batch_size: o.BatchSize = None,
     seq_len: o.SeqLen = None,
     precision: o.PrecisionOpt = None,
@@ -216,7 +267,19 @@ def check_command(
     lora_dropout: o.LoraDropout = None,
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="Visible GPU indices to check, e.g. 0,1.")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(
+        "--gpus-per-node", help="The job's GPUs per node under --strategy (each checked GPU holds one rank).")] = None,
+    nodes: o.Nodes = None,
+    strategy: o.Strategy = None,
+    offload: o.OffloadOpt = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Check against an idle catalog GPU instead.")] = None,
     headroom: o.Headroom = "0%",
     nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
@@ -236,7 +299,10 @@ def check_command(
 
     check_format(fmt)
     fraction = o.parse_fraction(headroom, "--headroom")
-    result = estimate(model, method, **o.training_options(options))
+    model, method, chosen = merge_config_file(from_file, model, method, o.training_options(options, CHECK_OPTIONS))
+    if gpus_per_node is not None:
+        chosen["gpus"] = gpus_per_node
+    result = estimate(model, method, **chosen)
     if gpu is not None:
         verdict = check_catalog(result, gpu, fraction, catalog)
     else:
@@ -259,8 +325,9 @@ def check_command(
 
 
 def probe_command(
-    model: o.Model,
-    method: o.MethodOpt = "lora",
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
     batch_size: o.BatchSize = None,
     seq_len: o.SeqLen = None,
     precision: o.PrecisionOpt = None,
@@ -271,6 +338,13 @@ def probe_command(
     lora_dropout: o.LoraDropout = None,
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
     steps: Annotated[int, typer.Option("--steps", help="Measured steps after one warm-up step.", min=1)] = 3,
     device: Annotated[str, typer.Option("--device", help="auto | cuda | cpu (cpu: small configs)")] = "auto",
     out: Annotated[str, typer.Option("--out", help="Folder for <gpu>-<date>.jsonl.")] = "validation/measurements",
@@ -291,8 +365,9 @@ def probe_command(
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.measure.probe import append_jsonl, measurement_file, run_probe
 
-    options = o.training_options(options)
-    record = run_probe(resolve_model(model), resolve_setup(method, **options), steps=steps, device=device,
+    model, method, options = merge_config_file(from_file, model, method, o.training_options(options))
+    resolved, setup, _ = resolve_run(model, method, **options)
+    record = run_probe(resolved, setup, steps=steps, device=device,
                        options=options)
     path = measurement_file(Path(out), record.gpu)
     append_jsonl(path, record)

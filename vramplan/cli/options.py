@@ -12,6 +12,20 @@ Model = Annotated[
     str, typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...) or path to config.json/folder.")
 ]
 MethodOpt = Annotated[str, typer.Option("--method", help="full | lora | qlora")]
+ModelOrFile = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...), Hub id (org/name) or path to "
+                                       "config.json/folder. [default: the --from file's model]"),
+]
+MethodOrFile = Annotated[
+    Optional[str], typer.Option("--method", help="full | lora | qlora [default: the --from file's, else lora]")
+]
+FromFile = Annotated[
+    Optional[str],
+    typer.Option("--from", help="A training config to read: axolotl or LLaMA-Factory YAML, torchtune recipe YAML, "
+                                "TRL/TrainingArguments JSON/YAML (+ adapter_config.json beside it), DeepSpeed "
+                                "JSON. Flags given override it."),
+]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Per-GPU micro-batch. [default: 1]")]
 SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence. [default: 2048]")]
 PrecisionOpt = Annotated[
@@ -56,12 +70,44 @@ OffloadOpt = Annotated[
     Optional[str],
     typer.Option("--offload", help="none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]"),
 ]
+StackOpt = Annotated[
+    Optional[str],
+    typer.Option("--stack", help="hf | torchtune | axolotl | llama-factory: whose defaults fill unset options "
+                                 "[default: hf]"),
+]
+LossOpt = Annotated[
+    Optional[str], typer.Option("--loss", help="standard | chunked (torchtune) | fused (Liger/CCE) [default: stack's]")
+]
+LigerOpt = Annotated[
+    Optional[bool], typer.Option("--liger/--no-liger", help="Liger fused RMSNorm/SwiGLU/RoPE", show_default=False)
+]
+PackingOpt = Annotated[
+    Optional[bool], typer.Option("--packing/--no-packing", help="several sequences per row", show_default=False)
+]
+AttnOpt = Annotated[Optional[str], typer.Option("--attn", help="sdpa | flash | eager [default: sdpa]")]
+OptimizerInBackward = Annotated[
+    Optional[bool],
+    typer.Option("--optimizer-in-backward/--no-optimizer-in-backward", help="torchtune optimizer_in_bwd",
+                 show_default=False),
+]
+ActivationOffload = Annotated[
+    Optional[bool],
+    typer.Option("--activation-offload/--no-activation-offload", help="saved activations in host memory",
+                 show_default=False),
+]
 Format = Annotated[str, typer.Option("--format", help="table | json")]
+Emit = Annotated[
+    Optional[str],
+    typer.Option("--emit", help="deepspeed | fsdp | accelerate: the launcher config for this setup (printed, or "
+                                "written to --emit-to)"),
+]
+EmitTo = Annotated[Optional[str], typer.Option("--emit-to", help="File for --emit (stdout without it).")]
 
 
 # The training options every sizing command declares (estimate and trace add the multi-GPU ones).
 SETUP_OPTIONS = ("batch_size", "seq_len", "precision", "optimizer", "gradient_checkpointing", "lora_rank",
-                 "lora_targets", "lora_dropout", "double_quant", "kbit_prep")
+                 "lora_targets", "lora_dropout", "double_quant", "kbit_prep", "stack", "loss", "liger", "packing",
+                 "attn", "optimizer_in_backward", "activation_offload")
 SETUP_AND_GPU_OPTIONS = SETUP_OPTIONS + ("gpus", "nodes", "strategy", "offload")
 
 

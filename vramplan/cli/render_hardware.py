@@ -49,12 +49,13 @@ def emit_systems(systems, gpus) -> None:
     from rich.table import Table
 
     table = Table(title=f"{len(systems)} systems")
-    for column in ("id", "kind", "GPUs", "GPU memory GiB", "host RAM GiB", "price"):
+    for column in ("id", "kind", "GPUs", "GPU memory GiB", "host RAM GiB", "network Gb/s", "price"):
         table.add_column(column, no_wrap=column in ("id", "GPUs", "price"))
     for system in sorted(systems, key=lambda s: (s.kind, s.id)):
         ram = "?" if system.host_ram_bytes is None else f"{gib(system.host_ram_bytes):,.0f}"
         table.add_row(system.id, system.kind, f"{system.gpu_count} x {system.gpu}",
-                      f"{gib(gpus[system.gpu].memory_bytes):.1f} each", ram, _price_text(system.prices))
+                      f"{gib(gpus[system.gpu].memory_bytes):.1f} each", ram, _number(system.network_gbps),
+                      _price_text(system.prices))
     _console().print(table)
 
 
@@ -72,44 +73,67 @@ def emit_record(record, origin: str) -> None:
     console.print(f"file: {origin}", style="dim")
 
 
+def _layout_text(option) -> str:
+    rocm = " (ROCm)" if any(note.startswith("ROCm") for note in option.notes) else ""
+    return f"{option.nodes} x {option.gpus_used} {option.gpu}{rocm}"
+
+
+def _strategy_text(option) -> str:
+    return option.strategy + (f" +{option.offload}" if option.offload != "none" else "")
+
+
+def _share(value) -> str:
+    return "?" if value is None else f"{value:.0%}"
+
+
 def emit_plan(plan, suggestions, top: int) -> None:
+    from rich import box
     from rich.table import Table
 
     console = _console()
     estimate = plan.estimate
     console.print(f"{estimate.model.name}, {estimate.setup.method.value}: needs {gib(estimate.device_bytes):.2f} GiB "
-                  f"per GPU (device), {plan.training_tokens:,} training tokens, "
+                  f"on one GPU (device), {plan.training_tokens:,} training tokens, "
                   f"{plan.flops_per_token / 1e9:.1f} GFLOPs per token", highlight=False)
     if plan.options:
-        table = Table(title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})")
-        for column in ("option", "GPU", "free GiB", "tokens/s", "hours", "cost USD", ""):
-            table.add_column(column, justify="right" if column in ("free GiB", "tokens/s", "hours", "cost USD")
-                             else "left")
+        table = Table(title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        numeric = ("free GiB", "host GiB", "comm", "tok/s", "hours", "USD")
+        for column in ("", "option", "nodes x GPUs", "strategy", *numeric):
+            table.add_column(column, justify="right" if column in numeric else "left", no_wrap=True)
         for option in plan.options[:top]:
-            marks = " ".join(mark for mark, on in (("cheapest", option.cheapest), ("fastest", option.fastest)) if on)
+            marks = ("$" if option.cheapest else "") + (">" if option.fastest else "")
+            host = f"{gib(option.host_bytes_needed):,.0f}" if option.host_bytes_needed else "-"
+            comm = _share(option.communication_share) if option.gpus_used * option.nodes > 1 else "-"
             table.add_row(
-                option.id, f"{option.gpus_used} of {option.gpus_in_option} x {option.gpu}"
-                + (" (ROCm)" if any(note.startswith("ROCm") for note in option.notes) else ""),
-                f"{gib(option.headroom_bytes):.1f}", _number(option.tokens_per_second),
+                marks, option.id, _layout_text(option), _strategy_text(option), f"{gib(option.headroom_bytes):.1f}",
+                host, comm, _number(option.tokens_per_second),
                 "?" if option.hours is None else f"{option.hours:,.1f}",
-                "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}", marks)
+                "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}")
         console.print(table)
-        for mark in ("cheapest", "fastest"):
+        for mark, symbol in (("cheapest", "$"), ("fastest", ">")):
             chosen = next((option for option in plan.options if getattr(option, mark)), None)
             if chosen is not None:
-                console.print(f"{mark}: {chosen.id}: {chosen.cost_basis}", highlight=False, soft_wrap=True)
+                console.print(f"{symbol} {mark}: {chosen.id}: {chosen.choice}; {chosen.cost_basis}", highlight=False,
+                              soft_wrap=True)
     else:
-        console.print("nothing in the catalog fits this job on one GPU", style="bold")
+        most = plan.assumptions.max_nodes
+        console.print("nothing in the catalog fits this job" + (f" (up to {most} nodes of a system)" if most > 1
+                                                                 else " on one node"), style="bold")
     if plan.rejected:
         largest = plan.rejected[0]
         console.print(f"{len(plan.rejected)} options too small (largest rejected: {largest.gpu}, "
-                      f"{gib(largest.gpu_memory_bytes):.1f} GiB)", highlight=False)
+                      f"{gib(largest.gpu_memory_bytes):.1f} GiB; --format json lists every layout tried and why)",
+                      highlight=False)
     _emit_suggestions(console, suggestions)
     a = plan.assumptions
-    console.print(f"assumptions: one GPU per job (multi-GPU strategies: not modelled yet); {a.utilisation:.0%} of "
-                  f"dense BF16; {a.headroom:.0%} memory headroom; purchases over {a.amortisation_years:g} years plus "
-                  f"energy at {a.energy_usd_per_kwh} USD/kWh (TDP x hours); cloud at the catalog's hourly price and "
-                  "date; host and power-supply costs left out", highlight=False, soft_wrap=True, style="dim")
+    console.print(f"assumptions: a system runs the job on all its GPUs with the fastest strategy that fits, else with "
+                  f"host-RAM offload, else on up to {a.max_nodes} nodes; {a.utilisation:.0%} of dense BF16 per GPU; "
+                  "communication (ring collectives over NVLink, PCIe x16 or the system's network) not overlapped "
+                  f"with compute, so times are upper bounds; CPU optimizer steps under offload not timed; "
+                  f"{a.headroom:.0%} memory headroom; purchases over {a.amortisation_years:g} years plus "
+                  f"energy at {a.energy_usd_per_kwh} USD/kWh (TDP x GPUs used x hours); cloud at the catalog's hourly "
+                  "price x nodes; host and power-supply costs left out", highlight=False, soft_wrap=True, style="dim")
 
 
 def _emit_suggestions(console, suggestions) -> None:
@@ -125,6 +149,14 @@ def _emit_suggestions(console, suggestions) -> None:
                           f"{gib(item.needed_bytes):.2f} GiB ({verdict})", highlight=False, soft_wrap=True)
 
 
+def _layout_of(setup) -> str:
+    if setup.world_size == 1 and setup.offload.value == "none":
+        return ""
+    nodes = f" x {setup.nodes} nodes" if setup.nodes > 1 else ""
+    offload = f", offload {setup.offload.value}" if setup.offload.value != "none" else ""
+    return f"; per GPU under {setup.strategy.value} on {setup.gpus} GPUs{nodes}{offload}"
+
+
 def emit_fit(result, gpu, suggestions) -> None:
     console = _console()
     what = result.solve.replace("-", " ")
@@ -138,7 +170,7 @@ def emit_fit(result, gpu, suggestions) -> None:
         console.print(f"  needs {gib(estimate.device_bytes):.2f} GiB of {gib(result.usable_bytes):.2f} GiB usable "
                       f"({gib(gpu.memory_bytes):.2f} GiB total); batch {estimate.setup.batch_size} x sequence "
                       f"{estimate.setup.seq_len}" + (f", rank {estimate.setup.lora.rank}" if estimate.setup.lora
-                                                     else ""), highlight=False)
+                                                     else "") + _layout_of(estimate.setup), highlight=False)
     console.print(f"  bisection over a monotone estimate: {result.estimates_run} estimate(s) run", style="dim")
     _emit_suggestions(console, suggestions)
 

@@ -14,8 +14,9 @@ Top = Annotated[int, typer.Option("--top", help="Rows of --by-module to show.", 
 
 
 def trace_command(
-    model: o.Model,
-    method: o.MethodOpt = "lora",
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
     batch_size: o.BatchSize = None,
     seq_len: o.SeqLen = None,
     precision: o.PrecisionOpt = None,
@@ -26,6 +27,13 @@ def trace_command(
     lora_dropout: o.LoraDropout = None,
     double_quant: o.DoubleQuant = None,
     kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
     gpus: o.Gpus = None,
     nodes: o.Nodes = None,
     strategy: o.Strategy = None,
@@ -37,13 +45,14 @@ def trace_command(
     """Run one real training step on CPU under fake tensors and report its peak, like `estimate` does."""
     from vramplan.api import trace
 
+    from vramplan.cli.imported import merge_config_file
+
     options = locals()
     check_format(fmt)
-    result = trace(
-        model,
-        method,
-        **o.training_options(options, o.SETUP_AND_GPU_OPTIONS),
+    model, method, chosen = merge_config_file(
+        from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS)
     )
+    result = trace(model, method, **chosen)
     if fmt == "json":
         emit_json(result)
     else:

@@ -8,7 +8,9 @@ import types
 
 from pydantic import BaseModel
 
+from vramplan.estimate.eager import eager_backward_transient_bytes, eager_forward_transient_bytes, scores_elements
 from vramplan.estimate.activations import (
+    dtype_flow,
     autocast_weight_copies,
     final_norm_saved_bytes,
     hidden_state_bytes,
@@ -22,8 +24,10 @@ from vramplan.estimate.activations import (
 )
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.logits import logits_memory
+from vramplan.estimate.moe import refuse_unmodelled_moe
 from vramplan.estimate.optimizer import optimizer_memory
 from vramplan.estimate.parallel import (
+    BACKWARD_END,
     FORWARD_LAYER,
     FORWARD_LOGITS,
     LAYER_BACKWARD,
@@ -42,7 +46,7 @@ from vramplan.estimate.weights import (
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.errors import NotModelledError
-from vramplan.training import Method, Strategy, TrainingSetup
+from vramplan.training import Attention, Loss, Method, Stack, Strategy, TrainingSetup
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -93,13 +97,25 @@ def activation_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
         recompute = layer_saved_bytes(spec, setup, tokens, masked=spec.num_layers - 1 in masked, input_kept=True)
         return spec.num_layers * hidden_state_bytes(spec, setup, tokens), recompute
     first_needs_grad = setup.method is Method.FULL
-    by_kind = {
-        (first, kind): layer_saved_bytes(spec, setup, tokens, input_needs_grad=first_needs_grad or not first,
-                                         masked=kind)
-        for first in (True, False)
-        for kind in (True, False)
-    }
-    return sum(by_kind[(i == 0, i in masked)] for i in range(spec.num_layers)), 0
+    saved = _saved_by_layer(spec, setup, input_needs_grad_first=first_needs_grad, input_kept=False)
+    return sum(saved), 0
+
+
+def _saved_by_layer(spec: ModelSpec, setup: TrainingSetup, input_needs_grad_first: bool, input_kept: bool) -> list[int]:
+    """Each layer's saved bytes; layers of one kind (first or not, masked or not, dense or MoE) are computed once."""
+    tokens = setup.tokens_per_step
+    masked = set(masked_layer_ids(spec, setup))
+    by_kind: dict[tuple[bool, bool, bool], int] = {}
+    saved = []
+    for i in range(spec.num_layers):
+        kind = (i == 0, i in masked, spec.is_moe_layer(i))
+        if kind not in by_kind:
+            by_kind[kind] = layer_saved_bytes(
+                spec, setup, tokens, input_needs_grad=input_needs_grad_first or i > 0, masked=i in masked,
+                input_kept=input_kept, layer=i,
+            )
+        saved.append(by_kind[kind])
+    return saved
 
 
 def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
@@ -109,8 +125,23 @@ def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     return tensor_bytes(spec.embedding_params * trainable_bytes_per_param(setup))
 
 
+# Switches whose memory rules are not written yet: refused with the reason rather than estimated as if absent.
+_UNMODELLED_SWITCHES = {
+    "loss": (lambda s: s.loss is Loss.FUSED, "--loss fused (Liger/cut-cross-entropy kernels)"),
+    "liger": (lambda s: s.liger, "--liger (Liger's fused RMSNorm/SwiGLU/RoPE kernels)"),
+    "activation_offload": (lambda s: s.activation_offload and s.stack is not Stack.TORCHTUNE, "--activation-offload"),
+    "optimizer_in_backward": (
+        lambda s: s.optimizer_in_backward and s.stack is not Stack.TORCHTUNE, "--optimizer-in-backward"
+    ),
+}
+
+
 def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
     """Combinations without a traced rule are refused rather than guessed."""
+    refuse_unmodelled_moe(spec, setup)
+    for applies, what in _UNMODELLED_SWITCHES.values():
+        if applies(setup):
+            raise NotModelledError(f"{what} is not modelled yet")
     if spec.family == "gemma2":
         raise NotModelledError(
             "gemma2 trains with eager attention in transformers (it has no SDPA path), which keeps the s x s "
@@ -133,42 +164,57 @@ def _layer_backward_points(
     tokens = setup.tokens_per_step
     hidden = hidden_state_bytes(spec, setup, tokens)
     # The input embedding's gradient arrives after every layer; lm_head's and the final norm's are there before.
-    per_layer_grads = states.layer_gradient_bytes
     before_layers = states.before_layer_gradient_bytes
     masked = set(masked_layer_ids(spec, setup))
-    mlp = mlp_backward(spec, setup, tokens)
     post_norm = post_mlp_norm_backward_bytes(spec, setup, tokens)
     ckpt = setup.gradient_checkpointing
-    # Recomputation passes through the MLP's forward transient before it stops at the layer's last saving op.
-    transient = 0
-    if ckpt:
-        transient = max(
-            recompute_transient_bytes(spec, setup, tokens), mlp_forward_transient_bytes(spec, setup, tokens)
-        )
     full = setup.method is Method.FULL
-    by_kind = {
-        (first, kind): layer_saved_bytes(
-            spec, setup, tokens, input_needs_grad=full or not first, masked=kind, input_kept=ckpt
-        )
-        for first in (True, False)
-        for kind in (True, False)
-    }
-    saved = [by_kind[(i == 0, i in masked)] for i in range(spec.num_layers)]
-    # Memory is linear in i among layers of one kind (sliding-window or not): the candidates are each kind's
-    # topmost and bottommost layer.
+    saved = _saved_by_layer(spec, setup, input_needs_grad_first=full, input_kept=ckpt)
+    layer_grads = states.layer_gradients
+    flight = states.layer_backward_in_flight or [states.in_flight.get(LAYER_BACKWARD, 0)] * spec.num_layers
+    # Memory is linear in i among layers of one kind (sliding-window or not, dense or MoE): the candidates are
+    # each kind's topmost and bottommost layer.
     layers = range(spec.num_layers)
-    kinds = ([i for i in layers if i in masked], [i for i in layers if i not in masked])
-    candidates = sorted({i for kind in kinds if kind for i in (kind[0], kind[-1])})
+    kinds: dict[tuple[bool, bool], list[int]] = {}
+    for i in layers:
+        kinds.setdefault((i in masked, spec.is_moe_layer(i)), []).append(i)
+    # Under FSDP the bottom layer prefetches the embedding and the top one holds the tail's reduce input instead of
+    # a neighbour layer's: the second layer from each end is a candidate too.
+    ends_of = (0, -1, 1, -2) if states.layer_backward_in_flight else (0, -1)
+    candidates = sorted({kind[j] for kind in kinds.values() for j in ends_of if -len(kind) <= j < len(kind)})
     ends = []
     for i in candidates:
         others = (i + 1) * hidden if ckpt else sum(saved[:i])
-        ends.append((others, saved[i], before_layers + (spec.num_layers - 1 - i) * per_layer_grads))
+        ends.append((i, others, saved[i], before_layers + sum(layer_grads[i + 1:])))
     points = []
-    for others, layer, grads in ends:
+    for i, others, layer, grads in ends:
+        mlp = mlp_backward(spec, setup, tokens, layer=i)
+        # Recomputation passes through the MLP's forward transient before it stops at the layer's last saving op.
+        transient = 0
+        if ckpt:
+            transient = max(
+                recompute_transient_bytes(spec, setup, tokens, layer=i),
+                mlp_forward_transient_bytes(spec, setup, tokens, layer=i),
+            )
         start = others + layer + transient + 2 * hidden
         mlp_step = others + layer - mlp.released_bytes + mlp.in_flight_bytes
         norm_step = others + layer + post_norm
-        for acts in (start, mlp_step, norm_step):
+        own = states.layer_own_gradients[i] if states.layer_own_gradients else 0
+        mlp_own = states.layer_mlp_gradients[i] if states.layer_mlp_gradients else 0
+        # Under FSDP the layer's unsharded gradients grow through its backward; when it ends they are all there,
+        # the layer's saved tensors are gone and the gradient of its input is alive.
+        moments = [(start, 0), (mlp_step, mlp_own), (norm_step, 0)]
+        if setup.attn is Attention.EAGER:
+            compute = dtype_flow(setup).compute
+            probs = tensor_bytes(scores_elements(spec, setup) * compute)
+            # softmax's backward, the probabilities already released by the matmul's backward
+            moments.append((others + layer - probs + eager_backward_transient_bytes(spec, setup, compute), 0))
+            if ckpt:  # recomputation passes through softmax with its input and fp32 cast
+                moments.append((others + layer - probs + eager_forward_transient_bytes(spec, setup, compute), 0))
+        if own:
+            reduce = states.layer_reduce_in_flight[i] if states.layer_reduce_in_flight else 0
+            moments.append((others + hidden, max(own, reduce - flight[i])))
+        for acts, growing in moments:
             points.append(
                 PhasePeak(
                     phase="backward",
@@ -177,16 +223,16 @@ def _layer_backward_points(
                         "activations": acts + inputs,
                         "autocast_weight_copies": copies,
                         "gradients": grads,
-                        **_in_flight(states, LAYER_BACKWARD),
+                        **_in_flight(states, LAYER_BACKWARD, flight[i] + growing),
                     },
                 )
             )
     return points
 
 
-def _in_flight(states: RankStates, moment: str) -> dict[str, int]:
+def _in_flight(states: RankStates, moment: str, bytes_: int | None = None) -> dict[str, int]:
     """Gathered parameters and communication buffers at one moment (none on a single GPU)."""
-    extra = states.in_flight.get(moment, 0) + states.comm_buffers
+    extra = (states.in_flight.get(moment, 0) if bytes_ is None else bytes_) + states.comm_buffers
     held = {"sharding_in_flight": extra} if extra else {}
     if states.gradient_partition:
         held["gradient_partition"] = states.gradient_partition
@@ -195,6 +241,10 @@ def _in_flight(states: RankStates, moment: str) -> dict[str, int]:
 
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
+    if setup.stack is Stack.TORCHTUNE:
+        from vramplan.estimate.torchtune import estimate_torchtune
+
+        return estimate_torchtune(model, setup)
     refuse_unmodelled(spec, setup)
     if setup.strategy is Strategy.DEVICE_MAP:
         from vramplan.estimate.device_map import estimate_device_map
@@ -236,7 +286,22 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             **_in_flight(states, FORWARD_LAYER),
         },
     )
-    forward = max(forward, last_layer_forward, key=lambda p: p.total_bytes)
+    forward_points = [forward, last_layer_forward]
+    if setup.attn is Attention.EAGER:
+        compute = dtype_flow(setup).compute
+        # The last layer's softmax: without checkpointing its own probabilities (kept in `kept`) are not made yet.
+        scores = scores_elements(spec, setup)
+        if setup.gradient_checkpointing:  # nothing of the layer is kept: softmax's input, cast and output
+            attention = tensor_bytes(scores * FP32_BYTES) + eager_forward_transient_bytes(spec, setup, compute)
+        else:  # the layer's own saved tensors are in `kept`; its probabilities are not made yet, the fp32 cast is
+            attention = tensor_bytes(scores * FP32_BYTES) - tensor_bytes(scores * compute)
+        forward_points.append(PhasePeak(phase="forward", components={
+            **persistent,
+            "activations": kept + inputs + hidden + attention,
+            "autocast_weight_copies": copies.forward_bytes,
+            **_in_flight(states, FORWARD_LAYER),
+        }))
+    forward = max(forward_points, key=lambda p: p.total_bytes)
     loss_backward = PhasePeak(
         phase="backward",
         components={
@@ -248,7 +313,19 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         },
     )
     layer_points = _layer_backward_points(spec, setup, persistent, inputs, copies.layer_bytes, states)
-    backward = max([loss_backward, *layer_points], key=lambda p: p.total_bytes)
+    end_points = []
+    if BACKWARD_END in states.in_flight:
+        # Sharded strategies: the input embedding's unit runs its backward after every layer.
+        end_points.append(PhasePeak(
+            phase="backward",
+            components={
+                **persistent,
+                "activations": inputs + hidden,
+                "gradients": states.before_layer_gradient_bytes + sum(states.layer_gradients),
+                **_in_flight(states, BACKWARD_END),
+            },
+        ))
+    backward = max([loss_backward, *layer_points, *end_points], key=lambda p: p.total_bytes)
     step = PhasePeak(
         phase="optimizer",
         components={

@@ -15,10 +15,22 @@ from vramplan.estimate.dtypes import (
     compute_bytes,
     tensor_bytes,
     weight_bytes_per_param,
+    autocast_on,
+    fsdp_gathers_in_half,
+)
+from vramplan.estimate.eager import eager_mask_bytes, eager_saved_bytes
+from vramplan.estimate.mla import mla_saved_bytes
+from vramplan.estimate.moe import (
+    experts_backward_in_flight_bytes,
+    experts_forward_transient_bytes,
+    experts_saved_bytes,
+    routed_rows,
+    router_saved_bytes,
+    shared_gate_saved_bytes,
 )
 from vramplan.estimate.weights import adapter_tensor_elements
 from vramplan.models.spec import LinearShape, ModelSpec
-from vramplan.training import Method, Precision, TrainingSetup
+from vramplan.training import Attention, Method, Precision, TrainingSetup
 
 
 class Flow(BaseModel):
@@ -28,6 +40,8 @@ class Flow(BaseModel):
     compute: int  # matmul outputs under autocast (or fp32 without)
     linear_out: int  # what a base linear returns (Linear4bit casts back to its input dtype)
     weights_train: bool  # full fine-tuning: norm and linear weights need their inputs for their gradients
+    autocast: bool = True  # Trainer's autocast wraps the forward (not under FSDP2: estimate/dtypes.autocast_on)
+    adapter: int = FP32_BYTES  # LoRA adapters' dtype: fp32 from peft, FSDP2's 16-bit param_dtype when gathered
 
 
 def dtype_flow(setup: TrainingSetup) -> Flow:
@@ -37,12 +51,17 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
         load = FP32_BYTES  # prepare_model_for_kbit_training upcasts embeddings and norms to fp32
     compute = compute_bytes(setup.precision)
     quantized = setup.method is Method.QLORA
+    if fsdp_gathers_in_half(setup):
+        # FSDP2 gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype.
+        return Flow(residual=compute, compute=compute, linear_out=compute, weights_train=setup.method is Method.FULL,
+                    autocast=False, adapter=compute)
     return Flow(
         residual=load,
         compute=compute,
         # bitsandbytes Linear4bit.forward: `matmul_4bit(x.to(compute_dtype), ...).to(inp_dtype)`
         linear_out=load if quantized else compute,
         weights_train=setup.method is Method.FULL,
+        autocast=autocast_on(setup),
     )
 
 
@@ -63,7 +82,7 @@ def _lora_input_copies(lin: LinearShape, setup: TrainingSetup, flow: Flow, token
     autocast is off) and lora_A's output (rank wide) for lora_B's weight gradient.
     """
     rank = setup.lora.rank
-    a_input = flow.compute if setup.autocast else FP32_BYTES
+    a_input = flow.compute if flow.autocast else flow.adapter
     saved = [tensor_bytes(tokens * lin.in_features * a_input), tensor_bytes(tokens * rank * a_input)]
     if setup.lora.dropout > 0:
         saved.append(tensor_bytes(tokens * lin.in_features * BOOL_BYTES))
@@ -77,17 +96,20 @@ def layer_saved_bytes(
     input_needs_grad: bool = True,
     masked: bool = False,
     input_kept: bool = False,
+    layer: int | None = None,
 ) -> int:
     """Bytes one decoder layer keeps for backward when it runs without checkpointing.
 
     `masked`: the layer's SDPA call gets an explicit mask (a sliding-window layer at or past its window).
     `input_kept`: the layer's input is already counted (checkpointing keeps it); an fp32 residual stream makes
     the input norm's `x.to(float32)` that same tensor rather than a copy.
+    `layer`: which layer (an MoE model's dense and sparse layers differ); default the one `layer_linears` describes.
     """
     flow = dtype_flow(setup)
-    h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
-    adapted = {lin.name for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else set()
-    linears = {lin.name: lin for lin in spec.layer_linears}
+    h = spec.hidden_size
+    layer = _default_layer(spec) if layer is None else layer
+    adapted = _adapted(spec, setup, layer)
+    linears = {lin.name: lin for lin in spec.linears_of(layer)}
     saved: list[int] = []
     gemma = spec.norms_per_layer == 4
     if input_needs_grad or flow.weights_train:
@@ -98,17 +120,21 @@ def layer_saved_bytes(
     # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
     if flow.weights_train:
         saved.append(tensor_bytes(tokens * h * flow.residual))
-    for name in ("q_proj", "k_proj", "v_proj", "qkv_proj"):
+    for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj"):
         if name in adapted:
             saved += _lora_input_copies(linears[name], setup, flow, tokens)
     if spec.has_qk_norm:
         # Qwen3/Gemma3 q_norm and k_norm: RMSNorm over head_dim on the projected queries and keys.
         normed = FP32_BYTES if gemma else flow.compute
+        q, kv = spec.q_size, spec.kv_size
         saved += _norm(flow.compute, q, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_heads * FP32_BYTES)]
         saved += _norm(flow.compute, kv, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_kv_heads * FP32_BYTES)]
         if flow.weights_train:
             saved += [tensor_bytes(tokens * q * normed), tensor_bytes(tokens * kv * normed)]
-    saved += _sdpa_saved(spec, setup, flow, tokens, masked)
+    if spec.mla is not None:
+        saved += mla_saved_bytes(spec, tokens, flow.compute, flow.linear_out, flow.weights_train, flow.residual)
+    else:
+        saved += _sdpa_saved(spec, setup, flow, tokens, masked)
     if "o_proj" in adapted:
         saved += _lora_input_copies(linears["o_proj"], setup, flow, tokens)
     if gemma:  # post_attention_layernorm on the attention output, before the residual add
@@ -116,19 +142,63 @@ def layer_saved_bytes(
     saved += _norm(flow.residual, h, flow, tokens, gemma)
     if flow.weights_train:
         saved.append(tensor_bytes(tokens * h * flow.residual))
-    for name in ("gate_proj", "up_proj", "gate_up_proj"):
-        if name in adapted:
-            saved += _lora_input_copies(linears[name], setup, flow, tokens)
-    mlp = flow.linear_out
-    # SwiGLU: act(gate) saves gate; act * up saves act(gate) and up; down_proj saves the product if it trains.
-    saved += [tensor_bytes(tokens * inter * mlp)] * 3
-    if flow.weights_train:
-        saved.append(tensor_bytes(tokens * inter * mlp))
-    if "down_proj" in adapted:
-        saved += _lora_input_copies(linears["down_proj"], setup, flow, tokens)
+    if spec.is_moe_layer(layer):
+        saved += _moe_block_saved(spec, setup, flow, tokens, layer)
+    else:
+        saved += _swiglu_saved(spec.dense_mlp_linears, spec.intermediate_size, setup, flow, tokens, adapted)
     if gemma:  # post_feedforward_layernorm on the MLP output
         saved += _norm(flow.compute, h, flow, tokens, gemma)
     return sum(saved)
+
+
+def _default_layer(spec: ModelSpec) -> int:
+    return spec.moe_layer_ids[0] if spec.moe_layer_ids else 0
+
+
+def _adapted(spec: ModelSpec, setup: TrainingSetup, layer: int) -> set[str]:
+    return {lin.name for lin in spec.lora_linears(setup.lora.targets, layer)} if setup.lora else set()
+
+
+def _swiglu_saved(
+    mlp: tuple[LinearShape, ...], inter: int, setup: TrainingSetup, flow: Flow, tokens: int, adapted: set[str]
+) -> list[int]:
+    """A SwiGLU MLP (a dense layer's, or an MoE block's shared expert): act(gate) saves gate; act * up saves
+    act(gate) and up; down_proj saves the product if it trains; plus each adapted projection's LoRA copies."""
+    saved: list[int] = []
+    by_suffix = {lin.name.rsplit(".", 1)[-1]: lin for lin in mlp}
+    for suffix in ("gate_proj", "up_proj", "gate_up_proj"):
+        if suffix in by_suffix and by_suffix[suffix].name in adapted:
+            saved += _lora_input_copies(by_suffix[suffix], setup, flow, tokens)
+    width = flow.linear_out
+    saved += [tensor_bytes(tokens * inter * width)] * 3
+    if flow.weights_train:
+        saved.append(tensor_bytes(tokens * inter * width))
+    if by_suffix["down_proj"].name in adapted:
+        saved += _lora_input_copies(by_suffix["down_proj"], setup, flow, tokens)
+    return saved
+
+
+def _moe_block_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: int, layer: int) -> list[int]:
+    """Router, grouped_mm experts, and the shared expert with its gate (estimate/moe.py)."""
+    saved = router_saved_bytes(spec, tokens, flow.compute)
+    if flow.autocast and (spec.moe.router_fp32 or flow.residual == FP32_BYTES):
+        # F.linear under autocast casts an fp32 router weight to the compute dtype and saves the copy for the
+        # input gradient (aten/src/ATen/autocast_mode.cpp cached_cast).
+        saved.append(tensor_bytes(spec.moe.num_experts * spec.hidden_size * flow.compute))
+    if spec.moe.router_fp32 and flow.weights_train and flow.autocast:
+        # DeepseekV3TopkRouter: F.linear(x.type(float32), weight) under autocast saves a compute-dtype copy of x
+        # for the router weight's gradient.
+        saved.append(tensor_bytes(tokens * spec.hidden_size * flow.compute))
+    saved += experts_saved_bytes(spec, tokens, flow.residual, flow.compute, flow.weights_train)
+    if spec.moe.shared_intermediate_size:
+        adapted = _adapted(spec, setup, layer)
+        shared = tuple(lin for lin in spec.moe_block_linears if lin.name != "shared_expert_gate")
+        saved += _swiglu_saved(shared, spec.moe.shared_intermediate_size, setup, flow, tokens, adapted)
+        saved += shared_gate_saved_bytes(spec, tokens, flow.compute)
+        gate = [lin for lin in spec.moe_block_linears if lin.name == "shared_expert_gate"]
+        if gate and gate[0].name in adapted:
+            saved += _lora_input_copies(gate[0], setup, flow, tokens)
+    return saved
 
 
 def _sdpa_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: int, masked: bool) -> list[int]:
@@ -139,6 +209,8 @@ def _sdpa_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: int, 
     converted to the query dtype at full batch size (ATen `convert_boolean_attn_mask`), b x s x s
     (transformers integrations/sdpa_attention.py; traced in validation/matrix.toml's sliding-window cases).
     """
+    if setup.attn is Attention.EAGER:
+        return eager_saved_bytes(spec, setup, flow.compute, tokens)
     q, kv, sdpa = spec.q_size, spec.kv_size, flow.compute
     if masked:
         return [
@@ -164,7 +236,13 @@ def _sdpa_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: int, 
 
 def masked_layer_ids(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, ...]:
     """Layers whose SDPA gets an explicit mask: sliding-window layers once the sequence reaches the window
-    (transformers masking_utils._ignore_causal_mask_sdpa keeps the mask when kv_length >= local_attention_size)."""
+    (transformers masking_utils._ignore_causal_mask_sdpa keeps the mask when kv_length >= local_attention_size);
+    every layer when sequences are packed (create_causal_mask adds packed_sequence_mask_function and turns
+    allow_is_causal_skip off). flash_attention_2 takes the window and packed positions (varlen) in the kernel: none."""
+    if setup.attn is Attention.FLASH:
+        return ()
+    if setup.packing:
+        return tuple(range(spec.num_layers))
     if spec.sliding_window is None or setup.seq_len < spec.sliding_window:
         return ()
     return spec.sliding_layer_ids
@@ -175,9 +253,16 @@ def masked_attention_layers(spec: ModelSpec, setup: TrainingSetup) -> int:
 
 
 def model_mask_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """The bool sliding-window mask the model builds once (1 x 1 x s x s), alive through forward and backward."""
+    """The bool masks the model builds once, alive through forward and backward: the sliding-window one (1 x 1 x s x
+    s); with packing one per batch row (b x 1 x s x s, the packed-sequence ids differ by row) for each attention kind
+    (full, and sliding where the model has it)."""
+    if setup.attn is Attention.EAGER:
+        return eager_mask_bytes(spec, setup, dtype_flow(setup).compute)
     if not masked_attention_layers(spec, setup):
         return 0
+    if setup.packing:
+        kinds = 2 if spec.sliding_window is not None and spec.sliding_layer_ids else 1
+        return kinds * tensor_bytes(setup.batch_size * setup.seq_len * setup.seq_len * BOOL_BYTES)
     return tensor_bytes(setup.seq_len * setup.seq_len * BOOL_BYTES)
 
 
@@ -199,11 +284,11 @@ def _mlp_locals(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) 
     if "down_proj" in adapted:
         # peft casts the adapter's input to the adapter dtype (fp32; tuners_utils._cast_input_dtype, even under
         # autocast) and dropout returns a new fp32 tensor; both are alive until lora_B runs.
-        if flow.linear_out != FP32_BYTES:
-            copies += tensor_bytes(product_elements * FP32_BYTES)
+        if flow.linear_out != flow.adapter:
+            copies += tensor_bytes(product_elements * flow.adapter)
         # Without autocast the dropout output is lora_A's saved input, already counted with the layer.
-        if setup.lora.dropout > 0 and setup.autocast:
-            copies += tensor_bytes(product_elements * FP32_BYTES)
+        if setup.lora.dropout > 0 and flow.autocast:
+            copies += tensor_bytes(product_elements * flow.adapter)
     return MlpLocals(
         # An fp32 residual is itself the tensor the post-attention norm saves (its `.to(float32)` is a no-op),
         # counted there.
@@ -215,7 +300,7 @@ def _mlp_locals(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) 
     )
 
 
-def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, layer: int | None = None) -> int:
     """Unsaved tensors alive when checkpointing's recomputation of a layer stops, plus gradients already in flight.
 
     Non-reentrant checkpointing recomputes a layer when its backward first unpacks a saved tensor, and stops
@@ -228,8 +313,12 @@ def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int
     - a frozen bitsandbytes Linear4bit: MatMul4Bit keeps its weight outside save_for_backward, so its input
       gradient is computed before the recomputation, which stops at the SwiGLU multiply: the product and its
       gradient are alive.
+    An MoE block's recomputation runs on to its last saving op (the restoring gather, or the shared expert),
+    past the experts' forward transient (estimate/moe.py).
     """
     flow = dtype_flow(setup)
+    if spec.is_moe_layer(_default_layer(spec) if layer is None else layer):
+        return _moe_forward_transient(spec, setup, tokens, flow)
     if flow.weights_train:  # only the decoder layer's `residual` (the post-attention sum) is alive
         return tensor_bytes(tokens * spec.hidden_size * flow.residual)
     mlp = _mlp_locals(spec, setup, tokens, flow)
@@ -242,12 +331,14 @@ def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int
     return mlp.frame + 2 * mlp.product  # the product and its gradient
 
 
-def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int, layer: int | None = None) -> int:
     """Unsaved tensors alive while the last layer's down_proj runs in the forward: the residual and the MLP's
     argument (the decoder layer's locals), the SwiGLU product (saved only when down_proj trains), the cast
     copies the projection makes of it (peft's fp32 cast and dropout output; Linear4bit's compute-dtype cast) and
-    its output."""
+    its output. An MoE layer: its experts' transient (estimate/moe.py)."""
     flow = dtype_flow(setup)
+    if spec.is_moe_layer(spec.num_layers - 1 if layer is None else layer):
+        return _moe_forward_transient(spec, setup, tokens, flow)
     if flow.weights_train:
         return tensor_bytes(tokens * spec.hidden_size * flow.residual)
     mlp = _mlp_locals(spec, setup, tokens, flow)
@@ -274,6 +365,12 @@ def post_mlp_norm_backward_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: 
     return GEMMA_NORM_BACKWARD_FP32_BUFFERS * fp32 + tensor_bytes(tokens * spec.hidden_size * flow.residual)
 
 
+def _moe_forward_transient(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) -> int:
+    # An fp32 residual is itself the tensor the post-attention norm saves, counted there (as in _mlp_locals).
+    frame = 1 if flow.residual == FP32_BYTES else 2
+    return experts_forward_transient_bytes(spec, tokens, flow.residual, flow.residual, frame)
+
+
 class MlpBackward(BaseModel):
     """The MLP's backward at the activation-function step: saved tensors already released, gradients in flight."""
 
@@ -281,12 +378,17 @@ class MlpBackward(BaseModel):
     in_flight_bytes: int
 
 
-def mlp_backward(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> MlpBackward:
+def mlp_backward(spec: ModelSpec, setup: TrainingSetup, tokens: int, layer: int | None = None) -> MlpBackward:
     """SwiGLU backward (torch autograd, transformers LlamaMLP): down_proj's backward gives d(product) and releases
     the product (saved when down_proj's weight trains) and a LoRA-adapted down_proj's input copies; the
     multiply's backward then allocates d(act) and d(up) while d(product), act and up are still held. Three
-    intermediate-wide gradients and the layer output's gradient are in flight at that moment."""
+    intermediate-wide gradients and the layer output's gradient are in flight at that moment.
+    An MoE layer: the same step inside the experts, S = tokens x top-k rows wide (estimate/moe.py)."""
     flow = dtype_flow(setup)
+    if spec.is_moe_layer(_default_layer(spec) if layer is None else layer):
+        released = tensor_bytes(routed_rows(spec, tokens) * spec.moe.expert_intermediate_size * flow.residual)
+        in_flight = experts_backward_in_flight_bytes(spec, tokens, flow.residual, flow.residual)
+        return MlpBackward(released_bytes=released if flow.weights_train else 0, in_flight_bytes=in_flight)
     inter = tokens * spec.intermediate_size
     mlp = flow.linear_out
     released = tensor_bytes(inter * mlp) if flow.weights_train else 0
@@ -331,7 +433,7 @@ def autocast_weight_copies(spec: ModelSpec, setup: TrainingSetup) -> AutocastCop
     adapters. Under checkpointing a layer's forward saves nothing, so only the cached (trainable) copies outlive it,
     until autocast exits at the end of the forward.
     """
-    if not setup.autocast:
+    if not autocast_on(setup):
         return AutocastCopies(forward_bytes=0, loss_backward_bytes=0, layer_bytes=0)
     half = HALF_BYTES
     lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half) if dtype_flow(setup).residual == FP32_BYTES else 0

@@ -41,5 +41,30 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
             f"k-bit preparation {'on (non-4-bit weights upcast to fp32)' if quant.kbit_prep else 'off'}"
         )
     lines += estimate_notes
+    lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
+    return lines
+
+
+def _moe_lines(model: ResolvedModel, setup: TrainingSetup) -> list[str]:
+    """What a mixture-of-experts model does differently, in words (estimate/moe.py has the rules)."""
+    spec = model.spec
+    if spec.moe is None:
+        return []
+    moe = spec.moe
+    lines = [
+        f"mixture of experts: {moe.num_experts} experts, {moe.experts_per_token} per token; weights, gradients and "
+        f"optimizer states count all {spec.total_params / 1e9:.1f}B parameters, activations the "
+        f"{spec.active_params / 1e9:.1f}B active ones (transformers grouped_mm experts: tokens x top-k rows); "
+        "router aux loss off (output_router_logits=False, the config default)"
+    ]
+    if setup.method is Method.QLORA:
+        experts = spec.expert_params
+        width = "fp32 (k-bit preparation upcasts them)" if setup.quant.kbit_prep else "the load dtype"
+        lines.append(
+            f"4-bit covers nn.Linear layers only: the {experts / 1e9:.1f}B 3D expert and router parameters stay in "
+            f"{width}, not 4-bit"
+        )
+    if setup.lora is not None:
+        lines.append("LoRA adapts nn.Linear modules only (attention, dense and shared-expert MLPs); the experts are frozen")
     return lines

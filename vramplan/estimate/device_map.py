@@ -10,7 +10,7 @@ parameters another GPU holds; the answer is the fullest GPU.
 from __future__ import annotations
 
 from vramplan.estimate.optimizer import optimizer_memory
-from vramplan.estimate.shards import model_units
+from vramplan.estimate.shards import EMBEDDING, LM_HEAD, model_units, unit_named
 from vramplan.estimate.weights import trainable_bytes_per_param
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
@@ -29,14 +29,19 @@ def layer_split(layers: int, gpus: int) -> list[range]:
 
 
 def _sub_spec(spec: ModelSpec, layers: range) -> ModelSpec:
+    """The model of one GPU's layers, their kinds (sliding-window, dense or MoE) renumbered from 0."""
     sliding = tuple(i - layers.start for i in spec.sliding_layer_ids if i in layers)
-    return spec.model_copy(update={"num_layers": len(layers), "sliding_layer_ids": sliding})
+    update = {"num_layers": len(layers), "sliding_layer_ids": sliding}
+    if spec.moe is not None:
+        dense = tuple(i - layers.start for i in spec.moe.dense_layer_ids if i in layers)
+        update["moe"] = spec.moe.model_copy(update={"dense_layer_ids": dense})
+    return spec.model_copy(update=update)
 
 
 def _root_tensor_bytes(spec: ModelSpec, setup: TrainingSetup, which: str) -> dict[str, int]:
     """Weights (and, under full fine-tuning, gradient and optimizer states) of the embedding or the lm_head."""
-    root = model_units(spec, setup)[0]
-    tensor = root.tensors[0] if which == "embedding" else root.tensors[2]
+    unit = unit_named(model_units(spec, setup), EMBEDDING if which == "embedding" else LM_HEAD)
+    tensor = unit.tensors[0]
     held = {"weights": tensor.nbytes}
     if setup.method is Method.FULL:
         width = trainable_bytes_per_param(setup)

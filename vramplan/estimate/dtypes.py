@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vramplan.training import Precision
+from vramplan.training import FSDP_STRATEGIES, Precision, TrainingSetup
 
 FP32_BYTES = 4
 HALF_BYTES = 2  # bf16 and fp16
@@ -26,3 +26,16 @@ def weight_bytes_per_param(precision: Precision) -> int:
 def compute_bytes(precision: Precision) -> int:
     """Width of matmul outputs: the autocast dtype, or fp32 when autocast is off."""
     return FP32_BYTES if precision is Precision.FP32 else HALF_BYTES
+
+
+def autocast_on(setup: TrainingSetup) -> bool:
+    """Whether Trainer's autocast (and accelerate's fp32 conversion of outputs) wraps the forward. Under FSDP2,
+    accelerate's Accelerator._prepare_fsdp2 never calls prepare_model, so neither runs: mixed precision comes from
+    MixedPrecisionPolicy's param_dtype instead (traced: vramplan/measure/fsdp.py)."""
+    return setup.autocast and setup.strategy not in FSDP_STRATEGIES
+
+
+def fsdp_gathers_in_half(setup: TrainingSetup) -> bool:
+    """FSDP2 with Trainer's bf16/fp16: every parameter is gathered in the 16-bit param_dtype, so layers compute in it
+    and LoRA adapters run in it (accelerate/utils/dataclasses.py set_mixed_precision)."""
+    return setup.strategy in FSDP_STRATEGIES and setup.precision is not Precision.FP32

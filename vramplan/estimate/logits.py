@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from vramplan.estimate.dtypes import FP32_BYTES, compute_bytes, tensor_bytes
+from vramplan.estimate.dtypes import FP32_BYTES, autocast_on, compute_bytes, tensor_bytes
 from vramplan.models.spec import ModelSpec
 from vramplan.training import TrainingSetup
 
@@ -27,7 +27,7 @@ def logits_memory(spec: ModelSpec, setup: TrainingSetup) -> LogitsMemory:
     # cross_entropy = log_softmax + nll_loss; log_softmax keeps its fp32 output for backward.
     log_softmax = fp32
     # accelerate convert_outputs_to_fp32 (Trainer with bf16/fp16=True) copies the returned logits to fp32.
-    accelerate_copy = fp32 if setup.autocast else 0
+    accelerate_copy = fp32 if autocast_on(setup) else 0
     forward_peak = logits + max(upcast + log_softmax, log_softmax + accelerate_copy)
     # Backward of the loss: nll_loss_backward's fp32 grad and _log_softmax_backward_data's output next to the
     # saved log-softmax; the returned logits are gone by then.

@@ -88,6 +88,9 @@ class System(BaseModel):
     host_ram_bytes: int | None = Field(default=None, gt=0)
     interconnect: str
     network: str = ""
+    # Gbit/s per node between nodes, read from `network` where it states a figure; None: unknown, and the
+    # planner then offers no multi-node runs of this system.
+    network_gbps: float | None = Field(default=None, gt=0)
     region: str = ""
     prices: list[Price] = []
     unverified: list[str] = []

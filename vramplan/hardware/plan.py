@@ -1,7 +1,7 @@
 """`vramplan plan`: every catalog option that runs a job, with its headroom, speed, wall time and cost.
 
-One GPU per job for now: the estimate is per GPU and multi-GPU strategies (DDP, ZeRO, FSDP) arrive with the
-multi-GPU issue. A multi-GPU system is offered as one of its GPUs running the job, priced as the whole system.
+A bare GPU runs the job alone (with host-RAM offload where that fits). A system runs it on all of its GPUs with
+the fastest strategy that fits, or on several nodes of it when one does not (vramplan/hardware/layouts.py).
 """
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from vramplan.estimate import Estimate
+from vramplan.errors import VramplanError
+from vramplan.estimate import Estimate, estimate_memory
 from vramplan.hardware.catalog import Gpu, HardwareCatalog, Price, System
-from vramplan.hardware.throughput import step_flops, tokens_per_second
+from vramplan.hardware.layouts import NODE_COUNTS, LayoutCheck, choose_layout
+from vramplan.hardware.links import links_of
+from vramplan.hardware.throughput import step_flops
+from vramplan.training import TrainingSetup
 
 HOURS_PER_YEAR = 365 * 24
 WATTS_PER_KILOWATT = 1000
@@ -25,6 +29,7 @@ class CostAssumptions(BaseModel):
     amortisation_years: float = Field(default=3.0, gt=0)  # purchase price spread over this many years of use
     energy_usd_per_kwh: float = Field(default=0.15, ge=0)
     headroom: float = Field(default=0.10, ge=0, lt=1)  # fraction of GPU memory kept free
+    max_nodes: int = Field(default=NODE_COUNTS[-1], ge=1)  # the most nodes of one system a layout may use
 
 
 class PlanOption(BaseModel):
@@ -34,14 +39,23 @@ class PlanOption(BaseModel):
     id: str
     name: str
     gpu: str
-    gpus_in_option: int
-    gpus_used: int
-    strategy: str
+    gpus_in_option: int  # GPUs in one unit (one node) of the option
+    gpus_used: int  # GPUs per node the job runs on
+    nodes: int = 1
+    strategy: str  # single | ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | device-map
+    offload: str = "none"
     gpu_memory_bytes: int
-    needed_bytes: int
+    needed_bytes: int  # per GPU (device) under the chosen layout; the single-GPU need when nothing fits
     headroom_bytes: int
+    host_bytes_needed: int = 0  # host RAM per node for offloaded states
+    host_ram_bytes: int | None = None
     fits: bool
     tokens_per_second: float | None
+    step_seconds: float | None = None
+    communication_share: float | None = None  # of the step time (communication not overlapped)
+    gpu_link: str = ""  # the link the in-node collectives cross
+    choice: str = ""  # why this layout
+    layouts_tried: list[LayoutCheck] = []
     hours: float | None
     cost_usd: float | None
     cost_basis: str
@@ -103,28 +117,35 @@ def _option(
     gpu: Gpu,
     gpus_in_option: int,
     estimate: Estimate,
+    estimator,
     training_tokens: int,
     flops_per_token: int,
     assumptions: CostAssumptions,
 ) -> PlanOption:
-    needed = estimate.device_bytes
+    system = record if isinstance(record, System) else None
     usable = int(gpu.memory_bytes * (1 - assumptions.headroom))
+    links = links_of(gpu, system)
+    chosen, timing, tried, why = choose_layout(estimate.setup, estimator, gpu, system, gpus_in_option, links,
+                                               flops_per_token, usable, assumptions.utilisation,
+                                               assumptions.max_nodes)
     notes: list[str] = []
     if gpu.software == "rocm":
         notes.append("ROCm: the estimate models the CUDA stack (bitsandbytes and kernels differ on ROCm)")
-    if gpus_in_option > 1:
-        notes.append(f"uses 1 of {gpus_in_option} GPUs; spreading the job over all of them needs multi-GPU support")
-    speed = None
-    if gpu.bf16_dense_tflops is not None:
-        speed = tokens_per_second(flops_per_token, gpu.bf16_dense_tflops, assumptions.utilisation)
+    if chosen is None:
+        smallest = min((c.needed_bytes for c in tried if c.needed_bytes is not None), default=estimate.device_bytes)
+        return PlanOption(kind=kind, id=record.id, name=record.name, gpu=gpu.id, gpus_in_option=gpus_in_option,
+                          gpus_used=gpus_in_option, strategy="none", gpu_memory_bytes=gpu.memory_bytes,
+                          needed_bytes=smallest, headroom_bytes=gpu.memory_bytes - smallest, fits=False,
+                          host_ram_bytes=system.host_ram_bytes if system else None, tokens_per_second=None,
+                          hours=None, cost_usd=None, cost_basis="does not fit", price=None, notes=notes,
+                          choice=why, layouts_tried=tried)
+    speed = chosen.tokens_per_second
     hours = training_tokens / speed / 3600 if speed else None
-    price = _price_of(record.prices)
-    if kind == "system" and price is None:
-        # A machine without a price is at least its GPUs; a cloud instance without one has no price to use.
-        if isinstance(record, System) and record.kind != "cloud":
-            price = _gpus_only_price(gpu, gpus_in_option)
-        notes.append("no system price in the catalog" + ("; priced as its GPUs alone" if price else ""))
-    watts = None if gpu.tdp_w is None else gpu.tdp_w  # the one GPU the job runs on (idle ones left out)
+    if chosen.reason:
+        notes.append(chosen.reason)
+    price = _option_price(kind, record, gpu, gpus_in_option, chosen.nodes, notes)
+    # the GPUs the job runs on (idle ones left out)
+    watts = None if gpu.tdp_w is None else gpu.tdp_w * chosen.gpus * chosen.nodes
     cost, basis = _cost(price, hours, watts, assumptions)
     return PlanOption(
         kind=kind,
@@ -132,19 +153,62 @@ def _option(
         name=record.name,
         gpu=gpu.id,
         gpus_in_option=gpus_in_option,
-        gpus_used=1,
-        strategy="single GPU",
+        gpus_used=chosen.gpus,
+        nodes=chosen.nodes,
+        strategy=chosen.strategy,
+        offload=chosen.offload,
         gpu_memory_bytes=gpu.memory_bytes,
-        needed_bytes=needed,
-        headroom_bytes=gpu.memory_bytes - needed,
-        fits=needed <= usable,
+        needed_bytes=chosen.needed_bytes,
+        headroom_bytes=gpu.memory_bytes - chosen.needed_bytes,
+        host_bytes_needed=chosen.host_bytes_per_node,
+        host_ram_bytes=system.host_ram_bytes if system else None,
+        fits=True,
         tokens_per_second=speed,
+        step_seconds=timing.step_s if timing else None,
+        communication_share=chosen.communication_share,
+        gpu_link=links.gpu_link if chosen.gpus * chosen.nodes > 1 else "",
         hours=hours,
         cost_usd=cost,
         cost_basis=basis,
         price=price,
         notes=notes,
+        choice=why,
+        layouts_tried=tried,
     )
+
+
+def _option_price(kind: str, record: Gpu | System, gpu: Gpu, gpus_in_option: int, nodes: int,
+                  notes: list[str]) -> Price | None:
+    """The option's price for one node, times the nodes a layout uses."""
+    price = _price_of(record.prices)
+    if kind == "system" and price is None:
+        # A machine without a price is at least its GPUs; a cloud instance without one has no price to use.
+        if isinstance(record, System) and record.kind != "cloud":
+            price = _gpus_only_price(gpu, gpus_in_option)
+        notes.append("no system price in the catalog" + ("; priced as its GPUs alone" if price else ""))
+    if price is not None and nodes > 1:
+        price = price.model_copy(update={"amount": price.amount * nodes,
+                                         "note": f"{nodes} nodes x {price.amount:,.2f} {price.currency}"})
+    return price
+
+
+def _cached_estimator(estimate: Estimate):
+    """Estimates depend on the layout, not on the GPU: each layout is estimated once for the whole catalog."""
+    cache: dict[tuple, Estimate | VramplanError] = {}
+
+    def estimator(setup: TrainingSetup) -> Estimate:
+        key = (setup.gpus, setup.nodes, setup.strategy, setup.offload)
+        if key not in cache:
+            try:
+                cache[key] = estimate if setup == estimate.setup else estimate_memory(estimate.model, setup)
+            except VramplanError as err:  # refused layouts are cached too, and re-raised for every option asking
+                cache[key] = err
+        result = cache[key]
+        if isinstance(result, VramplanError):
+            raise result
+        return result
+
+    return estimator
 
 
 def plan_options(
@@ -152,12 +216,14 @@ def plan_options(
 ) -> Plan:
     """Every GPU and system of the catalog, split into those that run the job and those that do not."""
     flops = step_flops(estimate.model.spec, estimate.setup).per_token
+    estimator = _cached_estimator(estimate)
     options = [
-        _option("gpu", gpu, gpu, 1, estimate, training_tokens, flops, assumptions) for gpu in catalog.gpus.values()
+        _option("gpu", gpu, gpu, 1, estimate, estimator, training_tokens, flops, assumptions)
+        for gpu in catalog.gpus.values()
     ]
     options += [
-        _option("system", system, catalog.gpus[system.gpu], system.gpu_count, estimate, training_tokens, flops,
-                assumptions)
+        _option("system", system, catalog.gpus[system.gpu], system.gpu_count, estimate, estimator, training_tokens,
+                flops, assumptions)
         for system in catalog.systems.values()
     ]
     fitting = [option for option in options if option.fits]
@@ -178,3 +244,12 @@ def plan_options(
     ]
     return Plan(estimate=estimate, training_tokens=training_tokens, assumptions=assumptions, flops_per_token=flops,
                 options=fitting, rejected=rejected)
+
+
+def chosen_setup(plan: Plan, option: PlanOption) -> TrainingSetup:
+    """The training setup of an option's chosen layout (for --emit)."""
+    from vramplan.hardware.layouts import variant
+    from vramplan.training import Offload, Strategy
+
+    return variant(plan.estimate.setup, option.gpus_used, option.nodes, Strategy(option.strategy),
+                   Offload(option.offload))

@@ -6,7 +6,10 @@ from pydantic import BaseModel
 
 from vramplan.estimate import Estimate, estimate_memory
 from vramplan.errors import VramplanError
-from vramplan.training import Method, Optimizer, TrainingSetup
+from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Optimizer, Strategy, TrainingSetup
+
+# GPU counts tried when suggesting to shard the job (one node's worth: 2, 4 or 8 GPUs).
+SHARD_GPU_COUNTS = (2, 4, 8)
 
 
 class Suggestion(BaseModel):
@@ -24,10 +27,15 @@ def _variants(setup: TrainingSetup) -> list[tuple[str, TrainingSetup]]:
     if setup.method is not Method.QLORA:
         from vramplan.training import resolve_setup
 
-        qlora = resolve_setup("qlora", batch_size=setup.batch_size, seq_len=setup.seq_len,
-                              gradient_checkpointing=setup.gradient_checkpointing)
-        variants.append(("train with QLoRA (4-bit base weights, rank-16 adapters)", qlora))
-    if setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED):
+        try:  # on the same GPUs and strategy
+            qlora = resolve_setup("qlora", batch_size=setup.batch_size, seq_len=setup.seq_len,
+                                  gradient_checkpointing=setup.gradient_checkpointing, gpus=setup.gpus,
+                                  nodes=setup.nodes, offload=setup.offload,
+                                  strategy=setup.strategy if setup.world_size > 1 else None)
+            variants.append(("train with QLoRA (4-bit base weights, rank-16 adapters)", qlora))
+        except VramplanError:
+            pass
+    if setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED) and setup.strategy not in DEEPSPEED_STRATEGIES:
         variants.append(("use the 8-bit AdamW optimizer (bitsandbytes)",
                          setup.model_copy(update={"optimizer": Optimizer.ADAMW_8BIT})))
     if setup.seq_len > 256:
@@ -53,6 +61,8 @@ def suggest_changes(estimate: Estimate, usable_bytes: int) -> list[Suggestion]:
         if saved > 0:
             suggestions.append(Suggestion(change=change, needed_bytes=needed, saved_bytes=saved,
                                           fits=needed <= usable_bytes))
+    if estimate.setup.world_size == 1:
+        suggestions.append(_sharding(estimate, usable_bytes))
     suggestions.sort(key=lambda s: -(s.saved_bytes or 0))
     loss = estimate.components.get("logits_loss", 0)
     if loss:
@@ -60,7 +70,23 @@ def suggest_changes(estimate: Estimate, usable_bytes: int) -> list[Suggestion]:
             change="a chunked or fused cross-entropy (Liger, cut-cross-entropy, torchtune's chunked loss)",
             needed_bytes=None, saved_bytes=None, fits=None,
             note=f"not modelled yet; the logits/loss term holds {loss / 2**30:.2f} GiB of this peak"))
-    suggestions.append(Suggestion(
-        change="more GPUs (sharding with FSDP or ZeRO)", needed_bytes=None, saved_bytes=None, fits=None,
-        note="multi-GPU strategies are not modelled yet"))
     return suggestions
+
+
+def _sharding(estimate: Estimate, usable_bytes: int) -> Suggestion:
+    """FSDP over the fewest of 2, 4 or 8 GPUs that fits (or over 8 when none does)."""
+    from vramplan.hardware.layouts import variant
+
+    needed = None
+    for count in SHARD_GPU_COUNTS:
+        try:
+            setup = variant(estimate.setup, count, 1, Strategy.FSDP, Offload.NONE)
+            needed = estimate_memory(estimate.model, setup).device_bytes
+        except VramplanError as err:
+            return Suggestion(change=f"more GPUs: FSDP over {count} GPUs", needed_bytes=None, saved_bytes=None,
+                              fits=None, note=str(err))
+        if needed <= usable_bytes:
+            break
+    return Suggestion(change=f"more GPUs: FSDP over {count} GPUs (--gpus {count} --strategy fsdp)",
+                      needed_bytes=needed, saved_bytes=estimate.device_bytes - needed, fits=needed <= usable_bytes,
+                      note="per GPU; vramplan plan also tries ZeRO, offload and several nodes")

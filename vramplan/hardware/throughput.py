@@ -6,17 +6,37 @@ Matmul FLOPs only (the other ops are memory-bound and small next to them), count
 - backward: the input gradient costs one forward again; weight gradients cost another, but only for weights
   that train (full fine-tuning; for LoRA/QLoRA just the adapters);
 - gradient checkpointing recomputes the forward once more.
+
+Several GPUs add communication (step_traffic, step_time): the bytes each strategy's collectives move per step,
+over the link they cross (vramplan/hardware/links.py). Ring collectives (NCCL's ring algorithm; Patarasuk and
+Yuan 2009, "Bandwidth optimal all-reduce algorithms"): an all-gather or reduce-scatter of B bytes over n ranks
+sends (n-1)/n x B per rank, an all-reduce 2 (n-1)/n x B. Communication is taken as NOT overlapped with compute:
+step time = compute + communication, an upper bound on time (DDP's bucketed all-reduce and FSDP2/ZeRO-3
+prefetching hide part of it in practice).
 """
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
-from vramplan.estimate.weights import adapter_tensor_elements
+from vramplan.estimate.dtypes import HALF_BYTES
+from vramplan.estimate.weights import adapter_tensor_elements, trainable_bytes_per_param, weight_memory
+from vramplan.hardware.links import Links
 from vramplan.models.spec import ModelSpec
-from vramplan.training import Method, TrainingSetup
+from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Strategy, TrainingSetup
 
 FLOPS_PER_MAC = 2
+TERA = 10**12  # the catalog's TFLOPS are 10^12 FLOP/s
+# FSDP2 and ZeRO-3 gather each layer's parameters twice per step: before its forward and before its backward
+# (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py pre_forward / pre_backward unshard; reshard after
+# forward is on; the checkpointed recompute runs inside the backward's gather). ZeRO paper section 7.2.2: 3 x psi.
+PARAM_GATHERS_PER_STEP = 2
+# Offloaded states cross PCIe twice a step: ZeRO-Offload sends the 16-bit gradient partition to the CPU and the
+# updated 16-bit parameters back (ZeRO-Offload paper, Ren et al. 2021, section 4.1); offloaded parameters are
+# fetched once for forward and once for backward.
+OFFLOAD_CROSSINGS = 2
 
 
 class StepFlops(BaseModel):
@@ -32,7 +52,12 @@ class StepFlops(BaseModel):
 
 
 def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
-    linear_weights = spec.num_layers * sum(lin.weight_params for lin in spec.layer_linears)
+    # Every layer's nn.Linear weights, plus, in an MoE layer, the experts each token is routed to (top-k of E: the
+    # 3D expert tensors hold E experts' weights).
+    linear_weights = sum(lin.weight_params for lin in spec.all_layer_linears)
+    if spec.moe is not None:
+        per_expert = sum(math.prod(shape[1:]) for shape in spec.expert_tensor_shapes()[:2])
+        linear_weights += len(spec.moe_layer_ids) * spec.moe.experts_per_token * per_expert
     lm_head = spec.vocab_size * spec.hidden_size
     adapters = sum(adapter_tensor_elements(spec, setup))
     # Causal attention: QK^T and AV are each seq_len x q_size MACs per token, halved by the causal mask.
@@ -56,3 +81,123 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
 def tokens_per_second(flops_per_token: int, bf16_dense_tflops: float, utilisation: float) -> float:
     """Tokens per second for one GPU running at `utilisation` of its dense BF16 tensor rate."""
     return bf16_dense_tflops * 1e12 * utilisation / flops_per_token
+
+
+def _ring_shard(nbytes: int, ranks: int) -> int:
+    """Bytes one rank sends in a ring all-gather or reduce-scatter of `nbytes` over `ranks`."""
+    return nbytes * (ranks - 1) // ranks
+
+
+def _ring_all_reduce(nbytes: int, ranks: int) -> int:
+    return 2 * _ring_shard(nbytes, ranks)
+
+
+class StepTraffic(BaseModel):
+    """Bytes one step moves over each link; zero on one GPU."""
+
+    gpu_link_bytes: int  # one rank sends over the in-node GPU link
+    network_bytes: int  # one node sends over its network
+    host_bytes: int  # one rank moves between GPU and host RAM (offload)
+    hierarchical: bool  # HSDP: in-node and cross-node collectives run one after the other
+    collectives: str
+
+
+def _model_state_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
+    """(parameter bytes a rank gathers or holds whole, gradient bytes it reduces) for the whole model."""
+    weights = weight_memory(spec, setup)
+    if setup.strategy in DEEPSPEED_STRATEGIES and setup.method is not Method.QLORA:
+        # DeepSpeed casts the module to 16-bit and reduces 16-bit gradients (estimate/parallel.py _deepspeed).
+        return weights.total_params * HALF_BYTES, weights.trainable_params * HALF_BYTES
+    return weights.base_bytes + weights.adapter_bytes, weights.trainable_params * trainable_bytes_per_param(setup)
+
+
+def step_traffic(spec: ModelSpec, setup: TrainingSetup) -> StepTraffic:
+    strategy, world, gpus, nodes = setup.strategy, setup.world_size, setup.gpus, setup.nodes
+    if strategy in (Strategy.SINGLE, Strategy.DEVICE_MAP) or world == 1 and setup.offload is Offload.NONE:
+        return StepTraffic(gpu_link_bytes=0, network_bytes=0, host_bytes=0, hierarchical=False,
+                           collectives="none (one GPU computes at a time)" if strategy is Strategy.DEVICE_MAP
+                           else "none")
+    params, grads = _model_state_bytes(spec, setup)
+    hierarchical = strategy is Strategy.FSDP_HYBRID and nodes > 1
+    group = gpus if strategy is Strategy.FSDP_HYBRID else world
+    if strategy is Strategy.DDP:
+        per_rank = _ring_all_reduce(grads, world)
+        what = "all-reduce of the gradients"
+    elif strategy in (Strategy.ZERO1, Strategy.ZERO2):
+        # reduce-scatter the 16-bit gradients; all-gather the updated 16-bit trainable parameters after the step
+        # (as many, and as wide, as the gradients)
+        updated_params = grads
+        per_rank = _ring_shard(grads, world) + _ring_shard(updated_params, world)
+        what = "reduce-scatter of the gradients + all-gather of the updated parameters"
+    else:
+        per_rank = PARAM_GATHERS_PER_STEP * _ring_shard(params, group) + _ring_shard(grads, group)
+        what = f"{PARAM_GATHERS_PER_STEP} all-gathers of the parameters + reduce-scatter of the gradients"
+    if hierarchical:
+        # every rank all-reduces its gradient shard with its peers on the other nodes; a node's GPUs share its NICs
+        network = gpus * _ring_all_reduce(grads // gpus, nodes)
+        what += f" within each node, then all-reduce of the gradient shards across {nodes} nodes"
+    else:
+        network = per_rank if nodes > 1 else 0  # a ring over nodes carries each rank's volume across every node
+    return StepTraffic(gpu_link_bytes=per_rank, network_bytes=network, host_bytes=_offload_bytes(setup, params,
+                       grads, group), hierarchical=hierarchical, collectives=what)
+
+
+def _offload_bytes(setup: TrainingSetup, params: int, grads: int, group: int) -> int:
+    if setup.offload is Offload.NONE:
+        return 0
+    if setup.strategy in DEEPSPEED_STRATEGIES:
+        moved = OFFLOAD_CROSSINGS * -(-grads // group)  # gradient partition down, updated partition up
+        if setup.offload is Offload.PARAMS:
+            moved += OFFLOAD_CROSSINGS * -(-params // group)
+        return moved
+    # FSDP2 CPUOffloadPolicy: parameter shards copied in for forward and backward, gradient shards copied out.
+    return OFFLOAD_CROSSINGS * -(-params // group) + -(-grads // group)
+
+
+class StepTime(BaseModel):
+    """One training step of the whole layout, in seconds; None where a link's bandwidth is unknown."""
+
+    compute_s: float
+    communication_s: float | None
+    tokens_per_step: int  # over every data-parallel rank
+    missing: str = ""  # which bandwidth is unknown
+
+    @property
+    def step_s(self) -> float | None:
+        return None if self.communication_s is None else self.compute_s + self.communication_s
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        step = self.step_s
+        return None if step is None else self.tokens_per_step / step
+
+    @property
+    def communication_share(self) -> float | None:
+        step = self.step_s
+        return None if step is None else self.communication_s / step
+
+
+def _seconds(nbytes: int, bandwidth: int | None) -> float | None:
+    if nbytes == 0:
+        return 0.0
+    return None if bandwidth is None else nbytes / bandwidth
+
+
+def step_time(flops_per_token: int, setup: TrainingSetup, traffic: StepTraffic, links: Links,
+              bf16_dense_tflops: float, utilisation: float) -> StepTime:
+    """Compute (every rank at `utilisation` of dense BF16) plus communication, not overlapped."""
+    rank_tokens = setup.tokens_per_step
+    compute = flops_per_token * rank_tokens / (bf16_dense_tflops * TERA * utilisation)
+    # device_map="auto" is one process: its GPUs take turns, so the layout trains one micro-batch at a time.
+    replicas = 1 if setup.strategy is Strategy.DEVICE_MAP else setup.world_size
+    gpu = _seconds(traffic.gpu_link_bytes, links.gpu_to_gpu)
+    network = _seconds(traffic.network_bytes, links.node_to_node)
+    host = _seconds(traffic.host_bytes, links.gpu_to_host)
+    unknown = [name for name, value in (("GPU link", gpu), ("network", network), ("host PCIe", host))
+               if value is None]
+    if unknown:
+        return StepTime(compute_s=compute, communication_s=None, tokens_per_step=rank_tokens * replicas,
+                        missing=", ".join(unknown) + " bandwidth unknown")
+    # A ring that spans nodes runs at its slowest edge; HSDP's in-node and cross-node phases follow each other.
+    links_s = gpu + network if traffic.hierarchical else max(gpu, network)
+    return StepTime(compute_s=compute, communication_s=links_s + host, tokens_per_step=rank_tokens * replicas)

@@ -10,6 +10,10 @@ quantized weight is produced by bitsandbytes' own `quantize_4bit` (so its storag
 bitsandbytes allocates it, double quantization included) and kept as a plain Parameter carrying its
 QuantState: `Params4bit` cannot wrap a FakeTensor, and `Linear4bit.forward` only reads `weight.quant_state`
 before calling `bnb.matmul_4bit`, the real autograd function.
+
+Mixture-of-experts models need nothing special here: transformers v5 keeps experts as 3D nn.Parameters and the
+router as a custom module, so its 4-bit quantizer leaves both in the load dtype and peft's k-bit preparation
+upcasts them to fp32, exactly as a user's run does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vramplan.training import Method, Optimizer, Precision, TrainingSetup
+from vramplan.training import Attention, Method, Optimizer, Precision, TrainingSetup
 
 LOAD_DTYPE = {
     Precision.BF16: torch.bfloat16,
@@ -34,6 +38,14 @@ AUTOCAST_DTYPE = {
 }
 
 
+def _refuse_untraceable(config: dict[str, Any]) -> None:
+    if config.get("model_type") == "gpt_oss":
+        from vramplan.errors import NotModelledError
+
+        # GptOssPreTrainedModel._supports_sdpa = False: the trace, like the estimate, covers SDPA models only.
+        raise NotModelledError("gpt_oss cannot be traced: transformers has no SDPA path for it (eager attention)")
+
+
 def hf_config_for(config: dict[str, Any]):
     import transformers
 
@@ -44,7 +56,7 @@ def hf_config_for(config: dict[str, Any]):
     return hf_config
 
 
-def _quantization_config(setup: TrainingSetup):
+def _quantization_config(setup: TrainingSetup, quant_storage: torch.dtype = torch.uint8):
     import transformers
 
     return transformers.BitsAndBytesConfig(
@@ -52,7 +64,18 @@ def _quantization_config(setup: TrainingSetup):
         bnb_4bit_quant_type=setup.quant.quant_type,
         bnb_4bit_use_double_quant=setup.quant.double_quant,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=quant_storage,
     )
+
+
+def attention_implementation(setup: TrainingSetup) -> str:
+    """transformers' attn_implementation for `--attn`; flash-attn's kernels need CUDA, so a CPU trace refuses them."""
+    if setup.attn is Attention.FLASH:
+        from vramplan.errors import NotModelledError
+
+        raise NotModelledError("--attn flash cannot run on CPU (flash-attn is CUDA-only); its saved tensors are "
+                               "SDPA's flash kernel's, which `--attn sdpa` traces")
+    return setup.attn.value
 
 
 def build_real_model(config: dict[str, Any], setup: TrainingSetup, device: str = "cpu"):
@@ -62,6 +85,7 @@ def build_real_model(config: dict[str, Any], setup: TrainingSetup, device: str =
     """
     import transformers
 
+    _refuse_untraceable(config)
     hf_config = hf_config_for(config)
     dtype = LOAD_DTYPE[setup.precision]
     if setup.method is Method.QLORA:
@@ -69,27 +93,38 @@ def build_real_model(config: dict[str, Any], setup: TrainingSetup, device: str =
             transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).save_pretrained(folder)
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 folder, dtype=dtype, device_map=device, quantization_config=_quantization_config(setup),
-                attn_implementation="sdpa",
+                attn_implementation=attention_implementation(setup),
             )
     else:
         with torch.device(device):
-            model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
+            model = transformers.AutoModelForCausalLM.from_config(
+                hf_config, dtype=dtype, attn_implementation=attention_implementation(setup)
+            )
     return _wrap_for_training(model, setup)
 
 
-def build_fake_model(config: dict[str, Any], setup: TrainingSetup, fake_mode):
-    """The same model with FakeTensor parameters on the CPU device: no memory, any size."""
+def build_fake_model(
+    config: dict[str, Any], setup: TrainingSetup, fake_mode, *, quant_storage: torch.dtype = torch.uint8
+):
+    """The same model with FakeTensor parameters on the CPU device: no memory, any size.
+
+    `quant_storage` is bitsandbytes' `bnb_4bit_quant_storage`: the element type the packed 4-bit bytes are viewed
+    as (FSDP-QLoRA stores them as bfloat16 so that FSDP can shard them with the other bf16 weights).
+    """
     import transformers
 
+    _refuse_untraceable(config)
     hf_config = hf_config_for(config)
     dtype = LOAD_DTYPE[setup.precision]
     quantizer = None
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
+        model = transformers.AutoModelForCausalLM.from_config(
+            hf_config, dtype=dtype, attn_implementation=attention_implementation(setup)
+        )
     if setup.method is Method.QLORA:
         from transformers.quantizers import AutoHfQuantizer
 
-        quantizer = AutoHfQuantizer.from_config(_quantization_config(setup), pre_quantized=False)
+        quantizer = AutoHfQuantizer.from_config(_quantization_config(setup, quant_storage), pre_quantized=False)
         quantizer.preprocess_model(model, device_map={"": "cpu"}, dtype=dtype)
         model.hf_quantizer = quantizer
         model.is_loaded_in_4bit = True  # what the quantizer's after-loading step sets

@@ -97,18 +97,101 @@ def _unpacked_sequences(position_ids):
     return None
 
 
+def _cuda_sdpa_for(sdpa):
+    """SDPA as CUDA dispatches it when the value head dim differs from the query's (DeepSeek MLA: 192 vs 128).
+
+    CUDA's flash kernel needs equal q/k/v head dims, so `scaled_dot_product_attention` takes the memory-efficient
+    kernel (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp, check_head_dim_size_flash /
+    check_head_dim_size_mem_efficient), which saves q, k, v, the output and an fp32 logsumexp. CPU has no such
+    kernel and falls back to the math path that keeps b x heads x s x s scores; the efficient op's meta kernel runs
+    on fake CPU tensors, so the trace calls it directly.
+    """
+
+    def sdpa_as_on_cuda(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if query.size(-1) == value.size(-1) or attn_mask is not None or kwargs.get("enable_gqa"):
+            return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, **kwargs)
+        if torch.is_autocast_enabled(query.device.type):
+            # scaled_dot_product_attention is on autocast's lower-precision list: its inputs are cast first
+            # (aten/src/ATen/autocast_mode.cpp); the private kernel called here is not on the list.
+            dtype = torch.get_autocast_dtype(query.device.type)
+            query, key, value = (tensor.to(dtype) for tensor in (query, key, value))
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, None, True, dropout_p, is_causal, scale=scale
+        )[0]
+
+    return sdpa_as_on_cuda
+
+
+class _FakeGroupedMM(torch.autograd.Function):
+    """`F.grouped_mm` on fake tensors of any dtype, saving what ATen's autograd saves.
+
+    CUDA runs fp32 grouped matmuls (QLoRA's k-bit preparation upcasts the 3D experts to fp32) through ATen's
+    fallback kernel (aten/src/ATen/native/cuda/Blas.cpp, _grouped_mm_cuda), but the meta kernel fake tensors use
+    accepts bf16 only. Same output shape and dtype; the input is kept only when the weight trains and the weight
+    only when the input needs a gradient (the bf16 trace of the real op keeps the same).
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, offs):
+        ctx.save_for_backward(
+            input if weight.requires_grad else None, weight if input.requires_grad else None
+        )
+        ctx.shapes = (input.shape, weight.shape)
+        return input.new_empty(input.size(0), weight.size(-1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        grad_input = grad.new_empty(ctx.shapes[0]) if weight is not None else None
+        grad_weight = grad.new_empty(ctx.shapes[1]) if input is not None else None
+        return grad_input, grad_weight, None
+
+
+def _grouped_mm_for(grouped_mm):
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def grouped_mm_any_dtype(input, weight, *args, offs=None, **kwargs):
+        if isinstance(weight, FakeTensor) and weight.dtype != torch.bfloat16 and not args and not kwargs:
+            return _FakeGroupedMM.apply(input, weight, offs)
+        return grouped_mm(input, weight, *args, offs=offs, **kwargs)
+
+    return grouped_mm_any_dtype
+
+
+def _packed_positions(input_ids):
+    """Two sequences per row (positions restart half-way), as a packing collator (TRL, axolotl) writes them."""
+    batch, length = input_ids.shape
+    half = max(1, length // 2)
+    return (torch.arange(length, device=input_ids.device) % half).expand(batch, length)
+
+
 @contextlib.contextmanager
-def _as_on_gpu():
-    """Take the branches a CUDA run takes where CPU or FakeTensor code would differ (documented in each helper)."""
+def _as_on_gpu(packed: bool = False):
+    """Take the branches a CUDA run takes where CPU or FakeTensor code would differ (documented in each helper).
+
+    `packed`: the batch packs several sequences per row, so transformers' packed-sequence detection finds them, as
+    it does on a GPU (under fake tensors it cannot read positions and always answers "packed")."""
     from transformers import masking_utils
 
-    originals = (torch.nn.functional.dropout, masking_utils.find_packed_sequence_indices)
-    torch.nn.functional.dropout = _cuda_dropout
-    masking_utils.find_packed_sequence_indices = _unpacked_sequences
+    functional = torch.nn.functional
+    originals = (
+        functional.dropout, masking_utils.find_packed_sequence_indices, functional.scaled_dot_product_attention
+    )
+    functional.dropout = _cuda_dropout
+    if not packed:
+        masking_utils.find_packed_sequence_indices = _unpacked_sequences
+    functional.scaled_dot_product_attention = _cuda_sdpa_for(originals[2])
+    grouped_mm = getattr(functional, "grouped_mm", None)
+    if grouped_mm is not None:
+        functional.grouped_mm = _grouped_mm_for(grouped_mm)
     try:
         yield
     finally:
-        torch.nn.functional.dropout, masking_utils.find_packed_sequence_indices = originals
+        (functional.dropout, masking_utils.find_packed_sequence_indices,
+         functional.scaled_dot_product_attention) = originals
+        if grouped_mm is not None:
+            functional.grouped_mm = grouped_mm
 
 
 def _module_name(name: str) -> str:
@@ -216,7 +299,8 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     def training_step(input_ids) -> None:
         tracker.set_phase("forward")
         with autocast:
-            outputs = model(input_ids=input_ids, labels=input_ids)
+            extra = {"position_ids": _packed_positions(input_ids)} if setup.packing else {}
+            outputs = model(input_ids=input_ids, labels=input_ids, **extra)
         if setup.autocast:
             # accelerate's prepare_model wraps forward in convert_outputs_to_fp32 (Trainer with bf16/fp16=True).
             outputs = convert_to_fp32(outputs)
@@ -233,7 +317,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     # Built outside fake mode: bitsandbytes' optimizers build their quantization maps from Python scalars.
     optimizer = make_optimizer(params, setup.optimizer)
     try:
-        with fake_mode, _as_on_gpu(), _attribute_modules(model, tracker), tracker:
+        with fake_mode, _as_on_gpu(setup.packing), _attribute_modules(model, tracker), tracker:
             input_ids = torch.randint(0, vocab, (setup.batch_size, setup.seq_len))
             for param in model.parameters():
                 tracker.tag(param, PARAMETERS, owners.get(id(param), "(model)"))

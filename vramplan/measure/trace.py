@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from vramplan.errors import NotModelledError, require_extra
 from vramplan.estimate import PhasePeak, StepPeak
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Optimizer, Precision, Strategy, TrainingSetup
+from vramplan.training import Optimizer, Precision, Stack, Strategy, TrainingSetup
 
 # What the trace does so that it answers for a CUDA run, and what stays different (shown with every trace).
 GPU_CORRECTIONS = (
@@ -53,10 +53,14 @@ class Trace(StepPeak):
 
 
 def refuse_untraceable(setup: TrainingSetup) -> None:
-    if setup.strategy is not Strategy.SINGLE:
+    fsdp_one_mesh = setup.strategy is Strategy.FSDP or (setup.strategy is Strategy.FSDP_HYBRID and setup.nodes == 1)
+    if setup.strategy is not Strategy.SINGLE and not fsdp_one_mesh:
         raise NotModelledError(
-            f"--strategy {setup.strategy.value} cannot be traced on CPU yet; trace runs one GPU's step"
+            f"--strategy {setup.strategy.value} cannot be traced on CPU: trace runs one GPU's step, or rank 0 of "
+            "FSDP2 over a fake process group (--strategy fsdp); DeepSpeed does not run here"
         )
+    if setup.strategy is not Strategy.SINGLE and setup.stack is Stack.TORCHTUNE:
+        raise NotModelledError("tracing torchtune's distributed recipes is not supported; trace --gpus 1")
     if setup.optimizer in UNTRACEABLE_OPTIMIZERS:
         raise NotModelledError(
             f"--optimizer {setup.optimizer.value} cannot be traced on CPU: {UNTRACEABLE_OPTIMIZERS[setup.optimizer]}"
@@ -66,6 +70,21 @@ def refuse_untraceable(setup: TrainingSetup) -> None:
 def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     """Run one warm-up optimizer step and one measured training step of `model` under `setup`, on fake tensors."""
     refuse_untraceable(setup)
+    from vramplan.estimate.moe import refuse_unmodelled_moe
+
+    refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
+    if setup.strategy is not Strategy.SINGLE:
+        return _trace_fsdp(model, setup)
+    if setup.stack is Stack.TORCHTUNE:
+        require_extra("torchtune", "torch", "torchtune", "torchao")
+        from vramplan.measure.torchtune_step import trace_torchtune_step
+
+        started = time.perf_counter()
+        step = trace_torchtune_step(model.config, model.spec.family, setup)
+        notes = [*GPU_CORRECTIONS[:2], GPU_CORRECTIONS[3], *NOT_IN_TRACE]
+        if step.host_bytes:
+            notes.append(f"activation offloading: {step.host_bytes} bytes at most in host memory, not counted")
+        return _as_trace(model, setup, step, notes, started)
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.measure.hf_step import trace_training_step
 
@@ -74,6 +93,10 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     notes = [*GPU_CORRECTIONS, *NOT_IN_TRACE]
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         notes.append(AUTOCAST_NOTE)
+    return _as_trace(model, setup, step, notes, started)
+
+
+def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float) -> Trace:
     return Trace(
         model=model,
         setup=setup,
@@ -85,5 +108,35 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
         peak_allocated_bytes=step.peak_allocated_bytes,
         by_module=step.by_module,
         gpu_corrections=notes,
+        trace_seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+FSDP_NOTES = (
+    "rank 0 of FSDP2 over a fake process group of --gpus x --nodes ranks (torch.distributed backend 'fake': "
+    "collectives return at once), sharded by accelerate's own fsdp2_prepare_model",
+    "NCCL's buffers live outside torch's allocator and are not in the trace",
+)
+
+
+def _trace_fsdp(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    from vramplan.estimate.parallel import shard_group_size
+    from vramplan.measure.fsdp import trace_fsdp_step
+
+    started = time.perf_counter()
+    step = trace_fsdp_step(model.config, setup, shard_group_size(setup),
+                           offload_params=setup.offload.value == "params")
+    return Trace(
+        model=model,
+        setup=setup,
+        total_params=step.total_params,
+        trainable_params=step.trainable_params,
+        peak_phase=step.peak_phase,
+        components=step.components,
+        phases=[PhasePeak(phase=phase.phase, components=phase.categories) for phase in step.phases],
+        peak_allocated_bytes=step.peak_allocated_bytes,
+        by_module=[],
+        gpu_corrections=[*FSDP_NOTES, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE],
         trace_seconds=round(time.perf_counter() - started, 2),
     )

@@ -20,12 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
-# Models whose families come with the MoE issue: known names, refused clearly until then.
-NOT_YET_MODELLED = {
-    "deepseek-r1": "DeepSeek-R1 (671B mixture of experts with MLA attention)",
-    "deepseek-v3": "DeepSeek-V3 (671B mixture of experts with MLA attention)",
-}
-NOT_YET_MODELLED_ALIASES = {"671b": "deepseek-r1"}
+# Known model names whose architecture is not modelled yet: refused clearly rather than guessed.
+NOT_YET_MODELLED: dict[str, str] = {}
+NOT_YET_MODELLED_ALIASES: dict[str, str] = {}
 
 
 class CatalogModel(BaseModel):
@@ -107,6 +104,10 @@ def resolve_model(model: str) -> ResolvedModel:
     by_repo = {record.hf_repo.lower(): record for record in catalog.values()}
     if key in by_repo:
         return _from_record(model, by_repo[key], f"catalog {by_repo[key].id} (by repo name)")
+    base = _base_repo(key)
+    if base in by_repo:
+        record = by_repo[base]
+        return _from_record(model, record, f"catalog {record.id}: {model} is its chat-tuned variant, same architecture")
     path = Path(model).expanduser()
     if path.exists():
         config = load_config_file(path)
@@ -116,8 +117,15 @@ def resolve_model(model: str) -> ResolvedModel:
         return ResolvedModel(
             requested=model, id=str(path), name=str(name), resolved_from=f"config {path}", spec=spec, config=config
         )
+    from vramplan.models.hub import hub_config, looks_like_hub_id
+
+    if looks_like_hub_id(model.strip()):
+        config, how = hub_config(model.strip())
+        spec = spec_from_config(config, origin=model)
+        return ResolvedModel(requested=model, id=model.strip(), name=model.strip(), resolved_from=how, spec=spec,
+                             config=config)
     raise ModelConfigError(
-        f"--model {model}: not a catalog model, size alias or config.json path "
+        f"--model {model}: not a catalog model, size alias, Hub id (org/name) or config.json path "
         f"(see `vramplan models`; aliases: {' '.join(sorted(size_aliases(), key=_alias_order))})"
     )
 
@@ -131,6 +139,20 @@ def _from_record(requested: str, record: CatalogModel, how: str) -> ResolvedMode
         spec=record.spec,
         config=record.full_config,
     )
+
+
+# Chat-tuned releases publish the base model's config.json under a suffixed repo name (Llama "-Instruct", Gemma
+# "-it", Qwen "-Instruct", Mistral "-Instruct-v0.3"); the architecture, and so the memory, is the base model's.
+CHAT_SUFFIXES = ("-instruct", "-it", "-chat")
+
+
+def _base_repo(key: str) -> str | None:
+    for suffix in CHAT_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+        if f"{suffix}-v" in key:  # mistralai/Mistral-7B-Instruct-v0.3 -> mistralai/Mistral-7B-v0.3
+            return key.replace(suffix, "", 1)
+    return None
 
 
 def _alias_order(alias: str) -> float:

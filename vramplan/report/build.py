@@ -44,6 +44,10 @@ class Candidate(BaseModel):
     smallest_headroom_bytes: int
     cost_basis: str
     rocm: bool
+    layouts: list[str] = []  # per job: "<job>: <strategy> on <GPUs per node> x <nodes>", as the plan chose
+    most_nodes: int = 1
+    host_bytes_per_node: int = 0  # the most host RAM any job's offload needs on one node
+    largest_communication_share: float | None = None
 
 
 class RuleRow(BaseModel):
@@ -74,12 +78,23 @@ def _candidates(jobs: list[JobResult]) -> list[Candidate]:
         hours = None if any(p.hours is None for p in picks) else sum(p.hours for p in picks)
         cost = None if any(p.cost_usd is None for p in picks) else sum(p.cost_usd for p in picks)
         first = picks[0]
+        shares = [p.communication_share for p in picks if p.communication_share is not None]
         candidates.append(Candidate(id=option_id, name=first.name, kind=first.kind, gpu=first.gpu, hours=hours,
                                     cost_usd=cost, smallest_headroom_bytes=min(p.headroom_bytes for p in picks),
                                     cost_basis=first.cost_basis,
-                                    rocm=any(note.startswith("ROCm") for note in first.notes)))
+                                    rocm=any(note.startswith("ROCm") for note in first.notes),
+                                    layouts=[f"{job.name}: {_layout(p)}" for job, p in zip(jobs, picks)],
+                                    most_nodes=max(p.nodes for p in picks),
+                                    host_bytes_per_node=max(p.host_bytes_needed for p in picks),
+                                    largest_communication_share=max(shares) if shares else None))
     candidates.sort(key=lambda c: (c.cost_usd is None, c.cost_usd or 0.0, c.hours or float("inf")))
     return candidates
+
+
+def _layout(option: PlanOption) -> str:
+    nodes = f" x {option.nodes} nodes" if option.nodes > 1 else ""
+    offload = f" + offload {option.offload}" if option.offload != "none" else ""
+    return f"{option.strategy} on {option.gpus_used} GPU{'s' if option.gpus_used > 1 else ''}{nodes}{offload}"
 
 
 def _rules(catalog: HardwareCatalog, headroom: float) -> list[RuleRow]:

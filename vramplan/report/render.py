@@ -49,7 +49,7 @@ def _cost_time_chart(report: Report) -> bytes:
     figure, axis = plt.subplots(figsize=(9, 5))
     shown = [c for c in report.candidates if c.cost_usd is not None and c.hours is not None]
     if not shown:
-        axis.text(0.5, 0.5, "no priced option runs every job on one GPU", ha="center", va="center")
+        axis.text(0.5, 0.5, "no priced option runs every job", ha="center", va="center")
         axis.set_axis_off()
         return _png(figure)
     for kind, marker in (("gpu", "o"), ("system", "s")):
@@ -65,7 +65,7 @@ def _cost_time_chart(report: Report) -> bytes:
                           textcoords="offset points")
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlabel("total hours for all jobs (one GPU)")
+    axis.set_xlabel("total hours for all jobs")
     axis.set_ylabel("total cost (USD)")
     axis.set_title("Options that run every job: time against cost")
     axis.legend(fontsize=8)
@@ -94,19 +94,26 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     a = report.assumptions
     recommended = report.recommended
     if recommended is None:
-        advice = ["No single catalog option runs every job on one GPU with the requested headroom and a price; see "
+        advice = ["No single catalog option runs every job with the requested headroom and a price; see "
                   "the per-job sections."]
     else:
-        advice = [f"Buy or rent: {recommended.name} ({recommended.id}). It runs every job on one "
-                  f"{recommended.gpu} with at least {gib(recommended.smallest_headroom_bytes):.1f} GiB to spare, in "
-                  f"{_hours(recommended.hours)} for {_money(recommended.cost_usd)} in all.",
+        nodes = f" ({recommended.most_nodes} of them for the largest job)" if recommended.most_nodes > 1 else ""
+        where = f"one {recommended.gpu}" if recommended.kind == "gpu" else f"its {recommended.gpu} GPUs"
+        advice = [f"Buy or rent: {recommended.name} ({recommended.id}){nodes}. It runs every job on {where} "
+                  f"with at least {gib(recommended.smallest_headroom_bytes):.1f} GiB per GPU "
+                  f"to spare, in {_hours(recommended.hours)} for {_money(recommended.cost_usd)} in all.",
+                  "Layout per job: " + "; ".join(recommended.layouts) + ".",
                   f"Cost basis of one job: {recommended.cost_basis}."]
     sections = [("Recommendation", advice, [])]
-    rows = [["option", "kind", "GPU", "total hours", "total cost", "smallest headroom"]]
+    rows = [["option", "kind", "GPU", "layout per job", "host RAM per node", "comm share", "total hours",
+             "total cost", "smallest headroom"]]
     for candidate in report.candidates[:20]:
         gpu = candidate.gpu + (" (ROCm: listed, not recommended)" if candidate.rocm else "")
-        rows.append([candidate.id, candidate.kind, gpu, _hours(candidate.hours), _money(candidate.cost_usd),
-                     f"{gib(candidate.smallest_headroom_bytes):.1f} GiB"])
+        share = candidate.largest_communication_share
+        rows.append([candidate.id, candidate.kind, gpu, "; ".join(candidate.layouts),
+                     f"{gib(candidate.host_bytes_per_node):,.0f} GiB" if candidate.host_bytes_per_node else "-",
+                     "-" if share is None else f"up to {share:.0%}", _hours(candidate.hours),
+                     _money(candidate.cost_usd), f"{gib(candidate.smallest_headroom_bytes):.1f} GiB"])
     sections.append(("Options that run every job", [f"{len(report.candidates)} options; the 20 cheapest:"], rows))
     job_rows = [["job", "model", "method", "batch x seq", "peak phase", "per-GPU need", "tokens", "options"]]
     for job in report.jobs:
@@ -132,8 +139,12 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         f"{a.energy_usd_per_kwh} USD/kWh. Cloud instances are priced at the catalog's hourly price, whose date is "
         "in the catalog (vramplan catalog show ID). Host, chassis and power costs are left out of bare GPUs.",
         f"Memory headroom kept free on every GPU: {a.headroom:.0%}.",
-        "One GPU per job: multi-GPU strategies (DDP, FSDP, ZeRO) are not modelled yet, so a multi-GPU system runs "
-        "each job on one of its GPUs and is priced as the whole system.",
+        "A multi-GPU system runs each job on all its GPUs with the fastest strategy that fits (DDP, ZeRO 1-3, FSDP2, "
+        "device_map), else with host-RAM offload checked against the system's RAM, else on several nodes of it "
+        f"(up to {a.max_nodes}, where the catalog gives its network bandwidth); cloud prices and purchases scale "
+        "with the nodes used.",
+        "Communication: ring collectives over NVLink, PCIe x16 or the network, not overlapped with compute, so "
+        "times are upper bounds; the CPU optimizer step under offload is not timed.",
         f"Made with vramplan on {report.made_on.isoformat()}."], []))
     return sections
 

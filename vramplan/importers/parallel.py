@@ -1,0 +1,147 @@
+"""DeepSpeed and FSDP settings -> strategy, offload and what they leave unmodelled."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from vramplan.importers.names import truthy
+from vramplan.importers.run import RunBuilder, leftover_keys, show
+
+# DeepSpeed zero_optimization keys that size its communication buffers or parameter caches, with DeepSpeed's defaults
+# (deepspeed/runtime/zero/config.py DeepSpeedZeroConfig). vramplan keeps the defaults; another value is reported.
+# overlap_comm defaults to True for stage 3 and False otherwise (the same file's validator).
+DS_BUFFER_DEFAULTS: dict[str, Any] = {
+    "reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000, "stage3_max_live_parameters": 1_000_000_000,
+    "stage3_max_reuse_distance": 1_000_000_000, "stage3_param_persistence_threshold": 100_000,
+    "sub_group_size": 1_000_000_000, "contiguous_gradients": True, "reduce_scatter": True,
+    "allgather_partitions": True, "round_robin_gradients": False, "zero_quantized_weights": False,
+    "zero_quantized_gradients": False, "zero_hpz_partition_size": 1, "mics_shard_size": -1, "overlap_comm": None,
+}
+DS_BUFFER_KEYS = frozenset(DS_BUFFER_DEFAULTS)
+# zero_optimization keys that leave the training step's memory alone (save-time gathering, logging).
+DS_ZERO_QUIET = frozenset({"stage", "offload_optimizer", "offload_param", "stage3_gather_16bit_weights_on_model_save",
+                           "gather_16bit_weights_on_model_save", "ignore_unused_parameters", "load_from_fp32_weights",
+                           "elastic_checkpoint", "cpu_offload", "cpu_offload_params"})
+
+
+def read_deepspeed_block(builder: RunBuilder, ds: dict[str, Any], where: str) -> None:
+    """zero_optimization -> strategy and offload; `where` prefixes key names in notes ("" or "deepspeed.")."""
+    zero = ds.get("zero_optimization") or {}
+    if not isinstance(zero, dict):
+        builder.not_modelled(f"{where}zero_optimization", zero, "not a mapping")
+        return
+    stage = zero.get("stage", 0)  # deepspeed/runtime/zero/config.py: DeepSpeedZeroConfig.stage default 0
+    if stage in (1, 2, 3):
+        builder.set("strategy", f"zero{stage}", f"{where}zero_optimization.stage", stage)
+    elif stage == 0:
+        builder.set("strategy", "ddp", f"{where}zero_optimization.stage", stage)
+    else:
+        builder.not_modelled(f"{where}zero_optimization.stage", stage, "unknown ZeRO stage")
+    _read_offload(builder, zero, stage, where)
+    for key, value in zero.items():
+        default = (stage == 3) if key == "overlap_comm" else DS_BUFFER_DEFAULTS.get(key)
+        if key in DS_BUFFER_KEYS and value != "auto" and value != default:
+            builder.not_modelled(f"{where}zero_optimization.{key}", value,
+                                 f"DeepSpeed buffer setting: vramplan keeps DeepSpeed's default {default}")
+    leftover_keys(builder, zero, DS_BUFFER_KEYS | DS_ZERO_QUIET, f"{where}zero_optimization")
+
+
+def _read_offload(builder: RunBuilder, zero: dict[str, Any], stage: Any, where: str) -> None:
+    optimizer_device = _device(zero.get("offload_optimizer"))
+    param_device = _device(zero.get("offload_param"))
+    for kind, device in (("offload_optimizer", optimizer_device), ("offload_param", param_device)):
+        if device == "nvme":
+            builder.not_modelled(f"{where}zero_optimization.{kind}.device", device,
+                                 "NVMe offload read as CPU offload: GPU side alike, host side not modelled")
+    if param_device in ("cpu", "nvme") and stage == 3:
+        builder.set("offload", "params", f"{where}zero_optimization.offload_param.device", param_device)
+    elif optimizer_device in ("cpu", "nvme"):
+        builder.set("offload", "optimizer", f"{where}zero_optimization.offload_optimizer.device", optimizer_device)
+    if param_device in ("cpu", "nvme") and stage != 3:
+        builder.note(f"{where}zero_optimization.offload_param: DeepSpeed uses it with stage 3 only; ignored")
+    if param_device in ("cpu", "nvme") and optimizer_device in (None, "none"):
+        builder.not_modelled(f"{where}zero_optimization.offload_optimizer", "none",
+                             "parameters offloaded but optimizer kept on GPU: vramplan offloads both")
+
+
+def _device(block: Any) -> str | None:
+    if isinstance(block, dict):
+        return str(block.get("device", "none")).lower()  # deepspeed/runtime/zero/offload_config.py: default none
+    return None
+
+
+def load_deepspeed_reference(builder: RunBuilder, key: str, value: Any, base: Path) -> dict[str, Any] | None:
+    """The DeepSpeed config a trainer config points at (a dict, or a JSON path relative to the config's folder)."""
+    if isinstance(value, dict):
+        return value
+    path = Path(str(value)).expanduser()
+    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except (OSError, ValueError) as err:
+                builder.not_modelled(key, value, f"cannot read the DeepSpeed config: {err}")
+                return None
+    stage = re.search(r"(?:zero|_z|ds_z)(\d)", path.name.lower())
+    if stage is None:
+        builder.not_modelled(key, value, "DeepSpeed config not found next to this file: strategy unknown")
+        return None
+    offload = "offload" in path.name.lower()
+    builder.note(f"{key}: {show(value)} not found; ZeRO stage {stage.group(1)} read from its file name"
+                 + (", offload from 'offload' in the name" if offload else ""))
+    zero: dict[str, Any] = {"stage": int(stage.group(1))}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if "all" in path.name.lower() or "param" in path.name.lower():
+            zero["offload_param"] = {"device": "cpu"}
+    return {"zero_optimization": zero}
+
+
+# FSDP options, as transformers TrainingArguments.fsdp (a string or list) and fsdp_config name them
+# (transformers/training_args.py, accelerate FullyShardedDataParallelPlugin); axolotl writes the same keys with or
+# without an `fsdp_` prefix (axolotl/utils/schemas/fsdp.py).
+FSDP_QUIET = frozenset({
+    "version", "auto_wrap_policy", "transformer_layer_cls_to_wrap", "min_num_params", "state_dict_type",
+    "cpu_ram_efficient_loading", "sync_module_states", "use_orig_params", "backward_prefetch", "forward_prefetch",
+    "limit_all_gathers", "final_state_dict_type", "xla", "xla_fsdp_v2", "xla_fsdp_grad_ckpt", "activation_cpu_offload",
+})
+
+
+def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] | None, config_key: str) -> None:
+    """TrainingArguments-style `fsdp` words and `fsdp_config` -> strategy fsdp/fsdp-hybrid, offload, checkpointing."""
+    words = fsdp.split() if isinstance(fsdp, str) else [str(word) for word in (fsdp or [])]
+    words = [word.lower() for word in words]
+    config = {(k[5:] if k.startswith("fsdp_") else k): v for k, v in (config or {}).items()}
+    sharding = str(config.get("sharding_strategy", "")).lower()
+    if "hybrid_shard" in words or sharding in ("hybrid_shard", "4"):
+        builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else f"{config_key}.sharding_strategy",
+                    "hybrid_shard")
+    elif "shard_grad_op" in words or "hybrid_shard_zero2" in words or sharding in ("shard_grad_op", "2"):
+        builder.not_modelled(key, fsdp, "FSDP SHARD_GRAD_OP (ZeRO-2 style) not modelled; read as fsdp")
+        builder.options["strategy"] = "fsdp"
+    elif "no_shard" in words or sharding in ("no_shard", "3"):
+        builder.set("strategy", "ddp", key, fsdp)
+    else:
+        builder.set("strategy", "fsdp", key, fsdp if fsdp else "set")
+    version = config.get("version")
+    if version is not None and str(version) == "1":
+        builder.note(f"{config_key}.fsdp_version: 1 -> modelled as FSDP2 fully_shard (same per-GPU shards)")
+    if "offload" in words or truthy(config.get("offload_params", False)):
+        builder.set("offload", "params", key if "offload" in words else f"{config_key}.offload_params", True)
+    if "activation_checkpointing" in config:
+        checkpointing = truthy(config["activation_checkpointing"])
+        builder.set("gradient_checkpointing", checkpointing, f"{config_key}.activation_checkpointing", checkpointing)
+    if "reshard_after_forward" in config and not truthy(config["reshard_after_forward"]):
+        builder.not_modelled(f"{config_key}.reshard_after_forward", config["reshard_after_forward"],
+                             "parameters stay gathered between forward and backward: not modelled")
+    if "mixed_precision_policy" in config:
+        builder.not_modelled(f"{config_key}.mixed_precision_policy", config["mixed_precision_policy"],
+                             "FSDP mixed-precision policy not modelled; precision read from the dtype keys")
+    known = FSDP_QUIET | {"sharding_strategy", "offload_params", "activation_checkpointing", "reshard_after_forward",
+                          "mixed_precision_policy"}
+    leftover_keys(builder, config, known, config_key)

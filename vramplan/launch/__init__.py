@@ -1,0 +1,1 @@
+"""Launcher configs for a modelled setup: DeepSpeed JSON, accelerate YAML, HF Trainer FSDP arguments."""

@@ -1,0 +1,232 @@
+"""Run torchtune's single-device training step on CPU, on fake tensors, and count its live tensor bytes.
+
+The step follows recipes/lora_finetune_single_device.py and full_finetune_single_device.py (torchtune 0.6.1):
+`_loss_step` (the model's forward inside the activation-offloading context, labels shifted with `hstack` and an
+ignore-index column, the loss, `del logits`), `(loss * num_tokens).backward()`, `training.scale_grads`,
+`optimizer.step()`, `zero_grad(set_to_none=True)`. With `optimizer_in_bwd` every parameter has its own optimizer,
+stepped and zeroed from a post-accumulate-grad hook (`training.register_optim_in_bwd_hooks`).
+
+The loss is the recipe's: `CEWithChunkedOutputLoss` with `model.set_num_output_chunks(loss_fn.num_output_chunks)`
+for `--loss chunked`; `torch.nn.CrossEntropyLoss` on the model's fp32 logits for `--loss standard`. The optimizer is
+`torch.optim.AdamW(fused=True)` (the configs' choice) or the foreach AdamW for `--optimizer adamw`. A warm-up
+optimizer step creates the states; then one step is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from vramplan.errors import NotModelledError
+from vramplan.measure.hf_step import (
+    PhaseBytes,
+    StepTrace,
+    _attribute_modules,
+    _by_module,
+    _cuda_dropout,
+    _fake_mode,
+    _owner_of_parameters,
+    _tag_optimizer_states,
+)
+from vramplan.measure.livebytes import GRADIENTS, PARAMETERS, LiveBytesTracker
+from vramplan.measure.torchtune_build import (
+    build_meta_model,
+    is_nf4,
+    materialise_fake,
+    nf4_inner_tensors,
+)
+from vramplan.training import Loss, Optimizer, Precision, TrainingSetup
+
+# torchtune/modules/loss/ce_chunked_output_loss.py: CEWithChunkedOutputLoss(num_output_chunks=8, ignore_index=-100).
+IGNORE_INDEX = -100
+TRACEABLE_OPTIMIZERS = (Optimizer.ADAMW_FUSED, Optimizer.ADAMW)
+
+
+class TorchtuneStepTrace(StepTrace):
+    """A StepTrace plus what activation offloading kept in host memory (not in the GPU peak)."""
+
+    host_bytes: int = 0
+
+
+def refuse_untraceable_torchtune(setup: TrainingSetup) -> None:
+    """The recipe options this trace runs; the rest is refused with the reason."""
+    if setup.precision is not Precision.BF16:
+        raise NotModelledError(
+            f"--stack torchtune trains in pure bf16 (recipe dtype: bf16); --precision {setup.precision.value} "
+            "is not modelled"
+        )
+    if setup.optimizer not in TRACEABLE_OPTIMIZERS:
+        raise NotModelledError(
+            f"--stack torchtune with --optimizer {setup.optimizer.value} is not modelled; use adamw-fused or adamw"
+        )
+    for flag, on in (("--packing", setup.packing), ("--liger", setup.liger)):
+        if on:
+            raise NotModelledError(f"{flag} with --stack torchtune is not modelled")
+    if setup.attn.value != "sdpa":
+        raise NotModelledError("--stack torchtune attends through F.scaled_dot_product_attention: use --attn sdpa")
+    if setup.activation_offload and not setup.gradient_checkpointing:
+        raise NotModelledError(
+            "torchtune raises for enable_activation_offloading without enable_activation_checkpointing "
+            "(recipes/lora_finetune_single_device.py __init__)"
+        )
+
+
+def trace_torchtune_step(
+    config: dict[str, Any], family: str, setup: TrainingSetup, *, fake: bool = True, seed: int = 0
+) -> TorchtuneStepTrace:
+    """Peak live bytes of a steady-state torchtune training step of `config` under `setup`, on CPU.
+
+    fake=True: built on the meta device and run on FakeTensors (any size). fake=False: a small model with real
+    tensors (torchao quantizes for real), the check that the fake build allocates what the real one does.
+    """
+    refuse_untraceable_torchtune(setup)
+    torch.manual_seed(seed)
+    fake_mode = _fake_mode() if fake else contextlib.nullcontext()
+    model = build_meta_model(config, family, setup, device="meta" if fake else "cpu")
+    if fake:
+        materialise_fake(model, fake_mode)
+    loss_fn = _loss_fn(model, setup)
+    params = [p for p in model.parameters() if p.requires_grad]
+    owners = _owner_of_parameters(model)
+    tracker = LiveBytesTracker(skip_matmul_arithmetic=not fake)
+    hooks = [
+        p.register_post_accumulate_grad_hook(lambda p: tracker.tag(p.grad, GRADIENTS, owners.get(id(p), "(model)")))
+        for p in params
+    ]
+    optimizers = _optimizers(params, setup)
+    if setup.optimizer_in_backward:
+        hooks += [p.register_post_accumulate_grad_hook(_step_in_backward(optimizers[id(p)])) for p in params]
+    offload = None
+    if setup.activation_offload:
+        from vramplan.measure.torchtune_offload import EmulatedOffload, keep_output_head
+
+        offload = EmulatedOffload()
+        hooks += keep_output_head(model)
+    try:
+        with fake_mode, _dropout_as_on_cuda(), _attribute_modules(model, tracker), tracker:
+            _track_model(model, tracker, owners)
+            tracker.set_phase("warmup")
+            _warm_up(params, optimizers)
+            for optimizer in {id(o): o for o in optimizers.values()}.values():
+                _tag_optimizer_states(optimizer, tracker, owners)
+            tracker.set_phase("idle")
+            tracker.reset_peak()
+            # the batch (tokens, labels) and the recipe's self.ignore_labels_cache, counted as temporaries
+            tokens = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
+            labels = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
+            ignore_cache = torch.full((setup.batch_size, 1), IGNORE_INDEX)
+            _training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload)
+            tracker.finish()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    phases = [
+        PhaseBytes(phase=phase, peak_bytes=tracker.phase_peaks[phase], categories=snapshot.by_category())
+        for phase, snapshot in tracker.phase_snapshots.items()
+        if phase in ("forward", "backward", "optimizer")
+    ]
+    return TorchtuneStepTrace(
+        peak_allocated_bytes=tracker.peak_bytes,
+        peak_phase=tracker.peak_phase,
+        categories=tracker.peak.by_category(),
+        phases=phases,
+        by_module=_by_module(tracker.peak),
+        idle_bytes=tracker.live_bytes,
+        total_params=sum(p.numel() for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in params),
+        host_bytes=offload.host_peak_bytes if offload is not None else 0,
+    )
+
+
+def _training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload) -> None:
+    from torchtune import training
+
+    tracker.set_phase("forward")
+    num_tokens = (labels != IGNORE_INDEX).sum()  # recipe: current_num_tokens, before _loss_step
+    with offload if offload is not None else contextlib.nullcontext():
+        logits = model(tokens)
+    shifted = torch.hstack((labels[..., 1:], ignore_cache[: labels.shape[0]]))
+    if not isinstance(logits, list):
+        shifted = shifted.reshape(-1)
+        logits = logits.reshape(-1, logits.size(-1))
+    loss = loss_fn(logits, shifted)
+    del logits  # recipe: "free logits otherwise it peaks backward memory"
+    loss = loss * num_tokens
+    tracker.set_phase("backward")
+    loss.backward()
+    del loss
+    if setup.optimizer_in_backward:
+        tracker.set_phase("idle")
+        return
+    training.scale_grads(model, 1 / num_tokens)
+    tracker.set_phase("optimizer")
+    optimizer = next(iter(optimizers.values()))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tracker.set_phase("idle")
+
+
+def _loss_fn(model, setup: TrainingSetup):
+    if setup.loss is Loss.CHUNKED:
+        from torchtune.modules.loss import CEWithChunkedOutputLoss
+
+        loss_fn = CEWithChunkedOutputLoss(ignore_index=IGNORE_INDEX)
+        model.set_num_output_chunks(loss_fn.num_output_chunks)  # recipe: _setup_model's caller
+        return loss_fn
+    if setup.loss is Loss.STANDARD:
+        return torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    raise NotModelledError(f"--stack torchtune with --loss {setup.loss.value} is not modelled")
+
+
+def _optimizers(params, setup: TrainingSetup) -> dict[int, torch.optim.Optimizer]:
+    """One optimizer for all trainable parameters, or one per parameter (optimizer_in_bwd)."""
+    options = dict(lr=3e-4, weight_decay=0.01)  # 8B_lora_single_device.yaml
+    options |= {"fused": True} if setup.optimizer is Optimizer.ADAMW_FUSED else {"foreach": True}
+    if setup.optimizer_in_backward:
+        return {id(p): torch.optim.AdamW([p], **options) for p in params}
+    shared = torch.optim.AdamW(params, **options)
+    return {id(p): shared for p in params}
+
+
+def _step_in_backward(optimizer):
+    """torchtune/training/memory.py register_optim_in_bwd_hooks: optim_step."""
+
+    def optim_step(param) -> None:
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return optim_step
+
+
+def _warm_up(params, optimizers) -> None:
+    """Give every trainable parameter a gradient and step once, so the states exist before the counted step."""
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    for optimizer in {id(o): o for o in optimizers.values()}.values():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:
+    for param in model.parameters():
+        owner = owners.get(id(param), "(model)")
+        if is_nf4(param):
+            tracker.track_all(nf4_inner_tensors(param), PARAMETERS, owner)
+        else:
+            tracker.tag(param, PARAMETERS, owner)
+    tracker.track_all(model.buffers(), PARAMETERS)
+
+
+@contextlib.contextmanager
+def _dropout_as_on_cuda():
+    """LoRA dropout as CUDA runs it (bool mask), see hf_step._cuda_dropout."""
+    functional = torch.nn.functional
+    original = functional.dropout
+    functional.dropout = _cuda_dropout
+    try:
+        yield
+    finally:
+        functional.dropout = original
+
