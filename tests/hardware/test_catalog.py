@@ -1,6 +1,5 @@
 """Every hardware catalog file loads, validates, and agrees with the others (ids, references, counts)."""
 
-from pathlib import Path
 
 import pytest
 

@@ -41,7 +41,7 @@ def test_ci_subset_covers_the_families_methods_and_options():
     families = {resolve_model(case.model).spec.family for case in CI_CASES}
     assert {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"} <= families
     assert {case.method for case in CI_CASES} == {"full", "lora", "qlora"}
-    optimizers = {case.options.get("optimizer", "adamw") for case in CI_CASES}
+    optimizers = {resolve_setup(case.method, **case.options).optimizer.value for case in CI_CASES}
     assert {"adamw", "adamw-fused", "adamw-8bit", "sgd"} <= optimizers
 
 

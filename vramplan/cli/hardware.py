@@ -194,9 +194,7 @@ def fit_command(
     from vramplan.hardware.catalog import load_hardware
     from vramplan.hardware.fit import SEARCH_LIMITS, largest_fitting
     from vramplan.hardware.suggest import suggest_changes
-    from vramplan.models.catalog import resolve_model
     from vramplan.estimate import estimate_memory
-    from vramplan.training import resolve_setup
 
     check_format(fmt)
     if solve not in SEARCH_LIMITS:
@@ -356,8 +354,6 @@ def probe_command(
     from pathlib import Path
 
     from vramplan.errors import UsageError, require_extra
-    from vramplan.models.catalog import resolve_model
-    from vramplan.training import resolve_setup
 
     check_format(fmt)
     if device not in ("auto", "cuda", "cpu"):

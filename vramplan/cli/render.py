@@ -12,7 +12,7 @@ from vramplan.units import gib
 
 COMPONENT_LABELS = {
     "weights": "weights",
-    "lora_adapters": "LoRA adapters (fp32)",
+    "lora_adapters": "LoRA adapters",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
     "optimizer_temporaries": "optimizer step temporaries",
@@ -21,7 +21,7 @@ COMPONENT_LABELS = {
     "autocast_weight_copies": "autocast weight copies",
     "parameters": "parameters (weights, adapters, buffers)",
     "temporaries": "temporaries (backward, optimizer step)",
-    "sharding_in_flight": "gathered parameters and communication buckets (multi-GPU)",
+    "in_flight": "in flight: gathered parameters, gradient buffers, communication buckets",
     "gradient_partition": "gradient partition (ZeRO-2/3)",
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import types
 
@@ -23,6 +22,7 @@ from vramplan.estimate.activations import (
     recompute_transient_bytes,
 )
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
+from vramplan.estimate.fused_loss import fused_loss_memory, refuse_unmodelled_fused, released_lm_head_copy_bytes
 from vramplan.estimate.logits import logits_memory
 from vramplan.estimate.moe import refuse_unmodelled_moe
 from vramplan.estimate.optimizer import optimizer_memory
@@ -38,7 +38,6 @@ from vramplan.estimate.parallel import (
 )
 from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
 from vramplan.estimate.weights import (
-    layer_gradient_bytes,
     trainable_bytes_per_param,
     trainable_tensor_shapes,
     weight_memory,
@@ -118,16 +117,8 @@ def _saved_by_layer(spec: ModelSpec, setup: TrainingSetup, input_needs_grad_firs
     return saved
 
 
-def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """The input embedding's gradient arrives last in backward (full fine-tuning only)."""
-    if setup.method is not Method.FULL:
-        return 0
-    return tensor_bytes(spec.embedding_params * trainable_bytes_per_param(setup))
-
-
 # Switches whose memory rules are not written yet: refused with the reason rather than estimated as if absent.
 _UNMODELLED_SWITCHES = {
-    "loss": (lambda s: s.loss is Loss.FUSED, "--loss fused (Liger/cut-cross-entropy kernels)"),
     "liger": (lambda s: s.liger, "--liger (Liger's fused RMSNorm/SwiGLU/RoPE kernels)"),
     "activation_offload": (lambda s: s.activation_offload and s.stack is not Stack.TORCHTUNE, "--activation-offload"),
     "optimizer_in_backward": (
@@ -139,6 +130,8 @@ _UNMODELLED_SWITCHES = {
 def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
     """Combinations without a traced rule are refused rather than guessed."""
     refuse_unmodelled_moe(spec, setup)
+    if setup.loss is Loss.FUSED:
+        refuse_unmodelled_fused(setup)
     for applies, what in _UNMODELLED_SWITCHES.values():
         if applies(setup):
             raise NotModelledError(f"{what} is not modelled yet")
@@ -233,7 +226,7 @@ def _layer_backward_points(
 def _in_flight(states: RankStates, moment: str, bytes_: int | None = None) -> dict[str, int]:
     """Gathered parameters and communication buffers at one moment (none on a single GPU)."""
     extra = (states.in_flight.get(moment, 0) if bytes_ is None else bytes_) + states.comm_buffers
-    held = {"sharding_in_flight": extra} if extra else {}
+    held = {"in_flight": extra} if extra else {}
     if states.gradient_partition:
         held["gradient_partition"] = states.gradient_partition
     return held
@@ -255,7 +248,9 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     opt = optimizer_memory(setup.optimizer, trainable_tensor_shapes(spec, setup), trainable_bytes_per_param(setup))
     states = rank_states(spec, setup)
     kept, _ = activation_bytes(spec, setup)
-    logits = logits_memory(spec, setup)
+    # --loss fused: Liger's fused linear cross-entropy, whose chunked logits replace the full ones.
+    fused = setup.loss is Loss.FUSED
+    logits = fused_loss_memory(spec, setup) if fused else logits_memory(spec, setup)
     # token ids and labels (int64), shifted labels; a sliding-window model's bool mask
     inputs = 3 * tensor_bytes(tokens * INT64_BYTES) + model_mask_bytes(spec, setup)
     hidden = hidden_state_bytes(spec, setup, tokens)
@@ -306,8 +301,10 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         phase="backward",
         components={
             **persistent,
-            "activations": kept + inputs + final_norm_saved_bytes(spec, setup, tokens),
-            "autocast_weight_copies": copies.loss_backward_bytes,
+            # A fused loss's point is the final norm's backward, whose saved tensors are in its logits_loss term.
+            "activations": kept + inputs + (0 if fused else final_norm_saved_bytes(spec, setup, tokens)),
+            "autocast_weight_copies": copies.loss_backward_bytes
+            - (released_lm_head_copy_bytes(spec, setup) if fused else 0),
             "logits_loss": logits.backward_peak_bytes,
             **_in_flight(states, LOSS_BACKWARD),
         },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Method, Precision, Strategy, TrainingSetup
+from vramplan.training import Loss, Method, Precision, Stack, Strategy, TrainingSetup
 
 _PRECISION_TEXT = {
     Precision.BF16: "bf16 weights, gradients and optimizer states; Trainer bf16=True autocast",
@@ -22,10 +22,12 @@ def _gpus_text(setup: TrainingSetup) -> str:
 
 
 def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_notes: list[str] = ()) -> list[str]:
+    if setup.stack is Stack.TORCHTUNE:
+        return _torchtune_lines(model, setup, estimate_notes)
     lines = [
         f"model: {model.name} ({model.resolved_from})",
-        "stack: transformers + peft + torch (HF Trainer), SDPA attention, standard cross-entropy, "
-        + _gpus_text(setup),
+        f"stack: {_STACK_TEXT[setup.stack]}, {setup.attn.value} attention{', packed sequences' if setup.packing else ''}"
+        f", {setup.loss.value} cross-entropy, " + _gpus_text(setup),
         f"precision: {setup.precision.value} = {_PRECISION_TEXT[setup.precision]}",
         f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
         f"gradient checkpointing: {'on (non-reentrant, per decoder layer)' if setup.gradient_checkpointing else 'off'}",
@@ -40,10 +42,35 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
             f"double quantization {'on' if quant.double_quant else 'off'}, bf16 compute, "
             f"k-bit preparation {'on (non-4-bit weights upcast to fp32)' if quant.kbit_prep else 'off'}"
         )
+    if setup.loss is Loss.FUSED:
+        from vramplan.estimate.fused_loss import fused_loss_assumption
+
+        lines.append(fused_loss_assumption(model.spec, setup))
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
     return lines
+
+
+_STACK_TEXT = {
+    Stack.HF: "transformers + peft + torch (HF Trainer)",
+    Stack.AXOLOTL: "axolotl's defaults on transformers + peft + torch",
+    Stack.LLAMA_FACTORY: "LLaMA-Factory's defaults on transformers + peft + torch",
+}
+
+
+def _torchtune_lines(model: ResolvedModel, setup: TrainingSetup, estimate_notes) -> list[str]:
+    lines = [
+        f"model: {model.name} ({model.resolved_from})",
+        f"stack: torchtune 0.6 recipe, {setup.loss.value} cross-entropy, " + _gpus_text(setup),
+        f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
+        f"activation checkpointing: {'on (per transformer layer)' if setup.gradient_checkpointing else 'off'}",
+    ]
+    if setup.lora is not None:
+        targets = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(setup.lora.targets)
+        lines.append(f"LoRA: rank {setup.lora.rank} on {targets}, dropout {setup.lora.dropout}, bf16 adapters")
+    return [*lines, *estimate_notes,
+            "steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)"]
 
 
 def _moe_lines(model: ResolvedModel, setup: TrainingSetup) -> list[str]:

@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from vramplan.estimate import Estimate, estimate_memory
 from vramplan.errors import VramplanError
-from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Optimizer, Strategy, TrainingSetup
+from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Offload, Optimizer, Stack, Strategy, TrainingSetup
 
 # GPU counts tried when suggesting to shard the job (one node's worth: 2, 4 or 8 GPUs).
 SHARD_GPU_COUNTS = (2, 4, 8)
@@ -22,6 +22,10 @@ class Suggestion(BaseModel):
 
 def _variants(setup: TrainingSetup) -> list[tuple[str, TrainingSetup]]:
     variants = []
+    if setup.method is Method.QLORA and setup.quant.kbit_prep:
+        # peft's prepare_model_for_kbit_training upcasts every non-4-bit parameter (an MoE's 3D experts included)
+        variants.append(("skip k-bit preparation (--no-kbit-prep: non-4-bit weights stay 16-bit)",
+                         setup.model_copy(update={"quant": setup.quant.model_copy(update={"kbit_prep": False})})))
     if not setup.gradient_checkpointing:
         variants.append(("turn on gradient checkpointing", setup.model_copy(update={"gradient_checkpointing": True})))
     if setup.method is not Method.QLORA:
@@ -38,6 +42,14 @@ def _variants(setup: TrainingSetup) -> list[tuple[str, TrainingSetup]]:
     if setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED) and setup.strategy not in DEEPSPEED_STRATEGIES:
         variants.append(("use the 8-bit AdamW optimizer (bitsandbytes)",
                          setup.model_copy(update={"optimizer": Optimizer.ADAMW_8BIT})))
+    if setup.strategy in (Strategy.ZERO3, Strategy.FSDP) and setup.world_size > 1:
+        for factor in (2, 4):
+            nodes = setup.nodes * factor
+            variants.append((f"shard over {nodes} nodes of {setup.gpus} GPUs ({setup.gpus * nodes} GPUs)",
+                             setup.model_copy(update={"nodes": nodes})))
+    if setup.loss is Loss.STANDARD and setup.stack is not Stack.TORCHTUNE and setup.strategy is Strategy.SINGLE:
+        variants.append(("Liger's fused linear cross-entropy (--loss fused: no full logits)",
+                         setup.model_copy(update={"loss": Loss.FUSED})))
     if setup.seq_len > 256:
         half = setup.seq_len // 2
         variants.append((f"halve the sequence length to {half}", setup.model_copy(update={"seq_len": half})))
@@ -64,12 +76,6 @@ def suggest_changes(estimate: Estimate, usable_bytes: int) -> list[Suggestion]:
     if estimate.setup.world_size == 1:
         suggestions.append(_sharding(estimate, usable_bytes))
     suggestions.sort(key=lambda s: -(s.saved_bytes or 0))
-    loss = estimate.components.get("logits_loss", 0)
-    if loss:
-        suggestions.append(Suggestion(
-            change="a chunked or fused cross-entropy (Liger, cut-cross-entropy, torchtune's chunked loss)",
-            needed_bytes=None, saved_bytes=None, fits=None,
-            note=f"not modelled yet; the logits/loss term holds {loss / 2**30:.2f} GiB of this peak"))
     return suggestions
 
 

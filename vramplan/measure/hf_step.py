@@ -29,7 +29,7 @@ from vramplan.measure.livebytes import (
     Snapshot,
 )
 from vramplan.measure.trace import ModulePeak
-from vramplan.training import TrainingSetup
+from vramplan.training import Loss, TrainingSetup
 
 Warmup = Literal["step", "optimizer"]
 _LAYER_INDEX = re.compile(r"\.\d+(?=\.|$)")
@@ -282,6 +282,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     torch.manual_seed(seed)
     fake_mode = _fake_mode() if fake else contextlib.nullcontext()
     model = build_fake_model(config, setup, fake_mode) if fake else build_real_model(config, setup)
+    loss_kernels = _fused_loss(model) if setup.loss is Loss.FUSED else contextlib.nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
     owners = _owner_of_parameters(model)
     vocab = int(config["vocab_size"])
@@ -317,7 +318,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     # Built outside fake mode: bitsandbytes' optimizers build their quantization maps from Python scalars.
     optimizer = make_optimizer(params, setup.optimizer)
     try:
-        with fake_mode, _as_on_gpu(setup.packing), _attribute_modules(model, tracker), tracker:
+        with fake_mode, _as_on_gpu(setup.packing), loss_kernels, _attribute_modules(model, tracker), tracker:
             input_ids = torch.randint(0, vocab, (setup.batch_size, setup.seq_len))
             for param in model.parameters():
                 tracker.tag(param, PARAMETERS, owners.get(id(param), "(model)"))
@@ -355,6 +356,14 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
         total_params=sum(_logical_numel(p) for p in model.parameters()),
         trainable_params=sum(p.numel() for p in params),
     )
+
+
+def _fused_loss(model):
+    """`--loss fused`: liger's fused linear cross-entropy forward on the model, its kernels as no-ops."""
+    from vramplan.measure.liger_loss import apply_fused_loss, liger_ops_without_kernels
+
+    apply_fused_loss(model)
+    return liger_ops_without_kernels()
 
 
 def _quant_state_tensors(model):

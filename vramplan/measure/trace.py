@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from vramplan.errors import NotModelledError, require_extra
 from vramplan.estimate import PhasePeak, StepPeak
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Optimizer, Precision, Stack, Strategy, TrainingSetup
+from vramplan.training import Loss, Optimizer, Precision, Stack, Strategy, TrainingSetup
 
 # What the trace does so that it answers for a CUDA run, and what stays different (shown with every trace).
 GPU_CORRECTIONS = (
@@ -27,6 +27,10 @@ GPU_CORRECTIONS = (
 )
 NOT_IN_TRACE = (
     "cuBLAS/cuBLASLt workspaces, the caching allocator's slack and the CUDA context are not tensors of the step",
+)
+FUSED_LOSS_NOTE = (
+    "--loss fused: liger-kernel's fused linear cross-entropy runs its own Python (every torch allocation); its "
+    "Triton kernels, which only write into those buffers, are no-ops, and its device checks answer as on an sm80+ GPU"
 )
 AUTOCAST_NOTE = "autocast follows CPU's op lists; CUDA's differ for a few ops (casts of norms and losses)"
 UNTRACEABLE_OPTIMIZERS = {
@@ -61,6 +65,8 @@ def refuse_untraceable(setup: TrainingSetup) -> None:
         )
     if setup.strategy is not Strategy.SINGLE and setup.stack is Stack.TORCHTUNE:
         raise NotModelledError("tracing torchtune's distributed recipes is not supported; trace --gpus 1")
+    if setup.loss is Loss.FUSED and setup.strategy is not Strategy.SINGLE:
+        raise NotModelledError("--loss fused is traced on one GPU only (--gpus 1)")
     if setup.optimizer in UNTRACEABLE_OPTIMIZERS:
         raise NotModelledError(
             f"--optimizer {setup.optimizer.value} cannot be traced on CPU: {UNTRACEABLE_OPTIMIZERS[setup.optimizer]}"
@@ -86,11 +92,15 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
             notes.append(f"activation offloading: {step.host_bytes} bytes at most in host memory, not counted")
         return _as_trace(model, setup, step, notes, started)
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    if setup.loss is Loss.FUSED:
+        require_extra("liger", "liger_kernel", "triton")
     from vramplan.measure.hf_step import trace_training_step
 
     started = time.perf_counter()
     step = trace_training_step(model.config, setup)
     notes = [*GPU_CORRECTIONS, *NOT_IN_TRACE]
+    if setup.loss is Loss.FUSED:
+        notes.append(FUSED_LOSS_NOTE)
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         notes.append(AUTOCAST_NOTE)
     return _as_trace(model, setup, step, notes, started)
