@@ -23,6 +23,8 @@ from vramplan.estimate.activations import (
 )
 from vramplan.estimate.dtypes import FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.fused_loss import fused_loss_memory, refuse_unmodelled_fused, released_lm_head_copy_bytes
+from vramplan.estimate.liger import final_norm_forward_bytes as liger_final_norm_bytes
+from vramplan.estimate.liger import refuse_unmodelled_liger
 from vramplan.estimate.logits import logits_memory
 from vramplan.estimate.moe import refuse_unmodelled_moe
 from vramplan.estimate.optimizer import optimizer_memory
@@ -119,7 +121,6 @@ def _saved_by_layer(spec: ModelSpec, setup: TrainingSetup, input_needs_grad_firs
 
 # Switches whose memory rules are not written yet: refused with the reason rather than estimated as if absent.
 _UNMODELLED_SWITCHES = {
-    "liger": (lambda s: s.liger, "--liger (Liger's fused RMSNorm/SwiGLU/RoPE kernels)"),
     "activation_offload": (lambda s: s.activation_offload and s.stack is not Stack.TORCHTUNE, "--activation-offload"),
     "optimizer_in_backward": (
         lambda s: s.optimizer_in_backward and s.stack is not Stack.TORCHTUNE, "--optimizer-in-backward"
@@ -132,6 +133,8 @@ def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
     refuse_unmodelled_moe(spec, setup)
     if setup.loss is Loss.FUSED:
         refuse_unmodelled_fused(setup)
+    if setup.liger:
+        refuse_unmodelled_liger(spec.family, setup)
     for applies, what in _UNMODELLED_SWITCHES.values():
         if applies(setup):
             raise NotModelledError(f"{what} is not modelled yet")
@@ -254,7 +257,10 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     # token ids and labels (int64), shifted labels; a sliding-window model's bool mask
     inputs = 3 * tensor_bytes(tokens * INT64_BYTES) + model_mask_bytes(spec, setup)
     hidden = hidden_state_bytes(spec, setup, tokens)
+    # the final norm's fp32 copy of its input; Liger's saves the input itself and an fp32 RSTD (estimate/liger.py)
     final_norm = tensor_bytes(tokens * spec.hidden_size * FP32_BYTES)
+    if setup.liger:
+        final_norm = liger_final_norm_bytes(tokens)
     copies = autocast_weight_copies(spec, setup)
     persistent = {
         "weights": states.weights,

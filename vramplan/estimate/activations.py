@@ -19,6 +19,7 @@ from vramplan.estimate.dtypes import (
     fsdp_gathers_in_half,
 )
 from vramplan.estimate.eager import eager_mask_bytes, eager_saved_bytes
+from vramplan.estimate import liger
 from vramplan.estimate.mla import mla_saved_bytes
 from vramplan.estimate.moe import (
     experts_backward_in_flight_bytes,
@@ -42,6 +43,7 @@ class Flow(BaseModel):
     weights_train: bool  # full fine-tuning: norm and linear weights need their inputs for their gradients
     autocast: bool = True  # Trainer's autocast wraps the forward (not under FSDP2: estimate/dtypes.autocast_on)
     adapter: int = FP32_BYTES  # LoRA adapters' dtype: fp32 from peft, FSDP2's 16-bit param_dtype when gathered
+    liger: bool = False  # --liger: Liger's RMSNorm and SwiGLU kernels (estimate/liger.py)
 
 
 def dtype_flow(setup: TrainingSetup) -> Flow:
@@ -62,6 +64,7 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
         linear_out=load if quantized else compute,
         weights_train=setup.method is Method.FULL,
         autocast=autocast_on(setup),
+        liger=setup.liger,
     )
 
 
@@ -69,6 +72,8 @@ def _norm(width_in: int, size: int, flow: Flow, tokens: int, gemma: bool = False
     """RMSNorm: x.float() and rsqrt are saved by the multiply; the normalised tensor is saved by the weight multiply
     only when the weight trains. Llama-style norms cast it back to the input dtype first
     (modeling_llama.py LlamaRMSNorm.forward); Gemma's multiplies by (1 + weight) in fp32 (Gemma3RMSNorm.forward)."""
+    if flow.liger:
+        return liger.norm_saved_bytes(width_in, size, tokens)
     saved = [tensor_bytes(tokens * size * FP32_BYTES), tensor_bytes(tokens * FP32_BYTES)]
     if flow.weights_train:
         saved.append(tensor_bytes(tokens * size * (FP32_BYTES if gemma else width_in)))
@@ -114,7 +119,7 @@ def layer_saved_bytes(
     gemma = spec.norms_per_layer == 4
     if input_needs_grad or flow.weights_train:
         input_norm = _norm(flow.residual, h, flow, tokens, gemma)
-        if input_kept and flow.residual == FP32_BYTES:
+        if input_kept and (flow.residual == FP32_BYTES or flow.liger):  # Liger's norm saves the input itself
             input_norm = input_norm[1:]
         saved += input_norm
     # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
@@ -129,7 +134,7 @@ def layer_saved_bytes(
         q, kv = spec.q_size, spec.kv_size
         saved += _norm(flow.compute, q, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_heads * FP32_BYTES)]
         saved += _norm(flow.compute, kv, flow, tokens)[:1] + [tensor_bytes(tokens * spec.num_kv_heads * FP32_BYTES)]
-        if flow.weights_train:
+        if flow.weights_train and not flow.liger:
             saved += [tensor_bytes(tokens * q * normed), tensor_bytes(tokens * kv * normed)]
     if spec.mla is not None:
         saved += mla_saved_bytes(spec, tokens, flow.compute, flow.linear_out, flow.weights_train, flow.residual)
@@ -170,7 +175,7 @@ def _swiglu_saved(
         if suffix in by_suffix and by_suffix[suffix].name in adapted:
             saved += _lora_input_copies(by_suffix[suffix], setup, flow, tokens)
     width = flow.linear_out
-    saved += [tensor_bytes(tokens * inter * width)] * 3
+    saved += [tensor_bytes(tokens * inter * width)] * (liger.SWIGLU_SAVED_INTERMEDIATES if flow.liger else 3)
     if flow.weights_train:
         saved.append(tensor_bytes(tokens * inter * width))
     if by_suffix["down_proj"].name in adapted:
@@ -292,7 +297,8 @@ def _mlp_locals(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) 
     return MlpLocals(
         # An fp32 residual is itself the tensor the post-attention norm saves (its `.to(float32)` is a no-op),
         # counted there.
-        frame=hidden + (hidden if flow.residual != FP32_BYTES else 0),
+        # So is the residual under Liger, whose norm saves its input.
+        frame=hidden + (hidden if flow.residual != FP32_BYTES and not flow.liger else 0),
         product=tensor_bytes(product_elements * flow.linear_out),
         down_out=tensor_bytes(tokens * spec.hidden_size * flow.linear_out),
         adapted_down="down_proj" in adapted,
@@ -320,7 +326,7 @@ def recompute_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int
     if spec.is_moe_layer(_default_layer(spec) if layer is None else layer):
         return _moe_forward_transient(spec, setup, tokens, flow)
     if flow.weights_train:  # only the decoder layer's `residual` (the post-attention sum) is alive
-        return tensor_bytes(tokens * spec.hidden_size * flow.residual)
+        return _unsaved_residual(spec, tokens, flow)
     mlp = _mlp_locals(spec, setup, tokens, flow)
     if spec.norms_per_layer == 4:
         return mlp.frame + mlp.down_out
@@ -340,13 +346,18 @@ def mlp_forward_transient_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: i
     if spec.is_moe_layer(spec.num_layers - 1 if layer is None else layer):
         return _moe_forward_transient(spec, setup, tokens, flow)
     if flow.weights_train:
-        return tensor_bytes(tokens * spec.hidden_size * flow.residual)
+        return _unsaved_residual(spec, tokens, flow)
     mlp = _mlp_locals(spec, setup, tokens, flow)
     if mlp.adapted_down:
         return mlp.frame + mlp.product + mlp.lora_down_copies + mlp.down_out
     if setup.method is Method.QLORA and flow.linear_out != flow.compute:  # Linear4bit's compute-dtype cast
         return mlp.frame + mlp.product + tensor_bytes(tokens * spec.intermediate_size * flow.compute) + mlp.down_out
     return mlp.frame + mlp.product + mlp.down_out
+
+
+def _unsaved_residual(spec: ModelSpec, tokens: int, flow: Flow) -> int:
+    """The decoder layer's `residual`, unless Liger's post-attention norm saves it (counted with the layer)."""
+    return 0 if flow.liger else tensor_bytes(tokens * spec.hidden_size * flow.residual)
 
 
 # Gemma's post-feedforward norm runs in fp32 (Gemma3RMSNorm.forward: x.float(), * (1 + weight), type_as); its
@@ -391,6 +402,12 @@ def mlp_backward(spec: ModelSpec, setup: TrainingSetup, tokens: int, layer: int 
         return MlpBackward(released_bytes=released if flow.weights_train else 0, in_flight_bytes=in_flight)
     inter = tokens * spec.intermediate_size
     mlp = flow.linear_out
+    if flow.liger:
+        down = tensor_bytes(spec.hidden_size * spec.intermediate_size * weight_bytes_per_param(setup.precision))
+        in_flight = liger.down_proj_backward_in_flight_bytes(
+            tensor_bytes(inter * mlp), hidden_state_bytes(spec, setup, tokens), down if flow.weights_train else 0
+        )
+        return MlpBackward(released_bytes=0, in_flight_bytes=in_flight)
     released = tensor_bytes(inter * mlp) if flow.weights_train else 0
     adapted = {lin.name: lin for lin in spec.lora_linears(setup.lora.targets)} if setup.lora else {}
     if "down_proj" in adapted:

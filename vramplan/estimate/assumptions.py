@@ -46,6 +46,10 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         from vramplan.estimate.fused_loss import fused_loss_assumption
 
         lines.append(fused_loss_assumption(model.spec, setup))
+    if setup.liger:
+        from vramplan.estimate.liger import LIGER_ASSUMPTION
+
+        lines.append(LIGER_ASSUMPTION)
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")

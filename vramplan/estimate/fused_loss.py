@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from vramplan.errors import NotModelledError
 from vramplan.estimate.dtypes import BOOL_BYTES, FP32_BYTES, autocast_on, compute_bytes, tensor_bytes
+from vramplan.estimate import liger
 from vramplan.estimate.activations import dtype_flow
 from vramplan.estimate.logits import LogitsMemory
 from vramplan.models.spec import ModelSpec
@@ -88,6 +89,8 @@ def fused_loss_memory(spec: ModelSpec, setup: TrainingSetup) -> LogitsMemory:
     # fused_linear_cross_entropy_backward only scales the stored gradients in place (element_mul_kernel); grad_input
     # then runs through the final norm's backward while grad_weight waits as lm_head's gradient.
     norm_backward = FINAL_NORM_BACKWARD_FP32_BUFFERS * tensor_bytes(tokens * hidden * FP32_BYTES)
+    if setup.liger:
+        norm_backward = liger.final_norm_backward_bytes(tokens, hidden, width, lm_head_trains)
     return LogitsMemory(
         forward_peak_bytes=forward_peak, saved_bytes=stored, backward_peak_bytes=grad_weight + norm_backward
     )

@@ -282,7 +282,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     torch.manual_seed(seed)
     fake_mode = _fake_mode() if fake else contextlib.nullcontext()
     model = build_fake_model(config, setup, fake_mode) if fake else build_real_model(config, setup)
-    loss_kernels = _fused_loss(model) if setup.loss is Loss.FUSED else contextlib.nullcontext()
+    loss_kernels = _liger(model, setup) if setup.liger or setup.loss is Loss.FUSED else contextlib.nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
     owners = _owner_of_parameters(model)
     vocab = int(config["vocab_size"])
@@ -358,12 +358,22 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     )
 
 
-def _fused_loss(model):
-    """`--loss fused`: liger's fused linear cross-entropy forward on the model, its kernels as no-ops."""
+def _liger(model, setup: TrainingSetup):
+    """`--loss fused`: liger's fused linear cross-entropy forward on the model; `--liger`: its RMSNorm, SwiGLU and
+    RoPE; their kernels as no-ops."""
+    from vramplan.measure.liger_kernels import liger_applied, liger_kernels_as_noops
     from vramplan.measure.liger_loss import apply_fused_loss, liger_ops_without_kernels
 
-    apply_fused_loss(model)
-    return liger_ops_without_kernels()
+    fused = setup.loss is Loss.FUSED
+    if not setup.liger:
+        apply_fused_loss(model)
+        return liger_ops_without_kernels()
+    stack = contextlib.ExitStack()
+    stack.enter_context(liger_applied(model, fused_loss=fused))  # until the step ends
+    stack.enter_context(liger_kernels_as_noops())
+    if fused:
+        stack.enter_context(liger_ops_without_kernels())
+    return stack
 
 
 def _quant_state_tensors(model):

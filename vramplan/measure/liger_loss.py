@@ -79,9 +79,9 @@ def _equals_one(grad_output, one):
     return False if _is_fake(grad_output) else torch.equal(grad_output, one)
 
 
-def _rewritten(module, namespace: dict, name: str):
+def _rewritten(module, namespace: dict, name: str, table: dict = _AS_ON_CUDA):
     source = textwrap.dedent(inspect.getsource(getattr(module, name)))
-    for old, new in _AS_ON_CUDA[name]:
+    for old, new in table[name]:
         if old not in source:
             raise NotModelledError(f"liger-kernel's {name} changed (no `{old}`); the fused-loss trace needs updating")
         source = source.replace(old, new)

@@ -32,6 +32,10 @@ FUSED_LOSS_NOTE = (
     "--loss fused: liger-kernel's fused linear cross-entropy runs its own Python (every torch allocation); its "
     "Triton kernels, which only write into those buffers, are no-ops, and its device checks answer as on an sm80+ GPU"
 )
+LIGER_NOTE = (
+    "--liger: liger-kernel's RMSNorm, SwiGLU and RoPE run their own Python (every torch allocation); their Triton "
+    "kernels, which write in place into those buffers, are no-ops, and RMSNorm's backward sizes its buffer for an H100"
+)
 AUTOCAST_NOTE = "autocast follows CPU's op lists; CUDA's differ for a few ops (casts of norms and losses)"
 UNTRACEABLE_OPTIMIZERS = {
     Optimizer.PAGED_ADAMW: "paged optimizers keep their state in CUDA managed memory, outside torch's allocator",
@@ -67,6 +71,8 @@ def refuse_untraceable(setup: TrainingSetup) -> None:
         raise NotModelledError("tracing torchtune's distributed recipes is not supported; trace --gpus 1")
     if setup.loss is Loss.FUSED and setup.strategy is not Strategy.SINGLE:
         raise NotModelledError("--loss fused is traced on one GPU only (--gpus 1)")
+    if setup.liger and setup.strategy is not Strategy.SINGLE:
+        raise NotModelledError("--liger is traced on one GPU only (--gpus 1)")
     if setup.optimizer in UNTRACEABLE_OPTIMIZERS:
         raise NotModelledError(
             f"--optimizer {setup.optimizer.value} cannot be traced on CPU: {UNTRACEABLE_OPTIMIZERS[setup.optimizer]}"
@@ -92,7 +98,7 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
             notes.append(f"activation offloading: {step.host_bytes} bytes at most in host memory, not counted")
         return _as_trace(model, setup, step, notes, started)
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
-    if setup.loss is Loss.FUSED:
+    if setup.loss is Loss.FUSED or setup.liger:
         require_extra("liger", "liger_kernel", "triton")
     from vramplan.measure.hf_step import trace_training_step
 
@@ -101,6 +107,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     notes = [*GPU_CORRECTIONS, *NOT_IN_TRACE]
     if setup.loss is Loss.FUSED:
         notes.append(FUSED_LOSS_NOTE)
+    if setup.liger:
+        notes.append(LIGER_NOTE)
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         notes.append(AUTOCAST_NOTE)
     return _as_trace(model, setup, step, notes, started)
