@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vramplan.estimate.optimizer import optimizer_memory
 from vramplan.estimate.shards import EMBEDDING, LM_HEAD, model_units, unit_named
-from vramplan.estimate.weights import trainable_bytes_per_param
+from vramplan.estimate.weights import trainable_bytes_per_param, weight_memory
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.training import Method, Strategy, TrainingSetup
@@ -53,8 +53,7 @@ def _root_tensor_bytes(spec: ModelSpec, setup: TrainingSetup, which: str) -> dic
 
 
 def estimate_device_map(model: ResolvedModel, setup: TrainingSetup):
-    from vramplan.estimate import Estimate, PhasePeak, estimate_memory
-    from vramplan.estimate.runtime import device_bytes, reserved_bytes
+    from vramplan.estimate import PhasePeak, estimate_from_phases, estimate_memory
 
     spec = model.spec
     if setup.gpus > spec.num_layers:
@@ -86,32 +85,17 @@ def estimate_device_map(model: ResolvedModel, setup: TrainingSetup):
         per_gpu.append(phases)
         paged.append(sub.paged_optimizer_bytes)
     fullest = max(range(setup.gpus), key=lambda g: max(p.total_bytes for p in per_gpu[g]))
-    phases = per_gpu[fullest]
-    peak = max(phases, key=lambda p: p.total_bytes)
-    whole = estimate_memory(model, single.model_copy(update={"gradient_checkpointing": setup.gradient_checkpointing}))
-    allocated = peak.total_bytes
-    reserved = reserved_bytes(allocated)
+    whole = weight_memory(spec, single)  # the parameter counts; no second estimate of the whole model
     per_gpu_peaks = ", ".join(
         f"GPU {g}: layers {r.start}-{r.stop - 1}, {max(p.total_bytes for p in per_gpu[g]) / 2**30:.2f} GiB"
         for g, r in enumerate(split)
     )
-    return Estimate(
-        model=model,
-        setup=setup,
-        total_params=whole.total_params,
-        trainable_params=whole.trainable_params,
-        peak_phase=peak.phase,
-        components=peak.components,
-        phases=phases,
-        peak_allocated_bytes=allocated,
-        peak_reserved_bytes=reserved,
-        device_bytes=device_bytes(reserved, paged[fullest]),
-        cuda_context_bytes=whole.cuda_context_bytes,
-        paged_optimizer_bytes=paged[fullest],
-        strategy_notes=[
+    return estimate_from_phases(
+        model, setup, per_gpu[fullest], total_params=whole.total_params, trainable_params=whole.trainable_params,
+        paged_bytes=paged[fullest],
+        notes=[
             f"device-map: decoder layers split over {setup.gpus} GPUs of one process; only one computes at a "
             f"time; the fullest is GPU {fullest} ({per_gpu_peaks})",
         ],
-        assumptions=[],
     )
 

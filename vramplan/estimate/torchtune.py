@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from vramplan.estimate import Estimate, PhasePeak
+from vramplan.estimate import Estimate, PhasePeak, estimate_from_phases
 from vramplan.estimate.dtypes import BOOL_BYTES, FP32_BYTES, HALF_BYTES, INT64_BYTES, tensor_bytes
-from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
 from vramplan.estimate.torchtune_states import (
     MLP_NAMES,
     lora_plan,
@@ -192,25 +191,9 @@ def estimate_torchtune(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
             "optimizer_temporaries": state.optimizer_temporaries,
             "activations": step.batch,
         }))
-    peak = max(phases, key=lambda p: p.total_bytes)
-    allocated = peak.total_bytes
-    reserved = reserved_bytes(allocated)
-    return Estimate(
-        model=model,
-        setup=setup,
-        total_params=state.total_params,
-        trainable_params=state.trainable_params,
-        peak_phase=peak.phase,
-        components=peak.components,
-        phases=phases,
-        peak_allocated_bytes=allocated,
-        peak_reserved_bytes=reserved,
-        device_bytes=device_bytes(reserved, 0),
-        cuda_context_bytes=CUDA_CONTEXT_BYTES,
-        paged_optimizer_bytes=0,
-        host_bytes=_offloaded_bytes(spec, setup),
-        strategy_notes=_notes(setup),
-        assumptions=[],
+    return estimate_from_phases(
+        model, setup, phases, total_params=state.total_params, trainable_params=state.trainable_params,
+        host_bytes=_offloaded_bytes(spec, setup), notes=_notes(setup),
     )
 
 

@@ -341,11 +341,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     finally:
         for hook in hooks:
             hook.remove()
-    phases = [
-        PhaseBytes(phase=phase, peak_bytes=tracker.phase_peaks[phase], categories=snapshot.by_category())
-        for phase, snapshot in tracker.phase_snapshots.items()
-        if phase in ("forward", "backward", "optimizer")
-    ]
+    phases = step_phases(tracker)
     return StepTrace(
         peak_allocated_bytes=tracker.peak_bytes,
         peak_phase=tracker.peak_phase,
@@ -356,6 +352,15 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
         total_params=sum(_logical_numel(p) for p in model.parameters()),
         trainable_params=sum(p.numel() for p in params),
     )
+
+
+def step_phases(tracker: LiveBytesTracker) -> list[PhaseBytes]:
+    """Each measured phase's peak and its categories (the warm-up and idle phases are not the step's)."""
+    return [
+        PhaseBytes(phase=phase, peak_bytes=tracker.phase_peaks[phase], categories=snapshot.by_category())
+        for phase, snapshot in tracker.phase_snapshots.items()
+        if phase in ("forward", "backward", "optimizer")
+    ]
 
 
 def _liger(model, setup: TrainingSetup):

@@ -21,7 +21,6 @@ import torch
 
 from vramplan.errors import NotModelledError
 from vramplan.measure.hf_step import (
-    PhaseBytes,
     StepTrace,
     _attribute_modules,
     _by_module,
@@ -29,6 +28,7 @@ from vramplan.measure.hf_step import (
     _fake_mode,
     _owner_of_parameters,
     _tag_optimizer_states,
+    step_phases,
 )
 from vramplan.measure.livebytes import GRADIENTS, PARAMETERS, LiveBytesTracker
 from vramplan.measure.torchtune_build import (
@@ -122,11 +122,7 @@ def trace_torchtune_step(
     finally:
         for hook in hooks:
             hook.remove()
-    phases = [
-        PhaseBytes(phase=phase, peak_bytes=tracker.phase_peaks[phase], categories=snapshot.by_category())
-        for phase, snapshot in tracker.phase_snapshots.items()
-        if phase in ("forward", "backward", "optimizer")
-    ]
+    phases = step_phases(tracker)
     return TorchtuneStepTrace(
         peak_allocated_bytes=tracker.peak_bytes,
         peak_phase=tracker.peak_phase,
