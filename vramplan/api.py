@@ -6,6 +6,7 @@ from vramplan.estimate import Estimate, estimate_memory
 from vramplan.estimate.assumptions import describe_assumptions
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
+from vramplan.units import DEFAULT_HEADROOM
 
 
 def resolve_run(model: str, method: str = "lora", **options):
@@ -24,17 +25,18 @@ def resolve_run(model: str, method: str = "lora", **options):
     return resolved, resolve_setup(method, **options), notes
 
 
-def estimate(model: str, method: str = "lora", **options) -> Estimate:
+def estimate(model: str, method: str = "lora", *, notes: list[str] | tuple[str, ...] = (), **options) -> Estimate:
     """Estimate one GPU's memory for fine-tuning `model` with `method`.
 
     `options` are the CLI's training options with underscores: batch_size, seq_len, precision, optimizer,
     gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus (per node), nodes, strategy, offload,
     stack, loss, liger, packing, attn, optimizer_in_backward, activation_offload.
+    `notes` are assumption lines the caller adds (what `--from` read on the user's behalf).
     Raises vramplan.errors.UsageError (or a subclass) for bad input.
     """
-    resolved, setup, notes = resolve_run(model, method, **options)
+    resolved, setup, chosen = resolve_run(model, method, **options)
     result = estimate_memory(resolved, setup)
-    assumptions = describe_assumptions(resolved, setup, [*notes, *result.strategy_notes])
+    assumptions = describe_assumptions(resolved, setup, [*notes, *chosen, *result.strategy_notes])
     return result.model_copy(update={"assumptions": assumptions})
 
 
@@ -53,19 +55,22 @@ def preflight(
     model: str,
     method: str = "lora",
     *,
-    gpus: list[int] | None = None,
+    devices: list[int] | None = None,
     gpu: str | None = None,
-    headroom: float = 0.0,
+    headroom: float = DEFAULT_HEADROOM,
     nvml=None,
     **options,
 ):
-    """Will this job fit? On the local GPUs (NVML; `gpus` picks indices among the visible ones, LOCAL_RANK
-    picks the rank's own), or on an idle catalog GPU with `gpu="rtx-4090"`. Returns a Verdict; raises
-    CannotCheckError when there is no NVIDIA driver or GPU to read.
+    """Will this job fit? On the local GPUs (NVML; `devices` picks indices among the visible ones, LOCAL_RANK
+    picks the rank's own, else the job's first `gpus` visible GPUs), or on idle catalog GPUs with
+    `gpu="rtx-4090"`. `options` are estimate's (`gpus` is the job's GPUs per node, as everywhere). Returns a
+    Verdict, with suggestions when it does not fit; raises CannotCheckError when there is no NVIDIA driver or GPU.
     """
     from vramplan.check.preflight import check_catalog, check_local
+    from vramplan.hardware.suggest import RunRequest
 
     result = estimate(model, method, **options)
+    request = RunRequest(model=model, method=method, options=options)
     if gpu is not None:
-        return check_catalog(result, gpu, headroom)
-    return check_local(result, gpus, headroom, nvml)
+        return check_catalog(result, gpu, headroom, request=request)
+    return check_local(result, devices, headroom, nvml, request=request)

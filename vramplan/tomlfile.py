@@ -26,8 +26,16 @@ def read_toml(path: Path, where: str | None = None) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise UsageError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{where}: a folder, not a TOML file") from None
+    except OSError as err:  # no permission, a name too long for the file system, ...
+        raise UsageError(f"{where}: cannot read ({err.strerror or err.__class__.__name__})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{where}: not UTF-8 text (byte {err.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{where}: not valid TOML ({err})") from None
+        raise UsageError(f"{where}: not valid TOML ({' '.join(str(err).split())})") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not valid TOML (nested too deep)") from None
 
 
 def parse_record(kind: type[Record], raw: dict[str, Any], where: str) -> Record:

@@ -5,6 +5,10 @@ from __future__ import annotations
 GIB = 1024**3  # gibibyte, 2^30 bytes
 GB = 1000**3  # gigabyte, 10^9 bytes
 
+# GPU memory kept free unless told otherwise, by check, fit and plan alike: the caching allocator's fragmentation and
+# the CUDA context vary by run, and vramplan's reserved figure is a lower bound for now (README, "What is modelled").
+DEFAULT_HEADROOM = 0.10
+
 
 def gib(nbytes: int) -> float:
     return nbytes / GIB

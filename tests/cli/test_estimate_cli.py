@@ -96,7 +96,8 @@ def test_estimate_path_imports_no_torch_transformers_or_pandas():
 
 def test_models_command_lists_catalog(capsys):
     code, out, _ = run(["models", "--format", "json"], capsys)
-    assert code == 0 and len(json.loads(out)) >= 40
+    document = json.loads(out)
+    assert code == 0 and document["kind"] == "models" and len(document["items"]) >= 40
 
 
 def test_output_piped_into_a_closed_reader_exits_quietly():

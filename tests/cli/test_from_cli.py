@@ -37,7 +37,10 @@ def test_flags_override_the_file(capsys):
 def test_memory_changing_keys_that_are_not_modelled_are_reported_on_stderr(capsys):
     code, _, err = run(["check", "--from", str(CONFIGS / "axolotl-unknown-key.yml"), "--gpu", "h100-sxm5-80gb"],
                        capsys)
-    assert code == 0
+    assert code == 2 and err.count("\n") == 1 and "--accept-unmodelled" in err and "lora_modules_to_save" in err
+    code, out, err = run(["check", "--from", str(CONFIGS / "axolotl-unknown-key.yml"), "--gpu", "h100-sxm5-80gb",
+                          "--accept-unmodelled"], capsys)
+    assert code == 0 and "NOT MODELLED" in out
     notes = [line for line in err.splitlines() if line.startswith("vramplan: note:")]
     assert any("lora_modules_to_save" in line for line in notes)
     assert any("tiled_mlp" in line for line in notes)

@@ -14,7 +14,7 @@ def run(args, capsys):
 
 def test_catalog_lists_and_shows(capsys):
     code, out, _ = run(["catalog", "gpus", "--format", "json"], capsys)
-    assert code == 0 and len(json.loads(out)) >= 30
+    assert code == 0 and len(json.loads(out)["items"]) >= 30
     code, out, _ = run(["catalog", "systems"], capsys)
     assert code == 0 and "systems" in out
     code, out, _ = run(["catalog", "show", "h100-sxm5-80gb"], capsys)

@@ -6,7 +6,7 @@ from vramplan.api import estimate
 from vramplan.hardware.catalog import Price, load_hardware
 from vramplan.hardware.fit import largest_fitting
 from vramplan.hardware.plan import CostAssumptions, _cost, plan_options
-from vramplan.hardware.suggest import suggest_changes
+from vramplan.hardware.suggest import RunRequest, suggest_changes
 from vramplan.hardware.throughput import step_flops, tokens_per_second
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
@@ -88,19 +88,24 @@ def test_fit_reports_nothing_fits():
 
 
 def test_suggestions_are_ranked_by_memory_saved():
-    job = estimate("70b", "lora", batch_size=4, seq_len=4096, gradient_checkpointing=False)
-    suggestions = suggest_changes(job, 80 * 2**30)
-    saved = [s.saved_bytes for s in suggestions if s.saved_bytes is not None]
+    options = {"batch_size": 4, "seq_len": 4096, "gradient_checkpointing": False}
+    job = estimate("70b", "lora", **options)
+    suggestions = suggest_changes(job, 80 * 2**30, RunRequest(model="70b", method="lora", options=options))
+    saved = [s.saved_bytes for s in suggestions]
     assert saved == sorted(saved, reverse=True) and saved[0] > 0
     changes = [s.change for s in suggestions]
-    assert changes[0] == "turn on gradient checkpointing"
+    assert changes[0] == "turn on gradient checkpointing" and suggestions[0].flags == ["--gradient-checkpointing"]
     sharding = next(s for s in suggestions if s.change.startswith("more GPUs: FSDP over"))
-    sharded = estimate("70b", "lora", batch_size=4, seq_len=4096, gradient_checkpointing=False, gpus=8,
-                       strategy="fsdp")
-    assert sharding.needed_bytes == sharded.device_bytes and "--gpus 8" in sharding.change
+    sharded = estimate("70b", "lora", **options, gpus=8, strategy="fsdp")
+    assert sharding.needed_bytes == sharded.device_bytes and sharding.flags == ["--gpus", "8", "--strategy", "fsdp"]
     # Without checkpointing QLoRA's fp32 residual stream (k-bit preparation) costs more activation memory than
     # its 4-bit weights save at this length, so it is not offered; with checkpointing it saves about 86 GiB.
     assert not any("QLoRA" in change for change in changes)
-    with_ckpt = suggest_changes(estimate("70b", "lora", batch_size=1, seq_len=2048), 80 * 2**30)
+    short = {"batch_size": 1, "seq_len": 2048}
+    with_ckpt = suggest_changes(estimate("70b", "lora", **short), 80 * 2**30,
+                                RunRequest(model="70b", method="lora", options=short))
     qlora = next(s for s in with_ckpt if "QLoRA" in s.change)
-    assert qlora.saved_bytes > 80 * 2**30 and qlora.fits
+    assert qlora.saved_bytes > 80 * 2**30 and qlora.fits and qlora.flags == ["--method", "qlora"]
+    assert qlora.needed_bytes == estimate("70b", "qlora", **short).device_bytes
+
+

@@ -30,7 +30,7 @@ def test_missing_key_named(tmp_path):
 
 
 def test_non_positive_size_rejected():
-    with pytest.raises(ModelConfigError, match="invalid value"):
+    with pytest.raises(ModelConfigError, match="'num_hidden_layers' must be from 1 to"):
         spec_from_config({**LLAMA_8B, "num_hidden_layers": 0})
 
 

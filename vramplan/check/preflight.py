@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from vramplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UsageError
 from vramplan.estimate import Estimate
-from vramplan.hardware.suggest import Suggestion, suggest_changes
+from vramplan.hardware.suggest import SHARD_GPU_COUNTS, RunRequest, Suggestion, suggest_changes
+from vramplan.units import DEFAULT_HEADROOM
 
 
 class GpuVerdict(BaseModel):
@@ -57,31 +58,49 @@ def _local_rank_index(visible: list[int], environ) -> list[int] | None:
     return [visible[int(rank)]]
 
 
-def check_local(estimate: Estimate, gpus: list[int] | None = None, headroom: float = 0.0, nvml=None,
-                environ: dict[str, str] | None = None) -> Verdict:
-    """Check against the local GPUs. Under torchrun (LOCAL_RANK set) a rank checks only its own device."""
+def _job_devices(visible: list[int], devices: list[int] | None, ranks: int, environ) -> list[int]:
+    """The visible GPUs the job's ranks on this node would use: `devices` (indices among the visible GPUs), the
+    rank's own under torchrun (LOCAL_RANK), or the first `ranks` visible GPUs, as a launcher numbers them."""
+    if devices is not None:
+        if not devices:
+            raise UsageError("--devices: name at least one GPU index")
+        unknown = [index for index in devices if index < 0 or index >= len(visible)]
+        if unknown:
+            raise UsageError(f"--devices {unknown[0]}: only {len(visible)} GPUs are visible")
+        if len(set(devices)) != len(devices):
+            raise UsageError("--devices: each GPU index once")
+        return [visible[index] for index in devices]
+    return _local_rank_index(visible, environ) or visible[:ranks]
+
+
+def check_local(estimate: Estimate, devices: list[int] | None = None, headroom: float = DEFAULT_HEADROOM, nvml=None,
+                environ: dict[str, str] | None = None, request: RunRequest | None = None) -> Verdict:
+    """Check against the local GPUs: each GPU one of the job's ranks on this node (estimate.setup.gpus of them)
+    uses must hold the per-GPU need. Under torchrun (LOCAL_RANK set) a rank checks only its own device."""
     from vramplan.check.nvml import read_gpus, visible_indices
 
     environ = dict(os.environ) if environ is None else environ
     local = read_gpus(nvml)
     visible = visible_indices(local, environ)
-    if gpus is None:
-        chosen = _local_rank_index(visible, environ) or visible
-    else:
-        if not gpus:
-            raise UsageError("--gpus: name at least one GPU index")
-        unknown = [index for index in gpus if index < 0 or index >= len(visible)]
-        if unknown:
-            raise UsageError(f"--gpus {unknown[0]}: only {len(visible)} GPUs are visible")
-        chosen = [visible[index] for index in gpus]
-    notes = []
-    if not chosen:
+    if not visible:
         from vramplan.errors import CannotCheckError
 
         raise CannotCheckError("no GPU is visible (CUDA_VISIBLE_DEVICES hides them all)")
-    if len(chosen) > 1:
-        notes.append("each GPU is checked for the one-GPU need (a data-parallel replica); sharded strategies are "
-                     "not modelled yet")
+    ranks = estimate.setup.gpus
+    chosen = _job_devices(visible, devices, ranks, environ)
+    notes = []
+    enough = True
+    if devices is not None and len(chosen) != ranks and "LOCAL_RANK" not in environ:
+        enough = len(chosen) >= ranks
+        notes.append(f"--devices names {len(chosen)} GPUs for a job of {ranks} GPU(s) per node (--gpus {ranks})")
+    elif devices is None and "LOCAL_RANK" not in environ:
+        if len(visible) < ranks:
+            enough = False
+            notes.append(f"the job runs {ranks} GPUs per node (--gpus {ranks}) but only {len(visible)} are visible")
+        elif len(visible) > ranks:
+            notes.append(f"checked the job's {ranks} GPU(s) of {len(visible)} visible; a launcher that uses them all "
+                         f"(accelerate launch, torchrun --nproc-per-node {len(visible)}) runs {len(visible)} ranks: "
+                         f"check with --gpus {len(visible)}")
     by_index = {gpu.index: gpu for gpu in local.gpus}
     own = os.getpid()
     verdicts = []
@@ -94,24 +113,30 @@ def check_local(estimate: Estimate, gpus: list[int] | None = None, headroom: flo
             notes.append(f"GPU {index}: {mine / 2**30:.2f} GiB this process already holds count as free for the job")
         verdicts.append(_gpu_verdict(index, gpu.name, gpu.total_bytes, gpu.free_bytes + mine, others,
                                      estimate.device_bytes, headroom))
-    return _verdict("local", estimate, verdicts, headroom, local.driver_version, local.cuda_version, notes)
+    return _verdict("local", estimate, verdicts, headroom, local.driver_version, local.cuda_version, notes, request,
+                    max_gpus=len(visible), enough_gpus=enough)
 
 
-def check_catalog(estimate: Estimate, gpu_id: str, headroom: float = 0.0, catalog_dir=None) -> Verdict:
+def check_catalog(estimate: Estimate, gpu_id: str, headroom: float = DEFAULT_HEADROOM, catalog_dir=None,
+                  request: RunRequest | None = None) -> Verdict:
     """Check against an idle catalog GPU (works everywhere)."""
     from vramplan.hardware.catalog import load_hardware
+    from vramplan.hardware.targets import resolve_gpu_target
 
-    hardware = load_hardware(catalog_dir)
-    if gpu_id not in hardware.gpus:
-        raise UsageError(f"--gpu {gpu_id!r} is not in the catalog (see vramplan catalog gpus)")
-    card = hardware.gpus[gpu_id]
+    card = resolve_gpu_target(gpu_id, load_hardware(catalog_dir).gpus)
     verdict = _gpu_verdict(None, card.name, card.memory_bytes, card.memory_bytes, 0, estimate.device_bytes, headroom)
+    basis = "memory as the driver reports it" if card.source == "catalog" else "memory as given"
+    ranks = estimate.setup.gpus
+    where = f"{ranks} idle {card.id}, one per rank" if ranks > 1 else f"an idle {card.id}"
     return _verdict("catalog", estimate, [verdict], headroom, None, None,
-                    [f"an idle {card.id}: {card.memory_basis} memory, nothing else running"])
+                    [f"{where}: {basis}, nothing else running"], request)
 
 
-def _verdict(source, estimate, verdicts, headroom, driver, cuda, notes) -> Verdict:
-    fits = all(v.fits for v in verdicts)
-    suggestions = [] if fits else suggest_changes(estimate, min(v.usable_bytes for v in verdicts))
+def _verdict(source, estimate, verdicts, headroom, driver, cuda, notes, request, max_gpus: int = max(SHARD_GPU_COUNTS),
+             enough_gpus: bool = True) -> Verdict:
+    fits = enough_gpus and all(v.fits for v in verdicts)
+    suggestions = []
+    if not fits and request is not None:
+        suggestions = suggest_changes(estimate, min(v.usable_bytes for v in verdicts), request, max_gpus)
     return Verdict(source=source, estimate=estimate, driver_version=driver, cuda_version=cuda, headroom=headroom,
                    gpus=verdicts, fits=fits, suggestions=suggestions, notes=notes)

@@ -13,23 +13,22 @@ except ImportError:  # pragma: no cover
     from click.exceptions import UsageError as ClickUsageError
 
 from vramplan.cli.estimate import estimate_command
-from vramplan.cli.hardware import (
-    catalog_app,
-    check_command,
-    fit_command,
-    plan_command,
-    probe_command,
-    report_command,
-)
+from vramplan.cli.check import check_command
+from vramplan.cli.fit import fit_command
+from vramplan.cli.hardware import catalog_app
+from vramplan.cli.plan import plan_command
+from vramplan.cli.probe import probe_command
+from vramplan.cli.report import report_command
 from vramplan.cli.models import models_command
 from vramplan.cli.trace import trace_command
 from vramplan.cli.validate import validate_command
+from vramplan.cli.paste import record_argv
 from vramplan.errors import EXIT_INTERNAL, EXIT_USAGE, VramplanError
 
 app = typer.Typer(
     name="vramplan",
     help="GPU memory planner for LLM fine-tuning (full, LoRA, QLoRA).",
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     no_args_is_help=True,
@@ -54,6 +53,7 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vramplan` console script; returns the process exit code."""
     debug = os.environ.get("VRAMPLAN_DEBUG") == "1"
+    record_argv(argv)
     try:
         result = app(args=argv, prog_name="vramplan", standalone_mode=False)
         return result if isinstance(result, int) else 0

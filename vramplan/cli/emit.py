@@ -7,7 +7,9 @@ writer for accelerate's flat config) and writes the files.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from vramplan.errors import UsageError
@@ -60,6 +62,8 @@ def _yaml_header(setup: TrainingSetup, path: str) -> str:
 def render_configs(fmt: str, setup: TrainingSetup, spec: ModelSpec, emit_to: str | None) -> dict[str, str]:
     """{path or "-" (stdout): text} for the format; raises UsageError when it does not match the strategy."""
     check_emit(fmt, setup)
+    if emit_to is not None and emit_to != "-" and not Path(emit_to).name:
+        raise UsageError(f"--emit-to {emit_to}: a folder; give the path of the file to write")
     if fmt == "deepspeed":
         return {emit_to or "-": json.dumps(deepspeed_config(setup), indent=2) + "\n"}
     if fmt == "fsdp":
@@ -82,11 +86,51 @@ def render_configs(fmt: str, setup: TrainingSetup, spec: ModelSpec, emit_to: str
 def emit_configs(fmt: str, setup: TrainingSetup, spec: ModelSpec, emit_to: str | None) -> bool:
     """Write the config files (or print the config when there is no --emit-to); True when stdout was used."""
     files = render_configs(fmt, setup, spec, emit_to)
+    for path in files:
+        if path != "-":
+            _check_target(Path(path))
     for path, text in files.items():
         if path == "-":
             sys.stdout.write(text)
         else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text, encoding="utf-8")
+            write_file(Path(path), text)
             sys.stderr.write(f"wrote {path}\n")
     return "-" in files
+
+
+# What open(path, "w") would give a new file, before the umask.
+FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_target(path: Path) -> None:
+    """A file path whose folder exists; vramplan creates no folders (a typo in the path would go unnoticed)."""
+    try:
+        if path.is_dir():
+            raise UsageError(f"--emit-to {path}: a folder; give the path of the file to write")
+        if not path.parent.is_dir():
+            raise UsageError(f"--emit-to {path}: folder {path.parent} does not exist; create it first")
+    except OSError as err:  # a name too long for the file system, a path through a file, ...
+        raise UsageError(f"--emit-to {str(path)[:80]}: cannot write ({err.strerror or err.__class__.__name__})") \
+            from None
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temporary file in the same folder, then renamed over it."""
+    data = text.encode("utf-8")
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, FILE_MODE & ~_umask())  # mkstemp makes it private (0600); a config is a plain file
+        os.replace(temporary, path)
+    except OSError as err:  # no permission, the disk full, a read-only file system, ...
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+        raise UsageError(f"--emit-to {path}: cannot write ({err.strerror or err.__class__.__name__})") from None

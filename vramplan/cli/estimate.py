@@ -42,10 +42,8 @@ def estimate_command(
 
     options = locals()
     check_format(fmt)
-    model, method, chosen = merge_config_file(
-        from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS)
-    )
-    result = estimate(model, method, **chosen)
+    run = merge_config_file(from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS))
+    result = estimate(run.model, run.method, notes=run.notes, **run.options)
     if emit is not None:
         from vramplan.cli.emit import emit_configs
 
@@ -56,6 +54,6 @@ def estimate_command(
 
         raise UsageError("--emit-to needs --emit deepspeed|fsdp|accelerate")
     if fmt == "json":
-        emit_json(result)
+        emit_json(result, "estimate")
     else:
         emit_estimate(result)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vramplan.units import parse_count, parse_fraction  # noqa: F401 - the commands parse options with these
+from vramplan.units import DEFAULT_HEADROOM, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
 
 Model = Annotated[
     str, typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...) or path to config.json/folder.")
@@ -35,7 +35,9 @@ OptimizerOpt = Annotated[
     Optional[str],
     typer.Option(
         "--optimizer",
-        help="adamw | adamw-fused | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | adafactor [default: adamw]",
+        help="adamw | adamw-fused | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | adafactor "
+             "[default: the stack's: adamw-fused for every stack (TrainingArguments on torch >= 2.8, torchtune's "
+             "fused AdamW)]",
     ),
 ]
 Checkpointing = Annotated[
@@ -46,11 +48,16 @@ Checkpointing = Annotated[
         show_default=False,
     ),
 ]
-LoraRank = Annotated[Optional[int], typer.Option("--lora-rank", help="[default: 16]")]
+LoraRank = Annotated[
+    Optional[int], typer.Option("--lora-rank", help="[default: the stack's: hf 16, axolotl 32, llama-factory 8, "
+                                                    "torchtune 8]")]
 LoraTargets = Annotated[
-    Optional[str], typer.Option("--lora-targets", help="all-linear or names such as q_proj,v_proj [default: all-linear]")
+    Optional[str], typer.Option("--lora-targets", help="all-linear or names such as q_proj,v_proj [default: the "
+                                                       "stack's: all-linear; torchtune its recipe's seven; MoE models "
+                                                       "the attention projections]")
 ]
-LoraDropout = Annotated[Optional[float], typer.Option("--lora-dropout", help="[default: 0.05]")]
+LoraDropout = Annotated[Optional[float], typer.Option("--lora-dropout", help="[default: the stack's: hf and axolotl "
+                                                                             "0.05, llama-factory and torchtune 0]")]
 DoubleQuant = Annotated[
     Optional[bool], typer.Option("--double-quant/--no-double-quant", help="qlora [default: on]", show_default=False)
 ]
@@ -59,7 +66,34 @@ KbitPrep = Annotated[
     typer.Option("--kbit-prep/--no-kbit-prep", help="qlora: peft prepare_model_for_kbit_training [default: on]",
                  show_default=False),
 ]
-Gpus = Annotated[Optional[int], typer.Option("--gpus", help="GPUs per node. [default: 1]")]
+
+
+def _gpu_count(value: Optional[str]) -> Optional[int]:
+    """--gpus is a count everywhere; a list of indices is --devices (check, fit, probe)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        hint = " (to pick local GPUs by index use --devices 0,1)" if "," in text or text == "" else ""
+        raise typer.BadParameter(f"{value!r} is not a GPU count{hint}", param_hint="'--gpus'")
+    return int(text)
+
+
+Gpus = Annotated[
+    Optional[str],
+    typer.Option("--gpus", help="The job's GPUs per node (one rank each). [default: 1]", callback=_gpu_count,
+                 metavar="N"),
+]
+Devices = Annotated[
+    Optional[str],
+    typer.Option("--devices", help="Local GPUs the job's ranks use, as indices among the visible ones, e.g. 0,1. "
+                                   "[default: the first --gpus visible GPUs; LOCAL_RANK's own under torchrun]"),
+]
+AcceptUnmodelled = Annotated[
+    bool,
+    typer.Option("--accept-unmodelled", help="Give a verdict even when the --from file sets something vramplan does "
+                                             "not model (listed as NOT MODELLED in the answer).", show_default=False),
+]
 Nodes = Annotated[Optional[int], typer.Option("--nodes", help="Machines, each with --gpus GPUs. [default: 1]")]
 Strategy = Annotated[
     Optional[str],
@@ -121,5 +155,51 @@ CatalogDir = Annotated[
     typer.Option("--catalog", help="Folder of your own gpus/ and systems/ TOML files, layered over ours "
                                    "(or set VRAMPLAN_CATALOG)."),
 ]
-Headroom = Annotated[str, typer.Option("--headroom", help="GPU memory to keep free, e.g. 10% or 0.1.")]
+Headroom = Annotated[str, typer.Option("--headroom", help="GPU memory to keep free, e.g. 10% or 0.1 (of each GPU's "
+                                                         "total).")]
+HEADROOM_DEFAULT = f"{DEFAULT_HEADROOM:.0%}"
 
+
+def parse_devices(text: Optional[str]) -> Optional[list[int]]:
+    """--devices 0,1 -> [0, 1]."""
+    from vramplan.errors import UsageError
+
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise UsageError(f"--devices {text!r}: write GPU indices like 0,1")
+    return [int(part) for part in parts]
+
+
+
+def _finite(option: str, low: float, high: float, low_open: bool = False):
+    """A typer callback: a finite float within [low, high] ((low, high] with low_open), else a usage error."""
+    import math
+
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is None:
+            return value
+        below = value <= low if low_open else value < low
+        if not math.isfinite(value) or below or value > high:
+            bracket = "(" if low_open else "["
+            raise typer.BadParameter(f"{value!r} is not a finite number in {bracket}{low:g}, {high:g}]",
+                                     param_hint=f"'{option}'")
+        return value
+
+    return check
+
+
+# Bounds of the planner's numbers: wide enough for any real plan, finite so no answer holds inf or nan.
+Tokens = Annotated[str, typer.Option("--tokens", help="Training tokens per epoch, e.g. 50M.")]
+Epochs = Annotated[float, typer.Option("--epochs", help="Passes over the tokens (at most 10,000).",
+                                       callback=_finite("--epochs", 0, 10_000, low_open=True))]
+Utilisation = Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation of dense BF16 (0.01 to 1).",
+                                            callback=_finite("--mfu", 0.01, 1))]
+Years = Annotated[float, typer.Option("--amortise-years", help="Years a purchase is spread over (at most 50).",
+                                      callback=_finite("--amortise-years", 0, 50, low_open=True))]
+Kwh = Annotated[float, typer.Option("--kwh-price", help="Energy price in USD per kWh (0 to 100).",
+                                    callback=_finite("--kwh-price", 0, 100))]
+Top = Annotated[int, typer.Option("--top", help="Rows of the table.", min=1, max=10_000)]
+MaxNodes = Annotated[int, typer.Option("--max-nodes", help="Most nodes of one system a multi-node layout may use.",
+                                       min=1, max=1024)]

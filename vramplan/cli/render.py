@@ -38,13 +38,16 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def emit_json(result: BaseModel) -> None:
-    emit_json_document(result.model_dump(mode="json"))
+def emit_json(result: BaseModel, kind: str) -> None:
+    emit_json_document(result.model_dump(mode="json"), kind)
 
 
-def emit_json_document(document) -> None:
-    """Any JSON-able result (a dumped model with extra keys, a list of records) on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+def emit_json_document(document, kind: str) -> None:
+    """A result (a dumped model with extra keys, or a list of records) on stdout, as a versioned document of its
+    kind: {"schema": 1, "kind": ..., ...} (vramplan/output.py; its JSON Schema in vramplan/schemas/)."""
+    from vramplan.output import json_text, versioned
+
+    sys.stdout.write(json_text(versioned(kind, document)) + "\n")
 
 
 def emit_estimate(estimate) -> None:
@@ -123,8 +126,11 @@ def make_console(min_piped_width: int | None = None):
     BrokenPipeError so the CLI's handler sees it. `min_piped_width` widens output that is not a terminal."""
     from rich.console import Console
 
+    import os
+
     console = Console()
-    if min_piped_width and not console.is_terminal and console.width < min_piped_width:
+    wanted = "COLUMNS" in os.environ  # an explicit width wins, piped or not
+    if min_piped_width and not wanted and not console.is_terminal and console.width < min_piped_width:
         console = Console(width=min_piped_width)
     console.on_broken_pipe = _raise_broken_pipe
     return console

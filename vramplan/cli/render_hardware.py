@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vramplan.cli.render import make_console
+from vramplan.cli.tables import Column, whole_cell_table
 from vramplan.units import gib
 
 # Piped tables stay readable at 120 columns (rich would fall back to 80).
@@ -29,16 +30,14 @@ def _number(value, unit: str = "") -> str:
 
 
 def emit_gpus(gpus) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{len(gpus)} GPUs")
-    for column in ("id", "memory GiB", "GB/s", "BF16 TFLOPS", "FP8", "TDP W", "segment", "price"):
-        table.add_column(column, justify="right" if column not in ("id", "segment", "price") else "left",
-                         no_wrap=column in ("id", "price"))
-    for gpu in sorted(gpus, key=lambda g: (-g.memory_bytes, g.id)):
-        table.add_row(gpu.id + (" (ROCm)" if gpu.software == "rocm" else ""), f"{gib(gpu.memory_bytes):.1f}",
-                      _number(gpu.bandwidth_gb_s), _number(gpu.bf16_dense_tflops), _number(gpu.fp8_dense_tflops),
-                      _number(gpu.tdp_w), gpu.segment, _price_text(gpu.prices))
+    columns = [Column("id", 100), Column("memory GiB", 90, "right"), Column("GB/s", 60, "right"),
+               Column("BF16 TFLOPS", 70, "right"), Column("FP8", 40, "right"), Column("TDP W", 30, "right"),
+               Column("segment", 20), Column("price", 50)]
+    rows = [[gpu.id + (" (ROCm)" if gpu.software == "rocm" else ""), f"{gib(gpu.memory_bytes):.1f}",
+             _number(gpu.bandwidth_gb_s), _number(gpu.bf16_dense_tflops), _number(gpu.fp8_dense_tflops),
+             _number(gpu.tdp_w), gpu.segment, _price_text(gpu.prices)]
+            for gpu in sorted(gpus, key=lambda g: (-g.memory_bytes, g.id))]
+    table = whole_cell_table(_console(), columns, rows, title=f"{len(gpus)} GPUs")
     console = _console()
     console.print(table)
     console.print("memory as the driver reports it where known (see `vramplan catalog show ID`); ? = not verified",
@@ -46,16 +45,15 @@ def emit_gpus(gpus) -> None:
 
 
 def emit_systems(systems, gpus) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{len(systems)} systems")
-    for column in ("id", "kind", "GPUs", "GPU memory GiB", "host RAM GiB", "network Gb/s", "price"):
-        table.add_column(column, no_wrap=column in ("id", "GPUs", "price"))
+    columns = [Column("id", 100), Column("kind", 40), Column("GPUs", 90), Column("GPU memory GiB", 70),
+               Column("host RAM GiB", 50), Column("network Gb/s", 30), Column("price", 60)]
+    rows = []
     for system in sorted(systems, key=lambda s: (s.kind, s.id)):
         ram = "?" if system.host_ram_bytes is None else f"{gib(system.host_ram_bytes):,.0f}"
-        table.add_row(system.id, system.kind, f"{system.gpu_count} x {system.gpu}",
-                      f"{gib(gpus[system.gpu].memory_bytes):.1f} each", ram, _number(system.network_gbps),
-                      _price_text(system.prices))
+        rows.append([system.id, system.kind, f"{system.gpu_count} x {system.gpu}",
+                     f"{gib(gpus[system.gpu].memory_bytes):.1f} each", ram, _number(system.network_gbps),
+                     _price_text(system.prices)])
+    table = whole_cell_table(_console(), columns, rows, title=f"{len(systems)} systems")
     _console().print(table)
 
 
@@ -88,7 +86,6 @@ def _share(value) -> str:
 
 def emit_plan(plan, suggestions, top: int) -> None:
     from rich import box
-    from rich.table import Table
 
     console = _console()
     estimate = plan.estimate
@@ -96,20 +93,24 @@ def emit_plan(plan, suggestions, top: int) -> None:
                   f"on one GPU (device), {plan.training_tokens:,} training tokens, "
                   f"{plan.flops_per_token / 1e9:.1f} GFLOPs per token", highlight=False)
     if plan.options:
-        table = Table(title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})",
-                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         numeric = ("free GiB", "host GiB", "comm", "tok/s", "hours", "USD")
-        for column in ("", "option", "nodes x GPUs", "strategy", *numeric):
-            table.add_column(column, justify="right" if column in numeric else "left", no_wrap=True)
+        priorities = {"": 95, "option": 100, "nodes x GPUs": 75, "strategy": 60, "free GiB": 50, "host GiB": 20,
+                      "comm": 30, "tok/s": 80, "hours": 85, "USD": 90}
+        columns = [Column(name, priority, "right" if name in numeric else "left")
+                   for name, priority in priorities.items()]
+        rows = []
         for option in plan.options[:top]:
             marks = ("$" if option.cheapest else "") + (">" if option.fastest else "")
             host = f"{gib(option.host_bytes_needed):,.0f}" if option.host_bytes_needed else "-"
             comm = _share(option.communication_share) if option.gpus_used * option.nodes > 1 else "-"
-            table.add_row(
+            rows.append([
                 marks, option.id, _layout_text(option), _strategy_text(option), f"{gib(option.headroom_bytes):.1f}",
                 host, comm, _number(option.tokens_per_second),
                 "?" if option.hours is None else f"{option.hours:,.1f}",
-                "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}")
+                "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}"])
+        table = whole_cell_table(
+            console, columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+            title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})")
         console.print(table)
         for mark, symbol in (("cheapest", "$"), ("fastest", ">")):
             chosen = next((option for option in plan.options if getattr(option, mark)), None)
@@ -137,16 +138,15 @@ def emit_plan(plan, suggestions, top: int) -> None:
 
 
 def _emit_suggestions(console, suggestions) -> None:
+    """Each suggestion with the command that applies it (pasted, it gives the figure shown)."""
     if not suggestions:
         return
-    console.print("what would make it fit, by memory saved:")
-    for item in suggestions:
-        if item.saved_bytes is None:
-            console.print(f"  - {item.change}: {item.note}", highlight=False, soft_wrap=True)
-        else:
-            verdict = "fits" if item.fits else "still too big"
-            console.print(f"  - {item.change}: saves {gib(item.saved_bytes):.2f} GiB -> "
-                          f"{gib(item.needed_bytes):.2f} GiB ({verdict})", highlight=False, soft_wrap=True)
+    console.print("what would make it fit, by memory saved (each line's command applies it):")
+    for item, command in suggestions:
+        verdict = "fits" if item.fits else "still too big"
+        console.print(f"  - {item.change}: {gib(item.needed_bytes):.2f} GiB per GPU, saves "
+                      f"{gib(item.saved_bytes):.2f} GiB ({verdict})", highlight=False, soft_wrap=True)
+        console.print(f"      {command}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _layout_of(setup) -> str:
@@ -166,7 +166,9 @@ def emit_fit(result, gpu, suggestions) -> None:
     else:
         estimate = result.estimate
         capped = " (the search limit)" if result.value == result.limit else ""
-        console.print(f"{gpu.name}: largest {what} that fits: {result.value:,}{capped}", highlight=False)
+        exact = (f" (exact limit {result.exact_value:,}; rounded down to a value people use)"
+                 if result.exact_value not in (None, result.value) else "")
+        console.print(f"{gpu.name}: largest {what} that fits: {result.value:,}{capped}{exact}", highlight=False)
         console.print(f"  needs {gib(estimate.device_bytes):.2f} GiB of {gib(result.usable_bytes):.2f} GiB usable "
                       f"({gib(gpu.memory_bytes):.2f} GiB total); batch {estimate.setup.batch_size} x sequence "
                       f"{estimate.setup.seq_len}" + (f", rank {estimate.setup.lora.rank}" if estimate.setup.lora
@@ -175,7 +177,7 @@ def emit_fit(result, gpu, suggestions) -> None:
     _emit_suggestions(console, suggestions)
 
 
-def emit_verdict(verdict) -> None:
+def emit_verdict(verdict, commands: list[str]) -> None:
     from rich.table import Table
 
     console = _console()
@@ -196,4 +198,6 @@ def emit_verdict(verdict) -> None:
                   style="bold")
     for note in verdict.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, style="dim")
-    _emit_suggestions(console, verdict.suggestions)
+    for line in (a for a in estimate.assumptions if a.startswith("NOT MODELLED")):
+        console.print(line, highlight=False, soft_wrap=True, style="bold", markup=False)
+    _emit_suggestions(console, list(zip(verdict.suggestions, commands)))

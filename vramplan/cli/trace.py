@@ -49,11 +49,9 @@ def trace_command(
 
     options = locals()
     check_format(fmt)
-    model, method, chosen = merge_config_file(
-        from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS)
-    )
-    result = trace(model, method, **chosen)
+    run = merge_config_file(from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS))
+    result = trace(run.model, run.method, **run.options)
     if fmt == "json":
-        emit_json(result)
+        emit_json(result, "trace")
     else:
         emit_trace(result, top if by_module else 0)

@@ -50,14 +50,19 @@ def validate_command(
     sections: list[str] = []
     if subset != "none" or case:
         cases = select_cases(load_matrix(matrix), subset, case)
-        progress = None if fmt == "json" else _progress(len(cases))
-        results = score_cases(cases, progress)
-        frame = report.matrix_frame(results)
-        summary = summarise(results)
-        files = report.write_matrix_outputs(frame, out)
-        document["matrix"] = {"results": [r.model_dump() for r in results], "summary": summary.model_dump()}
-        sections += [report.matrix_table_text(frame), report.summary_text(summary)]
-        sections.append("wrote " + ", ".join(map(str, files)))
+        results, skipped = score_cases(cases, _progress(len(cases)))
+        document["matrix"] = {"results": [r.model_dump() for r in results],
+                              "skipped": [s.model_dump() for s in skipped]}
+        if results:
+            frame = report.matrix_frame(results)
+            summary = summarise(results)
+            files = report.write_matrix_outputs(frame, out)
+            document["matrix"]["summary"] = summary.model_dump()
+            sections += [report.matrix_table_text(frame), report.summary_text(summary)]
+            sections.append("wrote " + ", ".join(map(str, files)))
+        if skipped:
+            reasons = sorted({s.reason for s in skipped})
+            sections.append(f"skipped {len(skipped)} of {len(cases)} cases (not scored): " + "; ".join(reasons))
     for name, peaks in _measured_sources(measurements, published, mapping, load_probe_files, load_published):
         if not peaks:
             sections.append(f"{name}: no measurements found")
@@ -83,7 +88,7 @@ def validate_command(
     if not document and not sections:
         raise UsageError("nothing to validate: give a --subset, --case, --measurements or --published")
     if fmt == "json":
-        emit_json_document(document)
+        emit_json_document(document, "validate")
     else:
         sys.stdout.write("\n\n".join(sections) + "\n")
 
@@ -99,11 +104,17 @@ def _measured_sources(measurements, published, mapping, load_probe_files, load_p
 
 
 def _progress(total: int):
+    """One stderr line per case as it finishes (stdout keeps the result, JSON included)."""
     count = 0
 
-    def report_case(result) -> None:
+    def report_case(outcome) -> None:
         nonlocal count
         count += 1
-        sys.stderr.write(f"[{count}/{total}] {result.id}: {100 * result.error:+.2f}% ({result.trace_seconds:.0f} s)\n")
+        if hasattr(outcome, "reason"):
+            sys.stderr.write(f"[{count}/{total}] {outcome.id}: skipped ({outcome.reason})\n")
+        else:
+            sys.stderr.write(f"[{count}/{total}] {outcome.id}: {100 * outcome.error:+.2f}% "
+                             f"({outcome.trace_seconds:.0f} s)\n")
+        sys.stderr.flush()
 
     return report_case

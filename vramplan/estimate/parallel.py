@@ -140,13 +140,16 @@ def _embedding_gradient_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     return tensor_bytes(spec.embedding_params * trainable_bytes_per_param(setup))
 
 
+def ddp_bucket_bytes(gradient_bytes: int) -> int:
+    """The reducer's buckets: full 25 MB buckets plus one for the remainder, each its own tensor. Computed, not
+    looped, so the cost does not grow with the model."""
+    full, rest = divmod(gradient_bytes, DDP_BUCKET_BYTES)
+    return full * tensor_bytes(DDP_BUCKET_BYTES) + (tensor_bytes(rest) if rest else 0)
+
+
 def _ddp(single: RankStates, setup: TrainingSetup) -> RankStates:
-    buckets = max(1, -(-single.gradients_at_step // DDP_BUCKET_BYTES))
-    bucket_bytes = sum(
-        tensor_bytes(min(DDP_BUCKET_BYTES, single.gradients_at_step - i * DDP_BUCKET_BYTES)) for i in range(buckets)
-    ) if single.gradients_at_step else 0
     return single.model_copy(update={
-        "comm_buffers": bucket_bytes,
+        "comm_buffers": ddp_bucket_bytes(single.gradients_at_step),
         "nccl_bytes": communicators(setup) * NCCL_COMMUNICATOR_BYTES,
         "notes": ["ddp: a full replica per GPU; the reducer's 25 MB buckets hold a second copy of the gradients "
                   "(gradient_as_bucket_view=False, the accelerate/Trainer default)"],

@@ -10,7 +10,7 @@ import os
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,13 +23,40 @@ CATALOG_ENV = "VRAMPLAN_CATALOG"
 
 PriceKind = Literal["list", "street", "msrp", "cloud-hourly"]
 
+# Sanity bounds on every number of a record, so a typo (or `inf`, `1e308`) in a user's file is refused with its file
+# and field instead of turning a throughput or a cost into 0 or infinity. Each sits far above today's largest figure.
+# GPU memory: B300 / MI355X 288 GB; 2 TiB leaves 7x headroom.
+MAX_GPU_MEMORY_BYTES = 2**41
+MAX_GPU_MEMORY_GB = MAX_GPU_MEMORY_BYTES / 10**9
+# Memory bandwidth: B200/B300 HBM3e 8,000 GB/s; 100,000 GB/s leaves 12x headroom.
+MAX_BANDWIDTH_GB_S = 100_000.0
+# Dense tensor throughput: B300 2,500 bf16 / 5,000 fp8 TFLOPS; 100,000 leaves 20x headroom.
+MAX_DENSE_TFLOPS = 100_000.0
+# Board power: B300 1,400 W; 10 kW leaves 7x headroom.
+MAX_TDP_W = 10_000.0
+# NVLink 5: 1,800 GB/s per GPU; 100,000 GB/s leaves 50x headroom.
+MAX_NVLINK_GB_S = 100_000.0
+# GPUs in one system: 8 in a DGX, 72 in a GB200 NVL72 rack; 1,024 leaves 14x headroom.
+MAX_GPUS_PER_SYSTEM = 1024
+# Host RAM of one node: a few TB in today's servers (the catalog's largest, 3.1 TB); 256 TiB leaves 90x headroom.
+MAX_HOST_RAM_BYTES = 2**48
+# Inter-node network: 8 x 400 Gbit/s (3,200) to 4,000 Gbit/s per node; 100,000 Gbit/s leaves 25x headroom.
+MAX_NETWORK_GBPS = 100_000.0
+# A price: the catalog's largest is a 45,000 USD GPU; 100 million covers any machine or rack.
+MAX_PRICE = 1e8
+
+
+def _positive(high: float, default: Any = ...) -> Any:
+    """A finite number above 0 and at most `high` (strict: a bool or a string is refused, an int is a number)."""
+    return Field(default, gt=0, le=high, allow_inf_nan=False, strict=True)
+
 
 class Price(BaseModel):
     """One price with what kind it is, when and where it was seen. Cloud prices are per instance-hour."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    amount: float = Field(gt=0)
+    amount: float = _positive(MAX_PRICE)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     kind: PriceKind
     date: str  # "2026-01-21", "2025-03" or "2022": as precise as the source is
@@ -48,17 +75,17 @@ class Gpu(BaseModel):
     vendor: Literal["NVIDIA", "AMD"]
     software: Literal["cuda", "rocm"]
     segment: Literal["datacenter", "workstation", "consumer"]
-    memory_bytes: int = Field(gt=0)
+    memory_bytes: int = _positive(MAX_GPU_MEMORY_BYTES)
     memory_basis: Literal["nvidia-smi", "cuda-total", "rocm-smi", "marketed-gib", "marketed-gb"]
-    memory_marketed_gb: float = Field(gt=0)
+    memory_marketed_gb: float = _positive(MAX_GPU_MEMORY_GB)
     memory_type: str
-    bandwidth_gb_s: float | None = Field(default=None, gt=0)
-    bf16_dense_tflops: float | None = Field(default=None, gt=0)
-    fp8_dense_tflops: float | None = Field(default=None, gt=0)
-    tdp_w: float | None = Field(default=None, gt=0)
+    bandwidth_gb_s: float | None = _positive(MAX_BANDWIDTH_GB_S, None)
+    bf16_dense_tflops: float | None = _positive(MAX_DENSE_TFLOPS, None)
+    fp8_dense_tflops: float | None = _positive(MAX_DENSE_TFLOPS, None)
+    tdp_w: float | None = _positive(MAX_TDP_W, None)
     interconnect: str
-    nvlink_gb_s: float | None = Field(default=None, gt=0)
-    pcie_gen: int | None = Field(default=None, ge=3, le=6)
+    nvlink_gb_s: float | None = _positive(MAX_NVLINK_GB_S, None)
+    pcie_gen: int | None = Field(default=None, ge=3, le=6, strict=True)
     form_factor: str
     prices: list[Price] = []
     unverified: list[str] = []
@@ -84,13 +111,13 @@ class System(BaseModel):
     kind: Literal["cloud", "workstation", "server"]
     provider: str
     gpu: str
-    gpu_count: int = Field(gt=0)
-    host_ram_bytes: int | None = Field(default=None, gt=0)
+    gpu_count: int = _positive(MAX_GPUS_PER_SYSTEM)
+    host_ram_bytes: int | None = _positive(MAX_HOST_RAM_BYTES, None)
     interconnect: str
     network: str = ""
     # Gbit/s per node between nodes, read from `network` where it states a figure; None: unknown, and the
     # planner then offers no multi-node runs of this system.
-    network_gbps: float | None = Field(default=None, gt=0)
+    network_gbps: float | None = _positive(MAX_NETWORK_GBPS, None)
     region: str = ""
     prices: list[Price] = []
     unverified: list[str] = []
@@ -130,6 +157,18 @@ def load_hardware(user_dir: str | Path | None = None) -> HardwareCatalog:
     return _load(str(user) if user else None)
 
 
+def _user_folder(user: str) -> Path:
+    folder = Path(user).expanduser()
+    try:
+        if not folder.is_dir():
+            raise UsageError(f"--catalog {user}: not a folder")
+        if not (folder / "gpus").is_dir() and not (folder / "systems").is_dir():
+            raise UsageError(f"--catalog {user}: holds neither gpus/ nor systems/")
+    except OSError as err:  # a name too long for the file system, ...
+        raise UsageError(f"--catalog {user[:80]}: cannot read ({err.strerror or err.__class__.__name__})") from None
+    return folder
+
+
 @lru_cache(maxsize=8)
 def _load(user: str | None) -> HardwareCatalog:
     gpus: dict[str, Gpu] = {}
@@ -137,12 +176,7 @@ def _load(user: str | None) -> HardwareCatalog:
     origins: dict[str, str] = {}
     _layer(CATALOG_DIR, gpus, systems, origins, replace=False)
     if user is not None:
-        folder = Path(user).expanduser()
-        if not folder.is_dir():
-            raise UsageError(f"--catalog {user}: not a folder")
-        if not (folder / "gpus").is_dir() and not (folder / "systems").is_dir():
-            raise UsageError(f"--catalog {user}: holds neither gpus/ nor systems/")
-        _layer(folder, gpus, systems, origins, replace=True)
+        _layer(_user_folder(user), gpus, systems, origins, replace=True)
     dangling = [f"{s.id} -> {s.gpu}" for s in systems.values() if s.gpu not in gpus]
     if dangling:
         raise UsageError(f"systems name GPUs not in the catalog: {', '.join(dangling)}")

@@ -20,9 +20,28 @@ Solve = Literal["batch-size", "seq-len", "lora-rank"]
 SEARCH_LIMITS = {"batch-size": 4096, "seq-len": 1_048_576, "lora-rank": 4096}
 
 
+# Values people set: sequence lengths in multiples of 256 (64 below 256), as configs and attention kernels' tiles
+# use them, and LoRA ranks as powers of two (peft's and every recipe's r = 8, 16, 32, 64, ...).
+SEQ_LEN_STEP = 256
+SHORT_SEQ_LEN_STEP = 64
+
+
+def usable_value(solve: Solve, exact: int) -> int:
+    """The largest value people use that is not above `exact` (the exact limit is reported beside it)."""
+    if solve == "seq-len":
+        if exact < SHORT_SEQ_LEN_STEP:
+            return exact
+        step = SEQ_LEN_STEP if exact >= SEQ_LEN_STEP else SHORT_SEQ_LEN_STEP
+        return exact // step * step
+    if solve == "lora-rank":
+        return 1 << (exact.bit_length() - 1)
+    return exact
+
+
 class FitResult(BaseModel):
     solve: Solve
-    value: int | None  # None: not even the smallest value fits
+    value: int | None  # None: not even the smallest value fits; else the exact limit rounded to a usable value
+    exact_value: int | None = None  # the largest value that fits, unrounded
     limit: int
     usable_bytes: int
     estimate: Estimate | None  # at the value found
@@ -58,7 +77,7 @@ def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, us
     low, high = 1, limit  # invariant: low fits; anything above high is not searched
     top = fits(high)
     if top is not None:
-        return FitResult(solve=solve, value=high, limit=limit, usable_bytes=usable_bytes, estimate=top,
+        return FitResult(solve=solve, value=high, exact_value=high, limit=limit, usable_bytes=usable_bytes, estimate=top,
                          estimates_run=runs)
     while high - low > 1:
         middle = (low + high) // 2
@@ -67,5 +86,8 @@ def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, us
             high = middle
         else:
             low, best = middle, result
-    return FitResult(solve=solve, value=low, limit=limit, usable_bytes=usable_bytes, estimate=best,
-                     estimates_run=runs)
+    rounded = usable_value(solve, low)
+    if rounded != low:
+        best = fits(rounded)
+    return FitResult(solve=solve, value=rounded, exact_value=low, limit=limit, usable_bytes=usable_bytes,
+                     estimate=best, estimates_run=runs)

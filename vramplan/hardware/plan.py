@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from vramplan.errors import VramplanError
+from vramplan.units import DEFAULT_HEADROOM
 from vramplan.estimate import Estimate, estimate_memory
 from vramplan.hardware.catalog import Gpu, HardwareCatalog, Price, System
 from vramplan.hardware.layouts import NODE_COUNTS, LayoutCheck, choose_layout
@@ -28,7 +29,7 @@ class CostAssumptions(BaseModel):
     utilisation: float = Field(default=0.40, gt=0, le=1)  # model FLOPs utilisation of dense BF16
     amortisation_years: float = Field(default=3.0, gt=0)  # purchase price spread over this many years of use
     energy_usd_per_kwh: float = Field(default=0.15, ge=0)
-    headroom: float = Field(default=0.10, ge=0, lt=1)  # fraction of GPU memory kept free
+    headroom: float = Field(default=DEFAULT_HEADROOM, ge=0, lt=1)  # fraction of GPU memory kept free
     max_nodes: int = Field(default=NODE_COUNTS[-1], ge=1)  # the most nodes of one system a layout may use
 
 

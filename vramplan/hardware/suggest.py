@@ -1,98 +1,140 @@
-"""What would make a job fit: each change to the setup, its new per-GPU need, and the memory it saves."""
+"""What would make a job fit: each change to the run's options, its new per-GPU need, and the memory it saves.
+
+A suggestion is a change of the options the user gave (the same names as the CLI flags), estimated through the same
+path as the command it prints, so pasting the command gives the figure the suggestion promised.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
 
-from vramplan.estimate import Estimate, estimate_memory
+from pydantic import BaseModel, ConfigDict, Field
+
+from vramplan.estimate import Estimate
 from vramplan.errors import VramplanError
-from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Offload, Optimizer, Stack, Strategy, TrainingSetup
+from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Optimizer, Stack, Strategy
 
 # GPU counts tried when suggesting to shard the job (one node's worth: 2, 4 or 8 GPUs).
 SHARD_GPU_COUNTS = (2, 4, 8)
+# Shortest sequence the "halve the sequence length" change offers (below it the change saves little).
+MIN_HALVED_SEQ_LEN = 256
+
+
+class RunRequest(BaseModel):
+    """A run as the user asked for it: the model, the method and the options given (unset ones absent)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    method: str = "lora"
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Suggestion(BaseModel):
     change: str
-    needed_bytes: int | None  # None: not modelled yet, so no figure
-    saved_bytes: int | None
-    fits: bool | None
+    changes: dict[str, Any]  # option name -> new value ("method" included); the CLI writes them as flags
+    flags: list[str]  # the same change as command-line flags, e.g. ["--gpus", "2", "--strategy", "fsdp"]
+    needed_bytes: int
+    saved_bytes: int
+    fits: bool
     note: str = ""
 
 
-def _variants(setup: TrainingSetup) -> list[tuple[str, TrainingSetup]]:
-    variants = []
+def option_flags(changes: dict[str, Any]) -> list[str]:
+    """Command-line flags for option changes: `--seq-len 1024`, `--gradient-checkpointing`, `--no-kbit-prep`."""
+    flags: list[str] = []
+    for name, value in changes.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.extend([flag, str(value)])
+    return flags
+
+
+def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
+    variants: list[tuple[str, dict[str, Any]]] = []
     if setup.method is Method.QLORA and setup.quant.kbit_prep:
         # peft's prepare_model_for_kbit_training upcasts every non-4-bit parameter (an MoE's 3D experts included)
-        variants.append(("skip k-bit preparation (--no-kbit-prep: non-4-bit weights stay 16-bit)",
-                         setup.model_copy(update={"quant": setup.quant.model_copy(update={"kbit_prep": False})})))
+        variants.append(("skip k-bit preparation (non-4-bit weights stay 16-bit)", {"kbit_prep": False}))
     if not setup.gradient_checkpointing:
-        variants.append(("turn on gradient checkpointing", setup.model_copy(update={"gradient_checkpointing": True})))
+        variants.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
     if setup.method is not Method.QLORA:
-        from vramplan.training import resolve_setup
-
-        try:  # on the same GPUs and strategy
-            qlora = resolve_setup("qlora", batch_size=setup.batch_size, seq_len=setup.seq_len,
-                                  gradient_checkpointing=setup.gradient_checkpointing, gpus=setup.gpus,
-                                  nodes=setup.nodes, offload=setup.offload,
-                                  strategy=setup.strategy if setup.world_size > 1 else None)
-            variants.append(("train with QLoRA (4-bit base weights, rank-16 adapters)", qlora))
-        except VramplanError:
-            pass
+        variants.append(("train with QLoRA (4-bit base weights)", {"method": "qlora"}))
     if setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED) and setup.strategy not in DEEPSPEED_STRATEGIES:
-        variants.append(("use the 8-bit AdamW optimizer (bitsandbytes)",
-                         setup.model_copy(update={"optimizer": Optimizer.ADAMW_8BIT})))
+        variants.append(("use the 8-bit AdamW optimizer (bitsandbytes)", {"optimizer": Optimizer.ADAMW_8BIT.value}))
     if setup.strategy in (Strategy.ZERO3, Strategy.FSDP) and setup.world_size > 1:
         for factor in (2, 4):
             nodes = setup.nodes * factor
             variants.append((f"shard over {nodes} nodes of {setup.gpus} GPUs ({setup.gpus * nodes} GPUs)",
-                             setup.model_copy(update={"nodes": nodes})))
+                             {"nodes": nodes}))
     if setup.loss is Loss.STANDARD and setup.stack is not Stack.TORCHTUNE and setup.strategy is Strategy.SINGLE:
-        variants.append(("Liger's fused linear cross-entropy (--loss fused: no full logits)",
-                         setup.model_copy(update={"loss": Loss.FUSED})))
-    if setup.seq_len > 256:
+        variants.append(("Liger's fused linear cross-entropy (no full logits)", {"loss": Loss.FUSED.value}))
+    if setup.seq_len >= 2 * MIN_HALVED_SEQ_LEN:
         half = setup.seq_len // 2
-        variants.append((f"halve the sequence length to {half}", setup.model_copy(update={"seq_len": half})))
+        variants.append((f"halve the sequence length to {half}", {"seq_len": half}))
     if setup.batch_size > 1:
-        variants.append((f"micro-batch 1 with {setup.batch_size} gradient-accumulation steps",
-                         setup.model_copy(update={"batch_size": 1})))
+        variants.append((f"micro-batch 1 with {setup.batch_size} gradient-accumulation steps", {"batch_size": 1}))
+    if setup.world_size == 1:
+        for count in (c for c in SHARD_GPU_COUNTS if c <= max_gpus):
+            variants.append((f"more GPUs: FSDP over {count} GPUs (per GPU)", {"gpus": count, "strategy": "fsdp"}))
     return variants
 
 
-def suggest_changes(estimate: Estimate, usable_bytes: int) -> list[Suggestion]:
-    """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on the target GPU."""
+def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
+                    max_gpus: int = max(SHARD_GPU_COUNTS)) -> list[Suggestion]:
+    """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on each target GPU.
+
+    Each change is estimated from `request` with the change applied, exactly as the command it prints would be.
+    Of the GPU-count changes only the fewest GPUs that fit is kept (or the most, `max_gpus`, when none does); a
+    change the estimator refuses is left out, since its command would not give an answer.
+    """
+    from vramplan.api import estimate as estimate_run
+
     suggestions = []
-    for change, setup in _variants(estimate.setup):
+    sharding: list[Suggestion] = []
+    for change, changes in _variants(estimate.setup, max_gpus):
+        options = {**request.options, **{k: v for k, v in changes.items() if k != "method"}}
         try:
-            needed = estimate_memory(estimate.model, setup).device_bytes
-        except VramplanError as err:  # a variant the estimator refuses is reported, not guessed
-            suggestions.append(Suggestion(change=change, needed_bytes=None, saved_bytes=None, fits=None,
-                                          note=str(err)))
+            needed = estimate_run(request.model, changes.get("method", request.method), **options).device_bytes
+        except VramplanError:
             continue
-        saved = estimate.device_bytes - needed
-        if saved > 0:
-            suggestions.append(Suggestion(change=change, needed_bytes=needed, saved_bytes=saved,
-                                          fits=needed <= usable_bytes))
-    if estimate.setup.world_size == 1:
-        suggestions.append(_sharding(estimate, usable_bytes))
-    suggestions.sort(key=lambda s: -(s.saved_bytes or 0))
+        suggestion = Suggestion(change=change, changes=changes, flags=option_flags(changes), needed_bytes=needed,
+                                saved_bytes=estimate.device_bytes - needed, fits=needed <= usable_bytes)
+        if "gpus" in changes:
+            sharding.append(suggestion)
+        elif suggestion.saved_bytes > 0:
+            suggestions.append(suggestion)
+    if sharding:
+        fitting = [s for s in sharding if s.fits]
+        suggestions.append(fitting[0] if fitting else sharding[-1])
+    suggestions.sort(key=lambda s: -s.saved_bytes)
+    if suggestions and not any(s.fits for s in suggestions):
+        combined = _combined(estimate, usable_bytes, request, [s for s in suggestions if "gpus" not in s.changes])
+        if combined is not None:
+            suggestions.insert(0, combined)
     return suggestions
 
 
-def _sharding(estimate: Estimate, usable_bytes: int) -> Suggestion:
-    """FSDP over the fewest of 2, 4 or 8 GPUs that fits (or over 8 when none does)."""
-    from vramplan.hardware.layouts import variant
+def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
+              singles: list[Suggestion]) -> Suggestion | None:
+    """When no single change fits: the changes together, largest saving first, up to the first set that fits."""
+    from vramplan.api import estimate as estimate_run
 
-    needed = None
-    for count in SHARD_GPU_COUNTS:
+    changes: dict[str, Any] = {}
+    names: list[str] = []
+    for single in singles:
+        changes.update(single.changes)
+        names.append(single.change)
+        options = {**request.options, **{k: v for k, v in changes.items() if k != "method"}}
         try:
-            setup = variant(estimate.setup, count, 1, Strategy.FSDP, Offload.NONE)
-            needed = estimate_memory(estimate.model, setup).device_bytes
-        except VramplanError as err:
-            return Suggestion(change=f"more GPUs: FSDP over {count} GPUs", needed_bytes=None, saved_bytes=None,
-                              fits=None, note=str(err))
+            needed = estimate_run(request.model, changes.get("method", request.method), **options).device_bytes
+        except VramplanError:
+            return None
         if needed <= usable_bytes:
-            break
-    return Suggestion(change=f"more GPUs: FSDP over {count} GPUs (--gpus {count} --strategy fsdp)",
-                      needed_bytes=needed, saved_bytes=estimate.device_bytes - needed, fits=needed <= usable_bytes,
-                      note="per GPU; vramplan plan also tries ZeRO, offload and several nodes")
+            if len(names) == 1:
+                return None
+            return Suggestion(change="together: " + "; ".join(names), changes=dict(changes),
+                              flags=option_flags(changes), needed_bytes=needed,
+                              saved_bytes=estimate.device_bytes - needed, fits=True)
+    return None

@@ -15,8 +15,9 @@ from vramplan.importers.axolotl import read_axolotl
 from vramplan.importers.deepspeed import read_deepspeed
 from vramplan.importers.hf import read_trl
 from vramplan.importers.llama_factory import read_llama_factory
-from vramplan.importers.run import FORMATS, OPTION_NAMES, ImportedRun, RunBuilder
+from vramplan.importers.run import FORMATS, OPTION_NAMES, ConfigValueError, ImportedRun, RunBuilder
 from vramplan.importers.torchtune import read_torchtune
+from vramplan.models.structure import check_structure
 
 __all__ = ["FORMATS", "OPTION_NAMES", "ImportedRun", "detect_format", "load_run_config"]
 
@@ -46,7 +47,21 @@ def load_run_config(path: Path | str, kind: str | None = None) -> ImportedRun:
         fmt = ALIASES.get(kind.strip().lower(), kind.strip().lower())
         if fmt not in READERS:
             raise UsageError(f"{path}: unknown config kind {kind!r}; choose one of {', '.join(FORMATS)}")
-    return READERS[fmt](raw, path).build()
+    return _read(fmt, raw, path)
+
+
+def _read(fmt: str, raw: dict[str, Any], path: Path) -> ImportedRun:
+    """Run the format's reader; a key holding a value of the wrong type is one line naming the file and the key."""
+    from pydantic import ValidationError
+
+    try:
+        return READERS[fmt](raw, path).build()
+    except ConfigValueError as err:
+        raise UsageError(f"{path}: {err}") from None
+    except ValidationError as err:  # ImportedRun's own fields (a model name that is not a string, ...)
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UsageError(f"{path}: {where}: {first['msg']}") from None
 
 
 def detect_format(raw: dict[str, Any]) -> str | None:
@@ -70,12 +85,16 @@ def detect_format(raw: dict[str, Any]) -> str | None:
 
 
 def _config_file(path: Path) -> Path:
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as err:  # a name too long for the file system, ...
+        raise UsageError(f"{str(path)[:80]}: cannot read ({err.strerror or err.__class__.__name__})") from None
+    if is_dir:
         for name in FOLDER_FILES:
             if (path / name).is_file():
                 return path / name
         raise UsageError(f"{path}: a folder without {' or '.join(FOLDER_FILES)}; give the config file itself")
-    if not path.exists():
+    if not exists:
         raise UsageError(f"{path}: no such file")
     return path
 
@@ -90,18 +109,27 @@ def _read_mapping(path: Path) -> dict[str, Any]:
             raw = json.loads(text)
         except ValueError as err:
             raise UsageError(f"{path}: not valid JSON ({_one_line(err)})") from None
+        except RecursionError:
+            raise UsageError(f"{path}: not valid JSON (nested too deep)") from None
     else:
         raw = _load_yaml(path, text)
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: expected a mapping of options at the top level, got {type(raw).__name__}")
+    check_structure(raw, str(path))
     return raw
 
 
 def _load_yaml(path: Path, text: str) -> Any:
     import yaml
 
+    # libyaml's C loader reads a large file ~10x faster than the pure-Python one; same safe subset of YAML.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    except RecursionError:
+        raise UsageError(f"{path}: not valid YAML (nested too deep)") from None
+    except ValueError as err:  # an integer of more than 4,300 digits (sys.get_int_max_str_digits)
+        raise UsageError(f"{path}: not valid YAML ({_one_line(err)[:120]})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

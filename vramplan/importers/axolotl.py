@@ -19,7 +19,7 @@ LIGER = "axolotl.integrations.liger"
 def read_axolotl(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder("axolotl", raw)
     builder.set("stack", "axolotl", "format", "axolotl config")
-    builder.model = builder.get("base_model")
+    builder.model = builder.get_str("base_model")
     if builder.model:
         builder.note(f"base_model: {builder.model} -> model")
     _method(builder)
@@ -58,7 +58,7 @@ def _method(builder: RunBuilder) -> None:
     if eight_bit:
         builder.not_modelled("load_in_8bit", True, "8-bit base model (LLM.int8): not modelled; read as lora")
     if builder.has("lora_r"):
-        builder.set("lora_rank", int(builder.get("lora_r")), "lora_r")
+        builder.set("lora_rank", builder.get_int("lora_r"), "lora_r")
     else:
         builder.default("lora_rank", 8, "lora_r", "axolotl passes None, so peft's LoraConfig.r default applies")
     if truthy(builder.get("lora_target_linear", False)):
@@ -68,13 +68,13 @@ def _method(builder: RunBuilder) -> None:
     else:
         builder.note("lora_target_modules/lora_target_linear absent -> peft's per-architecture default; "
                      "lora_targets left to vramplan's default")
-    dropout = builder.get("lora_dropout")
+    dropout = builder.get_float("lora_dropout", 0.0, 1.0)
     if dropout is None:
         builder.default("lora_dropout", 0.0, "lora_dropout", PEFT)
     else:
-        builder.set("lora_dropout", float(dropout), "lora_dropout")
+        builder.set("lora_dropout", dropout, "lora_dropout")
     if builder.method == "qlora":
-        kwargs = builder.get("bnb_config_kwargs") or {}
+        kwargs = builder.get_mapping("bnb_config_kwargs")
         if "bnb_4bit_use_double_quant" in kwargs:
             builder.set("double_quant", truthy(kwargs["bnb_4bit_use_double_quant"]),
                         "bnb_config_kwargs.bnb_4bit_use_double_quant")
@@ -88,11 +88,11 @@ def _method(builder: RunBuilder) -> None:
 
 def _shape(builder: RunBuilder) -> None:
     if builder.has("micro_batch_size"):
-        builder.set("batch_size", int(builder.get("micro_batch_size")), "micro_batch_size")
+        builder.set("batch_size", builder.get_int("micro_batch_size"), "micro_batch_size")
     else:
         builder.default("batch_size", 1, "micro_batch_size", TRAINING)
     if builder.has("sequence_len"):
-        builder.set("seq_len", int(builder.get("sequence_len")), "sequence_len")
+        builder.set("seq_len", builder.get_int("sequence_len"), "sequence_len")
     else:
         builder.default("seq_len", 512, "sequence_len", CONFIG)
     if "sample_packing" in builder.raw:
@@ -141,7 +141,7 @@ def _checkpointing(builder: RunBuilder) -> None:
                     offload)
     elif "activation_offload" not in builder.options:
         builder.default("activation_offload", False, "activation_offloading", CONFIG)
-    kwargs = builder.get("gradient_checkpointing_kwargs") or {}
+    kwargs = builder.get_mapping("gradient_checkpointing_kwargs")
     if builder.options["gradient_checkpointing"] and truthy(kwargs.get("use_reentrant", False)):
         builder.not_modelled("gradient_checkpointing_kwargs.use_reentrant", kwargs["use_reentrant"],
                              "reentrant checkpointing: vramplan models the non-reentrant kind")
@@ -158,9 +158,15 @@ def _attention(builder: RunBuilder) -> None:
     if "attn" not in builder.options:
         builder.note("no attention key -> transformers' default (sdpa); attn not set")
 
+# axolotl's chunked_cross_entropy (axolotl/monkeypatch/loss/chunked.py) splits the fp32 cross-entropy over chunks of
+# the full logits; vramplan has no rule for it yet, so the whole fp32 upcast of the standard loss is counted.
+AXOLOTL_CHUNKED_CE_UPPER_BOUND = ("chunked_cross_entropy: axolotl's chunked cross-entropy is not modelled yet; the "
+                                  "estimate counts the standard cross-entropy's full fp32 upcast, an upper bound "
+                                  "(OOM-safe)")
+
 
 def _kernels(builder: RunBuilder) -> None:
-    plugins = [str(p) for p in builder.get("plugins") or []]
+    plugins = [str(p) for p in builder.get_list("plugins")]
     liger_plugin = any(LIGER in p for p in plugins)
     liger_keys = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm")
     liger_on = [truthy(builder.get(key, False)) for key in liger_keys]
@@ -173,7 +179,8 @@ def _kernels(builder: RunBuilder) -> None:
     elif any("cut_cross_entropy" in p for p in plugins) and truthy(builder.get("cut_cross_entropy", False)):
         builder.set("loss", "fused", "cut_cross_entropy", True)
     elif truthy(builder.get("chunked_cross_entropy", False)):
-        builder.set("loss", "chunked", "chunked_cross_entropy", True)
+        builder.set("loss", "standard", "chunked_cross_entropy", True)
+        builder.assume(AXOLOTL_CHUNKED_CE_UPPER_BOUND)
     else:
         builder.default("loss", "standard", "loss plugins", "the model's own cross-entropy")
     builder.used |= {"liger_cross_entropy", "chunked_cross_entropy_num_chunks"}
@@ -187,9 +194,9 @@ def _parallel(builder: RunBuilder, base: Path) -> None:
         ds = load_deepspeed_reference(builder, "deepspeed", builder.get("deepspeed"), base)
         if ds is not None:
             read_deepspeed_block(builder, ds, "deepspeed.")
-    fsdp, config = builder.get("fsdp"), builder.get("fsdp_config")
+    fsdp, config = builder.get("fsdp"), builder.get_mapping("fsdp_config")
     if fsdp or config:
-        config = dict(config or {})
+        config = dict(config)
         if builder.has("fsdp_version"):
             config["fsdp_version"] = builder.get("fsdp_version")
         read_fsdp(builder, "fsdp" if fsdp else "fsdp_config", fsdp or [], config, "fsdp_config")

@@ -6,7 +6,7 @@ from typing import Any
 
 from vramplan.importers.names import truthy
 from vramplan.importers.parallel import read_deepspeed_block
-from vramplan.importers.run import RunBuilder
+from vramplan.importers.run import RunBuilder, as_int, as_mapping
 
 # Keys that leave GPU memory alone: schedules, logging, monitoring, checkpoint layout, NVMe I/O tuning.
 QUIET = frozenset({
@@ -36,14 +36,15 @@ def read_deepspeed_step(builder: RunBuilder, raw: dict[str, Any], where: str, tr
                      "activation_checkpointing", "communication_data_type", "data_types", "amp", "torch_autocast",
                      "compile"}
     micro = raw.get("train_micro_batch_size_per_gpu")
-    if isinstance(micro, int):
-        builder.set("batch_size", micro, f"{where}train_micro_batch_size_per_gpu")
-    elif micro == "auto":
+    if micro == "auto":
         builder.note(f"{where}train_micro_batch_size_per_gpu: auto -> the trainer's per-device batch size")
+    elif micro is not None:
+        builder.set("batch_size", as_int(f"{where}train_micro_batch_size_per_gpu", micro),
+                    f"{where}train_micro_batch_size_per_gpu")
     _precision(builder, raw, where, trainer_fills_auto)
     _optimizer(builder, raw.get("optimizer"), where, trainer_fills_auto)
     _world_size(builder, raw, where)
-    checkpointing = raw.get("activation_checkpointing") or {}
+    checkpointing = as_mapping(f"{where}activation_checkpointing", raw.get("activation_checkpointing"))
     for key in ("partition_activations", "cpu_checkpointing", "contiguous_memory_optimization"):
         if truthy(checkpointing.get(key, False)):
             builder.not_modelled(f"{where}activation_checkpointing.{key}", checkpointing[key],
@@ -55,8 +56,8 @@ def read_deepspeed_step(builder: RunBuilder, raw: dict[str, Any], where: str, tr
 
 def _precision(builder: RunBuilder, raw: dict[str, Any], where: str, trainer_fills_auto: bool) -> None:
     # deepspeed/runtime/precision_config.py: bf16.enabled and fp16.enabled both default False (fp32 training).
-    bf16 = (raw.get("bf16") or {}).get("enabled", False)
-    fp16 = (raw.get("fp16") or {}).get("enabled", False)
+    bf16 = as_mapping(f"{where}bf16", raw.get("bf16")).get("enabled", False)
+    fp16 = as_mapping(f"{where}fp16", raw.get("fp16")).get("enabled", False)
     if bf16 == "auto" or fp16 == "auto":
         builder.note(f"{where}bf16/fp16.enabled: auto -> the trainer's bf16/fp16 arguments")
     elif truthy(bf16):
@@ -86,9 +87,9 @@ def _world_size(builder: RunBuilder, raw: dict[str, Any], where: str) -> None:
     """train_batch_size = micro x accumulation x world size (deepspeed/runtime/config.py), when all are numbers."""
     total, micro = raw.get("train_batch_size"), raw.get("train_micro_batch_size_per_gpu")
     accumulation = raw.get("gradient_accumulation_steps", 1)
-    if not all(isinstance(v, int) and v > 0 for v in (total, micro, accumulation)):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (total, micro, accumulation)):
         return
-    world, rest = divmod(total, micro * accumulation)
+    world, rest = divmod(as_int(f"{where}train_batch_size", total), micro * accumulation)
     if rest == 0 and world > 1:
         builder.options["gpus"] = world
         builder.note(f"{where}train_batch_size: {total} = {micro} x {accumulation} x {world} -> gpus {world} "

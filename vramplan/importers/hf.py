@@ -9,13 +9,19 @@ from vramplan.importers.hf_keys import MODEL_CONFIG_QUIET, SFT_KEYS, SFT_QUIET, 
 from vramplan.importers.names import HF_DEFAULT_OPTIM, hf_attention, hf_optimizer, lora_targets, truthy
 from vramplan.importers.parallel import load_deepspeed_reference, read_deepspeed_block, read_fsdp
 from vramplan.importers.peft import read_adapter_file
-from vramplan.importers.run import RunBuilder
+from vramplan.importers.run import RunBuilder, as_mapping
 
 TA = "transformers TrainingArguments default: transformers/training_args.py"
 SFT = "TRL SFTConfig default: trl/trainer/sft_config.py"
 MC = "TRL ModelConfig default: trl/trainer/model_config.py"
-# SFTConfig.loss_type: None -> "chunked_nll", or "nll" with use_liger_kernel (trl/trainer/sft_config.py).
-LOSS_TYPES = {"nll": "standard", "chunked_nll": "chunked"}
+# SFTConfig.loss_type: "nll" (default) or "dft"; "chunked_nll" is a deprecated alias of "nll" (trl/trainer/sft_config.py,
+# TRL 1.x). TRL 1.x's SFTTrainer computes "nll" through its fused LM head (trl/trainer/sft_trainer.py: add_fused_lm_head,
+# per-token log-probs in chunks, no full logits); TRL 0.x took the model's own cross-entropy over full logits.
+TRL_NLL_LOSS_TYPES = ("nll", "chunked_nll")
+# vramplan has no rule for TRL's fused LM head yet: the full-logits cross-entropy is counted, the larger of the two.
+TRL_NLL_UPPER_BOUND = ("TRL SFT loss (nll): TRL 1.x computes it in chunks through its fused LM head, which vramplan does "
+                       "not model yet; the estimate counts the full logits of the standard cross-entropy (TRL 0.x), "
+                       "an upper bound (OOM-safe)")
 
 
 def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
@@ -23,7 +29,7 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
     sft = any(key in raw for key in SFT_KEYS)
     kind = "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments"
     builder.set("stack", "hf", "format", kind)
-    builder.model = builder.get("model_name_or_path")
+    builder.model = builder.get_str("model_name_or_path")
     if builder.model:
         builder.note(f"model_name_or_path: {builder.model} -> model")
     _batch_and_length(builder, sft)
@@ -46,12 +52,12 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
 
 def _batch_and_length(builder: RunBuilder, sft: bool) -> None:
     if builder.has("per_device_train_batch_size"):
-        builder.set("batch_size", int(builder.get("per_device_train_batch_size")), "per_device_train_batch_size")
+        builder.set("batch_size", builder.get_int("per_device_train_batch_size"), "per_device_train_batch_size")
     else:
         builder.default("batch_size", 8, "per_device_train_batch_size", TA)
     key = "max_length" if "max_length" in builder.raw else "max_seq_length"
     if builder.has(key):
-        builder.set("seq_len", int(builder.get(key)), key)
+        builder.set("seq_len", builder.get_int(key), key)
     elif key in builder.raw:
         builder.get(key)
         builder.note(f"{key}: null -> no truncation: seq_len is the longest sample, left to vramplan's default")
@@ -88,7 +94,7 @@ def _precision(builder: RunBuilder, sft: bool) -> None:
 
 
 def _model_dtype(builder: RunBuilder) -> str | None:
-    kwargs = builder.raw.get("model_init_kwargs") or {}
+    kwargs = as_mapping("model_init_kwargs", builder.raw.get("model_init_kwargs"))
     for source in (kwargs, builder.raw):
         for key in ("dtype", "torch_dtype"):
             if source.get(key) not in (None, "auto"):
@@ -104,7 +110,7 @@ def _checkpointing(builder: RunBuilder, sft: bool) -> None:
         builder.set("gradient_checkpointing", on, "gradient_checkpointing")
     else:
         builder.default("gradient_checkpointing", sft, "gradient_checkpointing", SFT if sft else TA)
-    kwargs = builder.get("gradient_checkpointing_kwargs") or {}
+    kwargs = builder.get_mapping("gradient_checkpointing_kwargs")
     reentrant = kwargs.get("use_reentrant", builder.get("gradient_checkpointing_use_reentrant"))
     if builder.options.get("gradient_checkpointing") and truthy(reentrant or False):
         builder.not_modelled("gradient_checkpointing_kwargs.use_reentrant", reentrant,
@@ -120,12 +126,14 @@ def _kernels_and_loss(builder: RunBuilder, sft: bool) -> None:
         builder.options["loss"] = "fused"
         builder.note("use_liger_kernel: true -> loss fused (Liger's fused linear cross-entropy replaces the logits)")
     elif loss_type is not None:
-        if loss_type in LOSS_TYPES:
-            builder.set("loss", LOSS_TYPES[loss_type], "loss_type", loss_type)
+        if loss_type in TRL_NLL_LOSS_TYPES:
+            builder.set("loss", "standard", "loss_type", loss_type)
+            builder.assume(TRL_NLL_UPPER_BOUND)
         else:
             builder.not_modelled("loss_type", loss_type, "loss not modelled (nll, chunked_nll are)")
     elif sft:
-        builder.default("loss", "chunked", "loss_type", f"chunked_nll; {SFT}")
+        builder.default("loss", "standard", "loss_type", f"nll; {SFT}")
+        builder.assume(TRL_NLL_UPPER_BOUND)
     else:
         builder.default("loss", "standard", "loss", f"model's own cross-entropy; {TA}")
     attn = (builder.raw.get("model_init_kwargs") or {}).get("attn_implementation") or builder.get("attn_implementation")
@@ -160,7 +168,8 @@ def _method(builder: RunBuilder, path: Path) -> None:
         read_adapter_file(builder, adapter, key)
     elif use_peft:
         _model_config_lora(builder)
-    quant = (builder.raw.get("model_init_kwargs") or {}).get("quantization_config") or {}
+    quant = as_mapping("model_init_kwargs.quantization_config",
+                       as_mapping("model_init_kwargs", builder.raw.get("model_init_kwargs")).get("quantization_config"))
     four_bit = truthy(builder.get("load_in_4bit", False)) or truthy(quant.get("load_in_4bit", False))
     eight_bit = truthy(builder.get("load_in_8bit", False)) or truthy(quant.get("load_in_8bit", False))
     if adapter is None and not use_peft:
@@ -191,17 +200,24 @@ def _adapter_path(builder: RunBuilder, path: Path) -> tuple[Path | None, str]:
         if isinstance(value, str):
             candidate = Path(value).expanduser()
             candidate = candidate if candidate.is_absolute() else path.parent / candidate
-            return (candidate / "adapter_config.json" if candidate.is_dir() else candidate), key
+            return (candidate / "adapter_config.json" if _is_dir(candidate) else candidate), key
     sibling = path.parent / "adapter_config.json"
     if sibling.is_file() and sibling != path:
         return sibling, "adapter_config.json next to this file"
     return None, ""
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system: reading it then fails with one line
+        return False
+
+
 def _model_config_lora(builder: RunBuilder) -> None:
     """TRL ModelConfig's LoRA keys (trl/trainer/model_config.py) when use_peft is true."""
     if builder.has("lora_r"):
-        builder.set("lora_rank", int(builder.get("lora_r")), "lora_r")
+        builder.set("lora_rank", builder.get_int("lora_r"), "lora_r")
     else:
         builder.default("lora_rank", 16, "lora_r", MC)
     if builder.has("lora_target_modules"):
@@ -210,7 +226,7 @@ def _model_config_lora(builder: RunBuilder) -> None:
         builder.note("lora_target_modules absent -> peft's per-architecture default (q_proj,v_proj for Llama); "
                      "lora_targets left to vramplan's default")
     if builder.has("lora_dropout"):
-        builder.set("lora_dropout", float(builder.get("lora_dropout")), "lora_dropout")
+        builder.set("lora_dropout", builder.get_float("lora_dropout", 0.0, 1.0), "lora_dropout")
     else:
         builder.default("lora_dropout", 0.05, "lora_dropout", MC)
     for key, why in (("lora_modules_to_save", "trains full copies of these modules: not modelled"),

@@ -60,7 +60,7 @@ UNMODELLED_FLAGS = {
 def read_llama_factory(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder("llama-factory", raw)
     builder.set("stack", "llama-factory", "format", "llama-factory config")
-    builder.model = builder.get("model_name_or_path")
+    builder.model = builder.get_str("model_name_or_path")
     if builder.model:
         builder.note(f"model_name_or_path: {builder.model} -> model")
     stage = builder.get("stage", "sft")
@@ -112,11 +112,14 @@ def _method(builder: RunBuilder) -> None:
         builder.not_modelled("quantization_bit", bits, f"{bits}-bit base model: not modelled; read as lora")
     if bits is not None and method not in ("bnb", "bitsandbytes"):
         builder.not_modelled("quantization_method", method, "vramplan models bitsandbytes 4-bit only")
-    for key, default, cast in (("lora_rank", 8, int), ("lora_dropout", 0.0, float)):
-        if builder.has(key):
-            builder.set(key, cast(builder.get(key)), key)
-        else:
-            builder.default(key, default, key, FT)
+    if builder.has("lora_rank"):
+        builder.set("lora_rank", builder.get_int("lora_rank"), "lora_rank")
+    else:
+        builder.default("lora_rank", 8, "lora_rank", FT)
+    if builder.has("lora_dropout"):
+        builder.set("lora_dropout", builder.get_float("lora_dropout", 0.0, 1.0), "lora_dropout")
+    else:
+        builder.default("lora_dropout", 0.0, "lora_dropout", FT)
     if builder.has("lora_target"):
         lora_targets(builder, "lora_target", builder.get("lora_target"))
     else:
@@ -133,11 +136,11 @@ def _method(builder: RunBuilder) -> None:
 
 def _shape(builder: RunBuilder, stage: str) -> None:
     if builder.has("per_device_train_batch_size"):
-        builder.set("batch_size", int(builder.get("per_device_train_batch_size")), "per_device_train_batch_size")
+        builder.set("batch_size", builder.get_int("per_device_train_batch_size"), "per_device_train_batch_size")
     else:
         builder.default("batch_size", 8, "per_device_train_batch_size", TA)
     if builder.has("cutoff_len"):
-        builder.set("seq_len", int(builder.get("cutoff_len")), "cutoff_len")
+        builder.set("seq_len", builder.get_int("cutoff_len"), "cutoff_len")
     else:
         builder.default("seq_len", 2048, "cutoff_len", DATA)
     packing, neat = builder.get("packing"), truthy(builder.get("neat_packing", False))
@@ -165,7 +168,7 @@ def _precision(builder: RunBuilder) -> None:
 
 def _kernels(builder: RunBuilder) -> None:
     flash = builder.get("flash_attn", "auto")
-    if flash in ATTENTION:
+    if isinstance(flash, str) and flash in ATTENTION:
         builder.set("attn", ATTENTION[flash], "flash_attn", flash)
     elif flash != "auto":
         builder.not_modelled("flash_attn", flash, "attention implementation not modelled")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.importers.names import truthy
-from vramplan.importers.run import RunBuilder, leftover_keys, show
+from vramplan.importers.run import RunBuilder, as_mapping, expected, leftover_keys, show
+from vramplan.models.structure import check_structure
 
 # DeepSpeed zero_optimization keys that size its communication buffers or parameter caches, with DeepSpeed's defaults
 # (deepspeed/runtime/zero/config.py DeepSpeedZeroConfig). vramplan keeps the defaults; another value is reported.
@@ -81,12 +82,8 @@ def load_deepspeed_reference(builder: RunBuilder, key: str, value: Any, base: Pa
     path = Path(str(value)).expanduser()
     candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
     for candidate in candidates:
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, ValueError) as err:
-                builder.not_modelled(key, value, f"cannot read the DeepSpeed config: {err}")
-                return None
+        if _is_file(candidate):
+            return _read_deepspeed_file(builder, key, value, candidate)
     stage = re.search(r"(?:zero|_z|ds_z)(\d)", path.name.lower())
     if stage is None:
         builder.not_modelled(key, value, "DeepSpeed config not found next to this file: strategy unknown")
@@ -102,6 +99,30 @@ def load_deepspeed_reference(builder: RunBuilder, key: str, value: Any, base: Pa
     return {"zero_optimization": zero}
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system
+        return False
+
+
+def _read_deepspeed_file(builder: RunBuilder, key: str, value: Any, path: Path) -> dict[str, Any] | None:
+    """A DeepSpeed JSON file: a mapping of its settings, or None (reported) when it cannot be read as one."""
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        builder.not_modelled(key, value, f"cannot read the DeepSpeed config: {' '.join(str(err).split())}")
+        return None
+    except RecursionError:
+        builder.not_modelled(key, value, "cannot read the DeepSpeed config: nested too deep")
+        return None
+    if not isinstance(ds, dict):
+        builder.not_modelled(key, value, "the DeepSpeed config is not a JSON object")
+        return None
+    check_structure(ds, str(path))
+    return ds
+
+
 # FSDP options, as transformers TrainingArguments.fsdp (a string or list) and fsdp_config name them
 # (transformers/training_args.py, accelerate FullyShardedDataParallelPlugin); axolotl writes the same keys with or
 # without an `fsdp_` prefix (axolotl/utils/schemas/fsdp.py).
@@ -114,9 +135,12 @@ FSDP_QUIET = frozenset({
 
 def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] | None, config_key: str) -> None:
     """TrainingArguments-style `fsdp` words and `fsdp_config` -> strategy fsdp/fsdp-hybrid, offload, checkpointing."""
-    words = fsdp.split() if isinstance(fsdp, str) else [str(word) for word in (fsdp or [])]
-    words = [word.lower() for word in words]
-    config = {(k[5:] if k.startswith("fsdp_") else k): v for k, v in (config or {}).items()}
+    words = [word.lower() for word in _fsdp_words(key, fsdp)]
+    if isinstance(config, str):  # TrainingArguments.fsdp_config may name a JSON file
+        builder.not_modelled(config_key, config, "fsdp_config given as a file: not read; its settings not modelled")
+        config = None
+    config = {(str(k)[5:] if str(k).startswith("fsdp_") else str(k)): v
+              for k, v in as_mapping(config_key, config).items()}
     sharding = str(config.get("sharding_strategy", "")).lower()
     if "hybrid_shard" in words or sharding in ("hybrid_shard", "4"):
         builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else f"{config_key}.sharding_strategy",
@@ -145,3 +169,14 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
     known = FSDP_QUIET | {"sharding_strategy", "offload_params", "activation_checkpointing", "reshard_after_forward",
                           "mixed_precision_policy"}
     leftover_keys(builder, config, known, config_key)
+
+
+def _fsdp_words(key: str, fsdp: Any) -> list[str]:
+    """TrainingArguments.fsdp: a string of options ("full_shard auto_wrap"), a list of them, or true."""
+    if isinstance(fsdp, str):
+        return fsdp.split()
+    if isinstance(fsdp, list):
+        return [str(word) for word in fsdp]
+    if fsdp is None or isinstance(fsdp, bool):
+        return []
+    raise expected(key, "a string or list of FSDP options (e.g. full_shard auto_wrap)", fsdp)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import UsageError
+from vramplan.models.structure import check_structure
 from vramplan.importers.names import lora_targets
-from vramplan.importers.run import RunBuilder, leftover_keys
+from vramplan.importers.run import RunBuilder, as_float, as_int, leftover_keys
 
 # LoraConfig fields that leave memory alone (peft/tuners/lora/config.py, peft/config.py).
 QUIET = frozenset({
@@ -35,11 +36,14 @@ UNMODELLED = {
 def read_adapter_file(builder: RunBuilder, path: Path, key: str) -> None:
     """Read `path` into the builder's LoRA options; `key` names where the path came from, for notes."""
     try:
-        adapter = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        adapter = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
         raise UsageError(f"{path}: cannot read the peft adapter config ({_one_line(err)})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: cannot read the peft adapter config (nested too deep)") from None
     if not isinstance(adapter, dict):
         raise UsageError(f"{path}: expected a JSON object (a peft adapter_config.json)")
+    check_structure(adapter, str(path))
     builder.note(f"{key}: LoRA settings read from {path.name}")
     read_adapter(builder, adapter, path.name)
 
@@ -53,7 +57,7 @@ def read_adapter(builder: RunBuilder, adapter: dict[str, Any], where: str) -> No
         builder.model = str(adapter["base_model_name_or_path"])
         builder.note(f"{where}.base_model_name_or_path: {builder.model} -> model")
     if "r" in adapter:
-        builder.set("lora_rank", int(adapter["r"]), f"{where}.r")
+        builder.set("lora_rank", as_int(f"{where}.r", adapter["r"]), f"{where}.r")
     else:
         builder.default("lora_rank", 8, f"{where}.r", "peft default: peft/tuners/lora/config.py LoraConfig.r")
     if adapter.get("target_modules"):
@@ -61,8 +65,9 @@ def read_adapter(builder: RunBuilder, adapter: dict[str, Any], where: str) -> No
     else:
         builder.note(f"{where}.target_modules absent -> peft picks the architecture's default (q_proj,v_proj for "
                      "Llama); lora_targets left to vramplan's default")
-    dropout = adapter.get("lora_dropout", 0.0)  # peft/tuners/lora/config.py: LoraConfig.lora_dropout default 0.0
-    builder.set("lora_dropout", float(dropout), f"{where}.lora_dropout", dropout)
+    dropout = adapter.get("lora_dropout")
+    dropout = 0.0 if dropout is None else dropout  # peft/tuners/lora/config.py: LoraConfig.lora_dropout default 0.0
+    builder.set("lora_dropout", as_float(f"{where}.lora_dropout", dropout, 0.0, 1.0), f"{where}.lora_dropout", dropout)
     if str(adapter.get("bias", "none")) != "none":
         builder.not_modelled(f"{where}.bias", adapter["bias"], "trains the base model's biases: not modelled")
     for key, why in UNMODELLED.items():

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vramplan.errors import UsageError
+
 Format = Literal["axolotl", "llama-factory", "torchtune", "trl", "deepspeed"]
 FORMATS: tuple[str, ...] = ("axolotl", "llama-factory", "torchtune", "trl", "deepspeed")
 
@@ -28,11 +30,77 @@ class ImportedRun(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     unmodelled: list[str] = Field(default_factory=list)  # keys that change memory but vramplan does not model
     notes: list[str] = Field(default_factory=list)  # how each memory-relevant key (or its absence) was read
+    assumptions: list[str] = Field(default_factory=list)  # what the answer must state (an upper bound taken, ...)
 
 
 def show(value: Any) -> str:
     """A config value as the user wrote it: strings bare, lists and dicts as Python shows them."""
     return value if isinstance(value, str) else repr(value)
+
+
+# Largest whole number a training config may give for a batch size, sequence length or LoRA rank: 2^31 - 1, torch's
+# int32 index range, far above anything a GPU holds; keeps the arithmetic of the estimate finite.
+MAX_CONFIG_INT = 2**31 - 1
+
+
+class ConfigValueError(UsageError):
+    """A config key holds a value of the wrong type or range; load_run_config prefixes the file's name."""
+
+
+def expected(key: str, what: str, value: Any) -> ConfigValueError:
+    text = show(value) if isinstance(value, (str, int, float)) else f"{type(value).__name__} {show(value)}"
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return ConfigValueError(f"{key} must be {what}, got {text}")
+
+
+def as_int(key: str, value: Any, low: int = 1, high: int = MAX_CONFIG_INT) -> int:
+    """A whole number in [low, high]: an int, a float without a fraction, or a string of digits ("8")."""
+    number: Any = value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        raise expected(key, f"a whole number from {low} to {high}", value)
+    return number
+
+
+def as_float(key: str, value: Any, low: float, below: float) -> float:
+    """A finite number in [low, below): an int, a float, or a string that reads as one ("0.05")."""
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not low <= number < below:
+        raise expected(key, f"a number from {low:g} up to (not including) {below:g}", value)
+    return float(number)
+
+
+def as_mapping(key: str, value: Any) -> dict[str, Any]:
+    """A mapping of options; null counts as an empty one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise expected(key, "a mapping of options", value)
+    return value
+
+
+def as_list(key: str, value: Any) -> list[Any]:
+    """A list; null counts as an empty one."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise expected(key, "a list", value)
+    return value
+
+
+def as_str(key: str, value: Any) -> str | None:
+    """A string (a model name or path); null counts as absent."""
+    if value is None or isinstance(value, str):
+        return value
+    raise expected(key, "a string", value)
 
 
 class RunBuilder:
@@ -49,6 +117,7 @@ class RunBuilder:
         self.options: dict[str, Any] = {}
         self.notes: list[str] = []
         self.unmodelled: list[str] = []
+        self.assumptions: list[str] = []
         self.model: str | None = None
         self.method: str | None = None
 
@@ -60,6 +129,23 @@ class RunBuilder:
         self.used.add(key)
         value = self.raw.get(key)
         return default if value is None else value
+
+    def get_int(self, key: str, default: int | None = None, low: int = 1) -> int | None:
+        value = self.get(key)
+        return default if value is None else as_int(key, value, low)
+
+    def get_float(self, key: str, low: float, below: float) -> float | None:
+        value = self.get(key)
+        return None if value is None else as_float(key, value, low, below)
+
+    def get_str(self, key: str) -> str | None:
+        return as_str(key, self.get(key))
+
+    def get_mapping(self, key: str) -> dict[str, Any]:
+        return as_mapping(key, self.get(key))
+
+    def get_list(self, key: str) -> list[Any]:
+        return as_list(key, self.get(key))
 
     def set(self, option: str, value: Any, key: str, written: Any = None) -> None:
         """Option `option` = `value`, read from `key` (written as `written`, default: value)."""
@@ -75,6 +161,11 @@ class RunBuilder:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
+    def assume(self, text: str) -> None:
+        """A choice the answer states among its assumptions (and the notes)."""
+        self.notes.append(text)
+        self.assumptions.append(text)
+
     def not_modelled(self, key: str, value: Any, why: str) -> None:
         self.unmodelled.append(f"{key}={show(value)} ({why})")
 
@@ -83,7 +174,7 @@ class RunBuilder:
         for key, value in self.raw.items():
             if key in self.used or key in quiet or value is None:
                 continue
-            self.not_modelled(where + key, value, f"not read by vramplan's {self.format} reader: may change memory")
+            self.not_modelled(f"{where}{key}", value, f"not read by vramplan's {self.format} reader: may change memory")
 
     def build(self) -> ImportedRun:
         return ImportedRun(
@@ -93,6 +184,7 @@ class RunBuilder:
             options=dict(self.options),
             unmodelled=list(self.unmodelled),
             notes=list(self.notes),
+            assumptions=list(self.assumptions),
         )
 
 

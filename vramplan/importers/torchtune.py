@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.importers.names import COMPONENT_OPTIMIZERS, MLP_MODULES, TORCHTUNE_ATTN_MODULES, truthy
-from vramplan.importers.run import RunBuilder, leftover_keys
+from vramplan.importers.run import RunBuilder, as_float, as_int, as_list, as_mapping, leftover_keys
 from vramplan.models.catalog import load_catalog
 
 RECIPE = "torchtune recipe default: recipes/{}.py cfg.get"
@@ -55,7 +55,7 @@ def read_torchtune(raw: dict[str, Any], path: Path) -> RunBuilder:
 
 
 def _model(builder: RunBuilder) -> None:
-    block = builder.get("model") or {}
+    block = builder.get_mapping("model")
     component = str(block.get("_component_", ""))
     builder_name = component.rsplit(".", 1)[-1]
     builder.method = "qlora" if builder_name.startswith("qlora_") else (
@@ -64,7 +64,7 @@ def _model(builder: RunBuilder) -> None:
     builder.model = catalog_id or component or None
     builder.note(f"model._component_: {component} -> method {builder.method}, model "
                  + (f"{catalog_id} (catalog)" if catalog_id else f"{component} (no catalog match)"))
-    checkpoint_dir = (builder.raw.get("checkpointer") or {}).get("checkpoint_dir")
+    checkpoint_dir = as_mapping("checkpointer", builder.raw.get("checkpointer")).get("checkpoint_dir")
     if checkpoint_dir:
         builder.note(f"checkpointer.checkpoint_dir: {checkpoint_dir} (the weights read)")
     if builder.method != "full":
@@ -93,12 +93,13 @@ def catalog_id_for(component: str) -> str | None:
 
 def _lora(builder: RunBuilder, block: dict[str, Any]) -> None:
     if "lora_rank" in block:
-        builder.set("lora_rank", int(block["lora_rank"]), "model.lora_rank")
+        builder.set("lora_rank", as_int("model.lora_rank", block["lora_rank"]), "model.lora_rank")
     else:
         builder.note("model.lora_rank absent: the builder requires it; lora_rank left to vramplan's default")
-    dropout = block.get("lora_dropout", 0.0)  # torchtune/models/*/_model_builders.py: lora_dropout=0.0
-    builder.set("lora_dropout", float(dropout), "model.lora_dropout", dropout)
-    attn = [str(m) for m in block.get("lora_attn_modules") or []]
+    dropout = block.get("lora_dropout")
+    dropout = 0.0 if dropout is None else dropout  # torchtune/models/*/_model_builders.py: lora_dropout=0.0
+    builder.set("lora_dropout", as_float("model.lora_dropout", dropout, 0.0, 1.0), "model.lora_dropout", dropout)
+    attn = [str(m) for m in as_list("model.lora_attn_modules", block.get("lora_attn_modules"))]
     unknown = [m for m in attn if m not in TORCHTUNE_ATTN_MODULES]
     names = [TORCHTUNE_ATTN_MODULES[m] for m in attn if m in TORCHTUNE_ATTN_MODULES]
     mlp = truthy(block.get("apply_lora_to_mlp", False))  # _model_builders.py: apply_lora_to_mlp=False
@@ -130,12 +131,12 @@ def _recipe_name(builder: RunBuilder, raw: dict[str, Any]) -> str:
 
 def _shape(builder: RunBuilder, raw: dict[str, Any]) -> None:
     if builder.has("batch_size"):
-        builder.set("batch_size", int(builder.get("batch_size")), "batch_size")
+        builder.set("batch_size", builder.get_int("batch_size"), "batch_size")
     else:
         builder.note("batch_size absent: the recipe requires it; batch_size left to vramplan's default")
-    tokenizer = raw.get("tokenizer") or {}
+    tokenizer = as_mapping("tokenizer", raw.get("tokenizer"))
     if tokenizer.get("max_seq_len") is not None:
-        builder.set("seq_len", int(tokenizer["max_seq_len"]), "tokenizer.max_seq_len")
+        builder.set("seq_len", as_int("tokenizer.max_seq_len", tokenizer["max_seq_len"]), "tokenizer.max_seq_len")
     else:
         builder.note("tokenizer.max_seq_len: null -> no truncation: seq_len is the longest sample; not set")
     datasets = builder.get("dataset") or {}
@@ -158,7 +159,7 @@ def _precision(builder: RunBuilder) -> None:
 
 
 def _optimizer(builder: RunBuilder, recipe: str) -> None:
-    block = builder.get("optimizer") or {}
+    block = builder.get_mapping("optimizer")
     component = str(block.get("_component_", ""))
     mapped = COMPONENT_OPTIMIZERS.get(component)
     if mapped == "adamw" and truthy(block.get("fused", False)):
@@ -190,7 +191,7 @@ def _memory_flags(builder: RunBuilder, recipe: str) -> None:
 
 
 def _loss(builder: RunBuilder) -> None:
-    component = str((builder.get("loss") or {}).get("_component_", ""))
+    component = str(builder.get_mapping("loss").get("_component_", ""))
     if component in LOSSES:
         builder.set("loss", LOSSES[component], "loss._component_", component)
     elif component:

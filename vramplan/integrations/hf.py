@@ -14,6 +14,7 @@ import logging
 from transformers import TrainerCallback
 
 from vramplan.errors import CannotCheckError, EXIT_DOES_NOT_FIT, VramplanError
+from vramplan.units import DEFAULT_HEADROOM
 
 logger = logging.getLogger("vramplan")
 
@@ -33,11 +34,13 @@ class PreflightFailed(VramplanError):
 
 
 class PreflightCallback(TrainerCallback):
-    def __init__(self, model: str, method: str = "lora", *, headroom: float = 0.0, record_after_steps: int = 3,
-                 strict: bool = False, nvml=None, **options):
+    def __init__(self, model: str, method: str = "lora", *, headroom: float = DEFAULT_HEADROOM,
+                 record_after_steps: int = 3, strict: bool = False, nvml=None, **options):
         from vramplan.api import estimate
+        from vramplan.hardware.suggest import RunRequest
 
         self.estimate = estimate(model, method, **options)
+        self.request = RunRequest(model=model, method=method, options=options)
         self.headroom = headroom
         self.record_after_steps = record_after_steps
         self.strict = strict  # raise when the check cannot run (no GPU/driver) instead of logging it
@@ -49,7 +52,8 @@ class PreflightCallback(TrainerCallback):
         from vramplan.check.preflight import check_local
 
         try:
-            self.verdict = check_local(self.estimate, headroom=self.headroom, nvml=self.nvml)
+            self.verdict = check_local(self.estimate, headroom=self.headroom, nvml=self.nvml,
+                                       request=self.request)
         except CannotCheckError as err:
             if self.strict:
                 raise

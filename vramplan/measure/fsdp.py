@@ -341,9 +341,12 @@ def shard_like_accelerate(model, setup: TrainingSetup, world_size: int, *, resha
     plugin, mixed_precision = _fsdp_plugin(setup, reshard_after_forward, offload_params)
     # Built outside fake mode: the mesh reads its rank table as Python ints.
     mesh = init_device_mesh("cpu", (world_size,), mesh_dim_names=(MESH_DIM,))
+    # The attributes of accelerate's Accelerator that fsdp2_prepare_model reads (accelerate 1.15-1.16:
+    # accelerate/utils/fsdp_utils.py); `device` is where ignored modules go (1.16 reads it on every call).
     accelerator = SimpleNamespace(
         state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision=mixed_precision, is_main_process=True,
         torch_device_mesh=mesh, parallelism_config=SimpleNamespace(fsdp_dim_names=(MESH_DIM,)),
+        device=torch.device("cpu"),
     )
     with contextlib.ExitStack() as stack:
         # accelerate's logger refuses to log before an AcceleratorState exists.

@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel
@@ -60,10 +60,21 @@ def append_jsonl(path: Path, record: BaseModel) -> None:
     try:
         if os.fstat(descriptor).st_size and _last_byte(path) != b"\n":
             line = b"\n" + line  # an earlier crash left a cut line: start ours on a fresh one
-        os.write(descriptor, line)
+        write_all(descriptor, line)
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def write_all(descriptor: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take only part, e.g. near a full disk or on a signal);
+    a write that takes nothing raises rather than loop for ever."""
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        if written <= 0:
+            raise OSError(f"os.write wrote nothing; {len(view)} of {len(data)} bytes left unwritten")
+        view = view[written:]
 
 
 def _last_byte(path: Path) -> bytes:
@@ -142,14 +153,21 @@ def _step(model, optimizer, input_ids, setup: TrainingSetup, on_phase) -> None:
 
 
 def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, device: str = "auto",
-              options: dict[str, Any] | None = None, probe_id: str | None = None) -> ProbeRecord:
-    """Warm-up step, then `steps` measured steps; the peaks are the maximum over the measured steps."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from vramplan.errors import CannotCheckError
+              options: dict[str, Any] | None = None, probe_id: str | None = None,
+              progress: Callable[[str], None] = lambda _: None) -> ProbeRecord:
+    """Warm-up step, then `steps` measured steps; the peaks are the maximum over the measured steps.
 
-        raise CannotCheckError("--device cuda: this torch has no CUDA device (use --device cpu for small configs)")
+    `device="auto"` means the GPU: without CUDA it raises CannotCheckError rather than running a long CPU step;
+    the CPU runs only when asked for (`device="cpu"`), and only for a run whose estimated peak fits in a share of
+    the host's free memory. `progress` is told each stage (build, warm-up, each step).
+    """
+    from vramplan.errors import CannotCheckError
+
+    if device in ("auto", "cuda") and not torch.cuda.is_available():
+        raise CannotCheckError("probe measures a real GPU and this torch sees no CUDA device (--device cpu runs "
+                               "the step on the CPU instead, for small configs)")
+    if device == "auto":
+        device = "cuda"
     predicted = estimate_memory(resolved, setup)
     base = dict(
         id=probe_id or f"{resolved.name}-{setup.method.value}-b{setup.batch_size}-s{setup.seq_len}",
@@ -162,9 +180,28 @@ def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, 
     from vramplan.measure.hf_step import quiet_libraries
 
     if device == "cpu":
+        refuse_large_cpu_probe(predicted.peak_allocated_bytes)
+        progress("cpu: building the model and running one real training step (warm-up included)")
         return _cpu_probe(resolved, setup, base)
     with quiet_libraries():
-        return _cuda_probe(resolved, setup, steps, base)
+        return _cuda_probe(resolved, setup, steps, base, progress)
+
+
+# Share of the host's available memory a CPU probe may take (its real tensors live in RAM; the rest is headroom for
+# Python, the libraries and the allocator).
+CPU_PROBE_MEMORY_SHARE = 0.5
+
+
+def refuse_large_cpu_probe(peak_bytes: int, available_bytes: int | None = None) -> None:
+    """A CPU probe runs real tensors in RAM: refuse one whose estimated peak would not fit in a share of it."""
+    from vramplan.errors import UsageError
+
+    if available_bytes is None:
+        available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if peak_bytes > available_bytes * CPU_PROBE_MEMORY_SHARE:
+        raise UsageError(f"--device cpu: this run's estimated peak ({peak_bytes / 2**30:.1f} GiB) is over "
+                         f"{CPU_PROBE_MEMORY_SHARE:.0%} of the host's available memory "
+                         f"({available_bytes / 2**30:.1f} GiB); probe a smaller config on CPU, or this one on a GPU")
 
 
 def _cpu_probe(resolved: ResolvedModel, setup: TrainingSetup, base: dict) -> ProbeRecord:
@@ -179,7 +216,8 @@ def _cpu_probe(resolved: ResolvedModel, setup: TrainingSetup, base: dict) -> Pro
                        step_seconds=seconds, tokens_per_second=setup.tokens_per_step / seconds)
 
 
-def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base: dict) -> ProbeRecord:
+def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base: dict,
+                progress: Callable[[str], None]) -> ProbeRecord:
     index = torch.cuda.current_device()
     gpu = torch.cuda.get_device_name(index)
     nvml = _NvmlPeak(index)
@@ -198,16 +236,19 @@ def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base:
 
     model = optimizer = None
     try:
+        progress(f"{gpu}: building {resolved.name} with random weights")
         model = build_real_model(resolved.config, setup, device="cuda")
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], setup.optimizer)
         input_ids = torch.randint(0, int(resolved.config["vocab_size"]), (setup.batch_size, setup.seq_len),
                                   device="cuda")
+        progress("warm-up step")
         _step(model, optimizer, input_ids, setup, lambda phase: None)  # warm-up: optimizer states now exist
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with nvml:
             started = time.perf_counter()
-            for _ in range(steps):
+            for step in range(steps):
+                progress(f"measured step {step + 1}/{steps}")
                 _step(model, optimizer, input_ids, setup, on_phase)
             torch.cuda.synchronize()
             seconds = (time.perf_counter() - started) / steps

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vramplan.errors import ModelConfigError, NotModelledError
 from vramplan.models.hf_config import load_config_file, spec_from_config
+from vramplan.models.hub import path_exists
 from vramplan.models.spec import ModelSpec
 
 if sys.version_info >= (3, 11):
@@ -109,7 +110,7 @@ def resolve_model(model: str) -> ResolvedModel:
         record = by_repo[base]
         return _from_record(model, record, f"catalog {record.id}: {model} is its chat-tuned variant, same architecture")
     path = Path(model).expanduser()
-    if path.exists():
+    if path_exists(path):
         config = load_config_file(path)
         spec = spec_from_config(config, origin=str(path))
         folder = path.resolve().parent if path.is_file() else path.resolve()

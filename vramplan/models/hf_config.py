@@ -7,7 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import ModelConfigError, NotModelledError
+from vramplan.models.config_fields import (
+    MAX_EXPERTS,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_HIDDEN_SIZE,
+    MAX_INTERMEDIATE_SIZE,
+    MAX_LAYERS,
+    MAX_VOCAB_SIZE,
+    MAX_WINDOW,
+    ConfigFields,
+)
 from vramplan.models.spec import MlaSpec, ModelSpec, MoeSpec
+from vramplan.models.structure import check_structure
 
 # Each family's config-class defaults for keys a config.json may omit (transformers/models/<family>/configuration_*.py).
 _TIED_BY_DEFAULT = {"gemma2": True, "gemma3_text": True}
@@ -20,7 +32,8 @@ UNMODELLED_MOE_FAMILIES = ("deepseek_v2", "dbrx", "olmoe", "qwen3_next", "llama4
 
 
 def spec_from_config(config: dict[str, Any], origin: str = "config") -> ModelSpec:
-    """The ModelSpec for a config.json dict; unknown or unmodelled architectures are refused clearly."""
+    """The ModelSpec for a config.json dict; unknown or unmodelled architectures and out-of-range fields are refused
+    clearly, naming the field."""
     model_type = config.get("model_type")
     if model_type in UNMODELLED_MOE_FAMILIES:
         raise NotModelledError(f"{origin}: mixture-of-experts model_type {model_type!r} is not yet modelled")
@@ -32,37 +45,54 @@ def spec_from_config(config: dict[str, Any], origin: str = "config") -> ModelSpe
         raise ModelConfigError(
             f"{origin}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}"
         )
+    fields = ConfigFields(config, origin)
+    layers = fields.integer("num_hidden_layers", MAX_LAYERS)
     try:
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        kv_heads = config.get("num_key_value_heads") or heads
-        head_dim = config.get("head_dim") or hidden // heads
-        bias = bool(config.get("attention_bias", _DEFAULT_ATTENTION_BIAS.get(model_type, False)))
-        if model_type == "qwen2_moe":  # Qwen2MoeConfig.qkv_bias (default True) on q/k/v; o_proj has none
-            bias = False
         return ModelSpec(
             family=model_type,
-            vocab_size=int(config["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(config.get("intermediate_size") or config["moe_intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(kv_heads),
-            head_dim=int(head_dim),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", _TIED_BY_DEFAULT.get(model_type, False))),
-            qkv_bias=bias or model_type in _ALWAYS_QKV_BIAS
-            or (model_type == "qwen2_moe" and bool(config.get("qkv_bias", True))),
-            o_bias=bias and model_type not in _ALWAYS_QKV_BIAS,
-            mlp_bias=bool(config.get("mlp_bias", False)),
-            final_logit_softcapping=config.get("final_logit_softcapping"),
-            **_sliding_window(model_type, config, int(config["num_hidden_layers"]), origin),
-            **_moe_fields(model_type, config, int(config["num_hidden_layers"]), origin),
+            vocab_size=fields.integer("vocab_size", MAX_VOCAB_SIZE),
+            **_attention_fields(model_type, fields),
+            intermediate_size=_intermediate_size(fields),
+            num_layers=layers,
+            tie_word_embeddings=fields.flag("tie_word_embeddings", _TIED_BY_DEFAULT.get(model_type, False)),
+            mlp_bias=fields.flag("mlp_bias", False),
+            final_logit_softcapping=fields.positive_number("final_logit_softcapping"),
+            **_sliding_window(model_type, fields, layers),
+            **_moe_fields(model_type, fields, layers),
         )
-    except KeyError as missing:
-        raise ModelConfigError(f"{origin}: config.json lacks {missing.args[0]!r}") from None
-    except (TypeError, ValueError) as bad:
+    except ValueError as bad:  # pydantic's ValidationError: a cross-field rule the checks above missed
         first_line = str(bad).splitlines()[0]
         raise ModelConfigError(f"{origin}: config.json has an invalid value ({first_line})") from None
+
+
+def _attention_fields(model_type: str, fields: ConfigFields) -> dict[str, Any]:
+    """Heads, kv heads, head width and biases, checked against each other as transformers' attention uses them."""
+    hidden = fields.integer("hidden_size", MAX_HIDDEN_SIZE)
+    heads = fields.integer("num_attention_heads", MAX_HEADS)
+    kv_heads = fields.optional_integer("num_key_value_heads", MAX_HEADS) or heads
+    if kv_heads > heads or heads % kv_heads:
+        # repeat_kv (transformers/models/llama/modeling_llama.py) shares each kv head among heads / kv_heads queries.
+        raise fields.fail("num_key_value_heads", f"a divisor of num_attention_heads ({heads})", kv_heads)
+    head_dim = fields.optional_integer("head_dim", MAX_HEAD_DIM)
+    if head_dim is None:
+        if hidden % heads:  # LlamaAttention: head_dim = hidden_size // num_attention_heads when config.json omits it
+            raise fields.fail("hidden_size", f"a multiple of num_attention_heads ({heads}) when head_dim is absent",
+                              hidden)
+        head_dim = hidden // heads
+    bias = fields.flag("attention_bias", _DEFAULT_ATTENTION_BIAS.get(model_type, False))
+    if model_type == "qwen2_moe":  # Qwen2MoeConfig.qkv_bias (default True) on q/k/v; o_proj has none
+        bias = False
+    qkv_bias = bias or model_type in _ALWAYS_QKV_BIAS or (model_type == "qwen2_moe" and fields.flag("qkv_bias", True))
+    return {
+        "hidden_size": hidden, "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
+        "qkv_bias": qkv_bias, "o_bias": bias and model_type not in _ALWAYS_QKV_BIAS,
+    }
+
+
+def _intermediate_size(fields: ConfigFields) -> int:
+    if fields.raw("intermediate_size"):
+        return fields.integer("intermediate_size", MAX_INTERMEDIATE_SIZE)
+    return fields.integer("moe_intermediate_size", MAX_INTERMEDIATE_SIZE)
 
 
 # The transformers config classes' defaults where config.json leaves a key out (MistralConfig sliding_window=4096,
@@ -71,117 +101,142 @@ _DEFAULT_SLIDING_WINDOW = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096}
 _DEFAULT_SLIDING_PATTERN = {"gemma2": 2, "gemma3_text": 6}
 
 
-def _sliding_window(model_type: str, config: dict[str, Any], layers: int, origin: str) -> dict[str, Any]:
+def _sliding_window(model_type: str, fields: ConfigFields, layers: int) -> dict[str, Any]:
     """Which layers attend through a sliding window, as transformers decides from the config."""
+    origin = fields.origin
     if model_type in ("mixtral", "deepseek_v3"):
-        if model_type == "mixtral" and config.get("sliding_window") is not None:
+        if model_type == "mixtral" and fields.raw("sliding_window") is not None:
             raise NotModelledError(f"{origin}: mixtral with a sliding_window is not modelled")
         return {}
     if model_type == "gpt_oss":  # GptOssConfig: alternating sliding (even layers) and full attention
-        window = int(config.get("sliding_window") or 128)
-        kinds = config.get("layer_types") or [
+        window = fields.optional_integer("sliding_window", MAX_WINDOW) or 128
+        kinds = fields.layer_types(layers) or [
             "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)
         ]
         sliding = tuple(i for i, kind in enumerate(kinds) if kind == "sliding_attention")
         return {"sliding_window": window, "sliding_layer_ids": sliding}
     if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
-        if config.get("use_sliding_window"):
+        if fields.flag("use_sliding_window", False):
             raise NotModelledError(f"{origin}: use_sliding_window=true is not modelled for {model_type}")
         return {}
     if model_type == "llama":
         return {}
-    window = config.get("sliding_window", _DEFAULT_SLIDING_WINDOW.get(model_type))
+    window = fields.optional_integer("sliding_window", MAX_WINDOW, default=_DEFAULT_SLIDING_WINDOW.get(model_type))
     if window is None:
         return {}
     if model_type in _DEFAULT_SLIDING_PATTERN:
-        layer_types = config.get("layer_types")
+        layer_types = fields.layer_types(layers)
         if layer_types:
             sliding = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
         else:  # Gemma3TextConfig: layer i slides unless (i + 1) is a multiple of the pattern
-            pattern = int(config.get("sliding_window_pattern", _DEFAULT_SLIDING_PATTERN[model_type]))
+            pattern = fields.integer("sliding_window_pattern", MAX_LAYERS, default=_DEFAULT_SLIDING_PATTERN[model_type])
             sliding = tuple(i for i in range(layers) if (i + 1) % pattern)
     else:
         sliding = tuple(range(layers))
-    return {"sliding_window": int(window), "sliding_layer_ids": sliding}
+    return {"sliding_window": window, "sliding_layer_ids": sliding}
 
 
 # Config-class defaults for attention_bias (GptOssConfig.attention_bias=True).
 _DEFAULT_ATTENTION_BIAS = {"gpt_oss": True}
 
 
-def _moe_fields(model_type: str, config: dict[str, Any], layers: int, origin: str) -> dict[str, Any]:
+def _moe_fields(model_type: str, fields: ConfigFields, layers: int) -> dict[str, Any]:
     """MoeSpec/MlaSpec from the config keys each family's configuration_*.py reads."""
     if model_type not in MOE_FAMILIES:
         return {}
-    if model_type == "mixtral":  # MixtralConfig: every layer is sparse, experts are intermediate_size wide
-        moe = MoeSpec(
-            num_experts=int(config.get("num_local_experts", 8)),
-            experts_per_token=int(config.get("num_experts_per_tok", 2)),
-            expert_intermediate_size=int(config["intermediate_size"]),
+    if model_type in ("mixtral", "gpt_oss"):
+        # MixtralConfig: every layer is sparse, experts are intermediate_size wide. GptOssExperts: biased experts, a
+        # biased router, attention sinks.
+        gpt_oss = model_type == "gpt_oss"
+        moe = _checked_moe(
+            fields,
+            num_experts=fields.integer("num_local_experts", MAX_EXPERTS, default=128 if gpt_oss else 8),
+            experts_per_token=fields.integer("num_experts_per_tok", MAX_EXPERTS, default=4 if gpt_oss else 2),
+            expert_intermediate_size=fields.integer("intermediate_size", MAX_INTERMEDIATE_SIZE),
+            expert_bias=gpt_oss,
+            router_bias=gpt_oss,
         )
-        return {"moe": moe}
-    if model_type == "gpt_oss":  # GptOssExperts: biased experts, a biased router, attention sinks
-        moe = MoeSpec(
-            num_experts=int(config.get("num_local_experts", 128)),
-            experts_per_token=int(config.get("num_experts_per_tok", 4)),
-            expert_intermediate_size=int(config["intermediate_size"]),
-            expert_bias=True,
-            router_bias=True,
-        )
-        return {"moe": moe, "attention_sinks": True}
+        return {"moe": moe, "attention_sinks": True} if gpt_oss else {"moe": moe}
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        # Qwen2MoeDecoderLayer: sparse unless in mlp_only_layers or (i + 1) % decoder_sparse_step != 0.
-        experts = int(config.get("num_experts", 60 if model_type == "qwen2_moe" else 128))
-        step = int(config.get("decoder_sparse_step", 1))
-        only = set(config.get("mlp_only_layers") or [])
-        dense = tuple(i for i in range(layers) if i in only or experts == 0 or (i + 1) % step)
-        shared = int(config.get("shared_expert_intermediate_size", 5632)) if model_type == "qwen2_moe" else 0
-        moe = MoeSpec(
-            num_experts=experts,
-            experts_per_token=int(config.get("num_experts_per_tok", 4 if model_type == "qwen2_moe" else 8)),
-            expert_intermediate_size=int(
-                config.get("moe_intermediate_size", 1408 if model_type == "qwen2_moe" else 768)
-            ),
-            shared_intermediate_size=shared,
-            shared_expert_gate=model_type == "qwen2_moe",
-            norm_topk_prob=bool(config.get("norm_topk_prob", False)),
-            dense_layer_ids=dense,
-        )
-        return {"moe": moe}
-    # deepseek_v3: DeepseekV3Config defaults; first_k_dense_replace dense layers, then MoE with shared experts.
-    expert_inter = int(config.get("moe_intermediate_size", 2048))
-    moe = MoeSpec(
-        num_experts=int(config.get("n_routed_experts", 256)),
-        experts_per_token=int(config.get("num_experts_per_tok", 8)),
-        expert_intermediate_size=expert_inter,
-        shared_intermediate_size=expert_inter * int(config.get("n_shared_experts", 1)),
-        router_fp32=True,
-        norm_topk_prob=bool(config.get("norm_topk_prob", True)),
-        dense_layer_ids=tuple(range(min(layers, int(config.get("first_k_dense_replace", 3))))),
+        return {"moe": _qwen_moe(model_type, fields, layers)}
+    return _deepseek_v3(fields, layers)
+
+
+def _checked_moe(fields: ConfigFields, **values: Any) -> MoeSpec:
+    if values["experts_per_token"] > values["num_experts"]:
+        raise fields.fail("num_experts_per_tok", f"at most the number of experts ({values['num_experts']})",
+                          values["experts_per_token"])
+    return MoeSpec(**values)
+
+
+def _qwen_moe(model_type: str, fields: ConfigFields, layers: int) -> MoeSpec:
+    """Qwen2MoeDecoderLayer: sparse unless in mlp_only_layers or (i + 1) % decoder_sparse_step != 0."""
+    qwen2 = model_type == "qwen2_moe"
+    experts = fields.integer("num_experts", MAX_EXPERTS, default=60 if qwen2 else 128)
+    step = fields.integer("decoder_sparse_step", MAX_LAYERS, default=1)
+    only = fields.layer_ids("mlp_only_layers", layers)
+    dense = tuple(i for i in range(layers) if i in only or (i + 1) % step)
+    shared = fields.integer("shared_expert_intermediate_size", MAX_INTERMEDIATE_SIZE, low=0, default=5632) if qwen2 \
+        else 0
+    return _checked_moe(
+        fields,
+        num_experts=experts,
+        experts_per_token=fields.integer("num_experts_per_tok", MAX_EXPERTS, default=4 if qwen2 else 8),
+        expert_intermediate_size=fields.integer("moe_intermediate_size", MAX_INTERMEDIATE_SIZE,
+                                                default=1408 if qwen2 else 768),
+        shared_intermediate_size=shared,
+        shared_expert_gate=qwen2,
+        norm_topk_prob=fields.flag("norm_topk_prob", False),
+        dense_layer_ids=dense,
     )
-    if config.get("n_shared_experts", 1) in (None, 0):
+
+
+def _deepseek_v3(fields: ConfigFields, layers: int) -> dict[str, Any]:
+    """DeepseekV3Config defaults; first_k_dense_replace dense layers, then MoE with shared experts, and MLA."""
+    origin = fields.origin
+    shared_experts = fields.optional_integer("n_shared_experts", MAX_EXPERTS, low=0, default=1)
+    if not shared_experts:
         raise NotModelledError(f"{origin}: deepseek_v3 without shared experts is not modelled")
-    if int(config.get("n_group", 8) or 1) < 1:
-        raise ModelConfigError(f"{origin}: n_group must be positive")
+    fields.optional_integer("n_group", MAX_EXPERTS, low=0, default=8)  # 0 or null: one group
+    expert_inter = fields.integer("moe_intermediate_size", MAX_INTERMEDIATE_SIZE, default=2048)
+    moe = _checked_moe(
+        fields,
+        num_experts=fields.integer("n_routed_experts", MAX_EXPERTS, default=256),
+        experts_per_token=fields.integer("num_experts_per_tok", MAX_EXPERTS, default=8),
+        expert_intermediate_size=expert_inter,
+        shared_intermediate_size=expert_inter * shared_experts,
+        router_fp32=True,
+        norm_topk_prob=fields.flag("norm_topk_prob", True),
+        dense_layer_ids=tuple(range(min(layers, fields.integer("first_k_dense_replace", MAX_LAYERS, low=0,
+                                                               default=3)))),
+    )
     mla = MlaSpec(
-        q_lora_rank=config.get("q_lora_rank", 1536),
-        kv_lora_rank=int(config.get("kv_lora_rank", 512)),
-        qk_nope_head_dim=int(config.get("qk_nope_head_dim", 128)),
-        qk_rope_head_dim=int(config.get("qk_rope_head_dim", 64)),
-        v_head_dim=int(config.get("v_head_dim", 128)),
+        q_lora_rank=fields.optional_integer("q_lora_rank", MAX_HIDDEN_SIZE, default=1536),
+        kv_lora_rank=fields.integer("kv_lora_rank", MAX_HIDDEN_SIZE, default=512),
+        qk_nope_head_dim=fields.integer("qk_nope_head_dim", MAX_HEAD_DIM, default=128),
+        qk_rope_head_dim=fields.integer("qk_rope_head_dim", MAX_HEAD_DIM, default=64),
+        v_head_dim=fields.integer("v_head_dim", MAX_HEAD_DIM, default=128),
     )
     return {"moe": moe, "mla": mla}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read config.json from a file or from a folder that holds one."""
-    file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
+    try:
+        file = path / "config.json" if path.is_dir() else path
+        found = file.is_file()
+    except OSError as err:  # a name too long for the file system, a path through a file, ...
+        raise ModelConfigError(f"{str(path)[:80]}: not a readable path ({err.strerror or err.__class__.__name__})") \
+            from None
+    if not found:
         raise ModelConfigError(f"{path}: no config.json there")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: bad JSON, or an integer of 4,300+ digits
         raise ModelConfigError(f"{file}: not a readable JSON config ({err.__class__.__name__})") from None
+    except RecursionError:
+        raise ModelConfigError(f"{file}: not a readable JSON config (nested too deep)") from None
     if not isinstance(data, dict):
         raise ModelConfigError(f"{file}: config.json must hold a JSON object")
+    check_structure(data, str(file))
     return data

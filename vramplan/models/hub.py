@@ -9,14 +9,24 @@ from typing import Any
 
 from vramplan.errors import ModelConfigError
 
-# huggingface_hub/utils/_validators.py validate_repo_id: "namespace/name" of letters, digits, '-', '_', '.'.
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Seconds to wait for the Hub before saying it cannot be reached (huggingface_hub's etag_timeout is 10 s).
+# huggingface_hub/utils/_validators.py validate_repo_id: "namespace/name" of letters, digits, '-', '_', '.', each part at
+# most 96 characters.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Seconds to wait for the Hub's answer before saying it cannot be reached (huggingface_hub's etag_timeout is 10 s).
 HUB_TIMEOUT_SECONDS = 10.0
+UNREACHABLE = "not in the local HF cache and the Hub could not be reached ({}); pass a config.json path instead"
 
 
 def looks_like_hub_id(model: str) -> bool:
-    return bool(HUB_ID.match(model)) and not Path(model).expanduser().exists()
+    return bool(HUB_ID.match(model)) and not path_exists(Path(model).expanduser())
+
+
+def path_exists(path: Path) -> bool:
+    """Whether `path` exists; a name the file system cannot hold (too long, ...) does not."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def fetch_hub_config(repo_id: str) -> tuple[Path, str]:
@@ -24,10 +34,13 @@ def fetch_hub_config(repo_id: str) -> tuple[Path, str]:
     HF_HUB_OFFLINE=1). Raises ModelConfigError with the reason when neither has it."""
     try:
         import huggingface_hub
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import HFValidationError
     except ImportError:  # pragma: no cover - a core dependency
         raise ModelConfigError(f"--model {repo_id}: reading Hub ids needs huggingface_hub (pip install huggingface_hub)")
-    cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    except HFValidationError as err:
+        raise ModelConfigError(f"--model {repo_id}: not a valid Hub id ({_first_line(err)})") from None
     if isinstance(cached, str):
         return Path(cached), f"hub {repo_id} (local HF cache)"
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -35,40 +48,52 @@ def fetch_hub_config(repo_id: str) -> tuple[Path, str]:
             f"--model {repo_id}: config.json is not in the local HF cache and HF_HUB_OFFLINE is set; "
             f"download it once (huggingface-cli download {repo_id} config.json) or pass a config.json path"
         )
-    if not _hub_reachable():
-        raise ModelConfigError(f"--model {repo_id}: not in the local HF cache and the Hub could not be reached "
-                               "(no network?); pass a config.json path instead")
     import logging
 
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry warnings would break the one-line rule
+    _probe_hub(huggingface_hub, repo_id)
     try:
         path = huggingface_hub.hf_hub_download(repo_id, "config.json", etag_timeout=HUB_TIMEOUT_SECONDS)
-    except RepositoryNotFoundError:
-        raise ModelConfigError(f"--model {repo_id}: no such model on the Hugging Face Hub (or it is gated/private; "
-                               "log in with huggingface-cli login)") from None
-    except LocalEntryNotFoundError:
-        raise ModelConfigError(f"--model {repo_id}: not in the local HF cache and the Hub could not be reached "
-                               "(no network?); pass a config.json path instead") from None
-    except (HfHubHTTPError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        raise ModelConfigError(f"--model {repo_id}: fetching config.json from the Hub failed ({first})") from None
+    except Exception as err:  # noqa: BLE001 - every failure of the download (HTTP, network, disk) is one line
+        raise _hub_error(repo_id, err) from None
     return Path(path), f"hub {repo_id} (downloaded config.json)"
 
 
-def _hub_reachable() -> bool:
-    """Whether the Hub's host resolves and accepts a connection within the timeout (fails fast without network,
-    where huggingface_hub would retry with back-off for half a minute)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+def _probe_hub(huggingface_hub: Any, repo_id: str) -> None:
+    """One HEAD request for config.json through huggingface_hub's own HTTP client (which honours HTTPS_PROXY and
+    HF_ENDPOINT), without retries: hf_hub_download would retry a failed request with back-off for a minute."""
+    url = huggingface_hub.hf_hub_url(repo_id, "config.json")
     try:
-        with socket.create_connection((host, 443), timeout=HUB_TIMEOUT_SECONDS):
-            return True
-    except OSError:
-        return False
+        huggingface_hub.get_hf_file_metadata(url, timeout=HUB_TIMEOUT_SECONDS)
+    except Exception as err:  # noqa: BLE001 - every failure of the request (HTTP, network, proxy) is one line
+        raise _hub_error(repo_id, err) from None
+
+
+def _hub_error(repo_id: str, err: Exception) -> ModelConfigError:
+    """The one-line error for a failed Hub request: no such repo, no config.json, unreachable, or the HTTP error."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(err, RepositoryNotFoundError):
+        return ModelConfigError(f"--model {repo_id}: no such model on the Hugging Face Hub (or it is gated/private; "
+                                "log in with huggingface-cli login)")
+    if isinstance(err, EntryNotFoundError) and not isinstance(err, LocalEntryNotFoundError):
+        return ModelConfigError(f"--model {repo_id}: the Hub repository has no config.json")
+    if isinstance(err, LocalEntryNotFoundError):
+        return ModelConfigError(f"--model {repo_id}: " + UNREACHABLE.format("no network?"))
+    if isinstance(err, HfHubHTTPError):
+        return ModelConfigError(f"--model {repo_id}: fetching config.json from the Hub failed ({_first_line(err)})")
+    return ModelConfigError(f"--model {repo_id}: " + UNREACHABLE.format(f"{err.__class__.__name__}: "
+                                                                        f"{_first_line(err)}"))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else err.__class__.__name__
 
 
 def hub_config(repo_id: str) -> tuple[dict[str, Any], str]:

@@ -61,16 +61,31 @@ def score_case(case: MatrixCase) -> CaseResult:
     )
 
 
+class SkippedCase(BaseModel):
+    """A case that could not run here (its optional extra, such as torchtune or liger, is not installed)."""
+
+    id: str
+    reason: str
+
+
 def score_cases(
-    cases: Iterable[MatrixCase], on_result: Callable[[CaseResult], None] | None = None
-) -> list[CaseResult]:
-    results = []
+    cases: Iterable[MatrixCase], on_result: Callable[[CaseResult | SkippedCase], None] | None = None
+) -> tuple[list[CaseResult], list[SkippedCase]]:
+    """Score every case; a case whose extra is missing is skipped and counted, not fatal."""
+    from vramplan.errors import CannotCheckError
+
+    results, skipped = [], []
     for case in cases:
-        result = score_case(case)
+        try:
+            outcome = score_case(case)
+        except CannotCheckError as err:
+            outcome = SkippedCase(id=case.id, reason=str(err))
+            skipped.append(outcome)
+        else:
+            results.append(outcome)
         if on_result is not None:
-            on_result(result)
-        results.append(result)
-    return results
+            on_result(outcome)
+    return results, skipped
 
 
 def summarise(results: list[CaseResult]) -> Summary:

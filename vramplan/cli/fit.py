@@ -1,0 +1,111 @@
+"""`vramplan fit`: the largest batch size, sequence length or LoRA rank that fits a GPU."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vramplan.cli import options as o
+from vramplan.cli.render import check_format, emit_json_document
+
+GpuTargetOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpu", help="A catalog GPU (rtx-4090, \"RTX 4090\", 4090, h100-sxm5-80gb; vramplan catalog gpus) "
+                               "or a memory size (24GB = 24x10^9 bytes, 80GiB = 80x2^30 bytes). [default: the "
+                               "local GPU's free memory, through NVML]"),
+]
+SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
+# The smallest value of each solved option: the suggestions are sized there (what `fit` tries first).
+SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1)}
+
+
+def fit_command(
+    gpu: GpuTargetOpt = None,
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
+    gpus: o.Gpus = None,
+    nodes: o.Nodes = None,
+    strategy: o.Strategy = None,
+    offload: o.OffloadOpt = None,
+    solve: SolveOpt = "batch-size",
+    headroom: o.Headroom = o.HEADROOM_DEFAULT,
+    accept_unmodelled: o.AcceptUnmodelled = False,
+    nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
+                                                          help="Replay recorded NVML answers (tests, demos).")] = None,
+    catalog: o.CatalogDir = None,
+    fmt: o.Format = "table",
+) -> None:
+    """The largest per-GPU batch size (or sequence length, or LoRA rank) that fits a GPU, alone or under
+    --gpus/--nodes/--strategy/--offload; rounded to a value people use, with the exact limit beside it.
+    Exit 3 when not even the smallest value fits."""
+    options = locals()
+    from vramplan.api import resolve_run
+    from vramplan.cli.imported import merge_config_file
+    from vramplan.cli.paste import paste_command
+    from vramplan.cli.render_hardware import emit_fit
+    from vramplan.errors import UsageError
+    from vramplan.estimate import estimate_memory
+    from vramplan.hardware.fit import SEARCH_LIMITS, largest_fitting
+    from vramplan.hardware.suggest import RunRequest, suggest_changes
+
+    check_format(fmt)
+    if solve not in SEARCH_LIMITS:
+        raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
+    fraction = o.parse_fraction(headroom, "--headroom")
+    run = merge_config_file(from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS),
+                            refuse_unmodelled=not accept_unmodelled)
+    target, usable = _target(gpu, fraction, catalog, nvml_recording)
+    resolved, setup, _ = resolve_run(run.model, run.method, **run.options)
+    result = largest_fitting(resolved, setup, solve, usable)
+    suggestions = []
+    if result.value is None:
+        name, smallest = SMALLEST[solve]
+        request = RunRequest(model=run.model, method=run.method, options={**run.options, name: smallest})
+        base = resolve_run(request.model, request.method, **request.options)
+        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, request)
+    commands = [paste_command("fit", s.flags) for s in suggestions]
+    if fmt == "json":
+        document = result.model_dump(mode="json")
+        document["gpu"] = target.model_dump(mode="json")
+        document["suggestions"] = [dict(s.model_dump(mode="json"), command=c) for s, c in zip(suggestions, commands)]
+        emit_json_document(document, "fit")
+    else:
+        emit_fit(result, target, list(zip(suggestions, commands)))
+    if result.value is None:
+        raise typer.Exit(3)
+
+
+def _target(gpu: str | None, headroom: float, catalog: str | None, nvml_recording: str | None):
+    """(GpuTarget, usable bytes): a catalog GPU or a size, less the headroom; or the local GPU's free memory."""
+    if gpu is not None:
+        from vramplan.hardware.catalog import load_hardware
+        from vramplan.hardware.targets import resolve_gpu_target
+
+        target = resolve_gpu_target(gpu, load_hardware(catalog).gpus)
+        return target, int(target.memory_bytes * (1 - headroom))
+    from pathlib import Path
+
+    from vramplan.check.local_target import local_gpu_target
+    from vramplan.check.nvml import RecordedNvml
+
+    nvml = RecordedNvml.from_file(Path(nvml_recording)) if nvml_recording else None
+    return local_gpu_target(headroom, nvml)

@@ -1,0 +1,65 @@
+"""The command a suggestion prints: the user's own command line with the suggested flags in place of theirs.
+
+`main` records the arguments it was called with; `paste_command` removes every flag a suggestion changes (both
+spellings of a switch, a valued option with its value, `--opt=value`) and appends the new flags, so pasting the
+line reruns the same command with only that change.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+# The arguments `vramplan` was called with (set by vramplan.cli.app.main), without the program name.
+_ARGV: list[str] = []
+# Flags that a change of an option makes meaningless: choosing the job's GPU count drops a --devices list.
+_DROPPED_WITH = {"--gpus": ("--devices",)}
+
+
+def record_argv(argv: list[str] | None) -> None:
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+
+
+def _option_spellings(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Each spelling of each option of the command -> (all its spellings, whether it takes a value)."""
+    import typer
+
+    from vramplan.cli.app import app
+
+    command = typer.main.get_command(app)
+    for part in command_name.split():
+        command = command.commands[part]
+    spellings = {}
+    for param in command.params:
+        names = tuple(getattr(param, "opts", ())) + tuple(getattr(param, "secondary_opts", ()))
+        takes_value = not getattr(param, "is_flag", False)
+        for name in names:
+            spellings[name] = (names, takes_value)
+    return spellings
+
+
+def paste_command(command_name: str, flags: list[str], argv: list[str] | None = None) -> str:
+    """`vramplan <command> ...` as the user typed it, with `flags` replacing the options they change."""
+    argv = list(_ARGV if argv is None else argv)
+    words = command_name.split()
+    prefix = argv[:len(words)] if argv[:len(words)] == words else words
+    rest = argv[len(words):] if argv[:len(words)] == words else argv
+    spellings = _option_spellings(command_name)
+    drop: set[str] = set()
+    for flag in (f for f in flags if f.startswith("--")):
+        names = spellings.get(flag, ((flag,), False))[0]
+        drop.update(names)
+        for other in _DROPPED_WITH.get(flag, ()):
+            drop.update(spellings.get(other, ((other,), True))[0])
+    kept: list[str] = []
+    skip_value = False
+    for word in rest:
+        if skip_value:
+            skip_value = False
+            continue
+        name = word.split("=", 1)[0]
+        if name in drop:
+            skip_value = spellings.get(name, ((), False))[1] and "=" not in word
+            continue
+        kept.append(word)
+    return shlex.join(["vramplan", *prefix, *kept, *flags])

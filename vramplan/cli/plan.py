@@ -1,0 +1,99 @@
+"""`vramplan plan`: every catalog GPU and system that runs the job, with time and cost."""
+
+from __future__ import annotations
+
+from vramplan.cli import options as o
+from vramplan.cli.render import check_format, emit_json_document
+
+# Most training tokens a plan takes (tokens x epochs): about 60 times the largest published pre-training runs,
+# so every number the plan derives stays finite.
+MAX_TRAINING_TOKENS = 10**15
+
+
+def plan_command(
+    model: o.ModelOrFile = None,
+    method: o.MethodOrFile = None,
+    from_file: o.FromFile = None,
+    batch_size: o.BatchSize = None,
+    seq_len: o.SeqLen = None,
+    precision: o.PrecisionOpt = None,
+    optimizer: o.OptimizerOpt = None,
+    gradient_checkpointing: o.Checkpointing = None,
+    lora_rank: o.LoraRank = None,
+    lora_targets: o.LoraTargets = None,
+    lora_dropout: o.LoraDropout = None,
+    double_quant: o.DoubleQuant = None,
+    kbit_prep: o.KbitPrep = None,
+    stack: o.StackOpt = None,
+    loss: o.LossOpt = None,
+    liger: o.LigerOpt = None,
+    packing: o.PackingOpt = None,
+    attn: o.AttnOpt = None,
+    optimizer_in_backward: o.OptimizerInBackward = None,
+    activation_offload: o.ActivationOffload = None,
+    tokens: o.Tokens = "100M",
+    epochs: o.Epochs = 1.0,
+    headroom: o.Headroom = o.HEADROOM_DEFAULT,
+    mfu: o.Utilisation = 0.40,
+    amortise_years: o.Years = 3.0,
+    kwh_price: o.Kwh = 0.15,
+    max_nodes: o.MaxNodes = 64,
+    emit: o.Emit = None,
+    emit_to: o.EmitTo = None,
+    accept_unmodelled: o.AcceptUnmodelled = False,
+    catalog: o.CatalogDir = None,
+    top: o.Top = 15,
+    fmt: o.Format = "table",
+) -> None:
+    """Every catalog GPU and system that runs the job (all its GPUs, the fastest strategy that fits, several
+    nodes when one is not enough), with headroom, speed, time and cost; cheapest first. Exit 3 when none does."""
+    options = locals()
+    import typer
+
+    from vramplan.api import estimate
+    from vramplan.cli.imported import merge_config_file
+    from vramplan.cli.paste import paste_command
+    from vramplan.cli.render_hardware import emit_plan
+    from vramplan.errors import UsageError
+    from vramplan.hardware.catalog import load_hardware
+    from vramplan.hardware.plan import CostAssumptions, plan_options
+    from vramplan.hardware.suggest import RunRequest, suggest_changes
+
+    check_format(fmt)
+    assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
+                                  headroom=o.parse_fraction(headroom, "--headroom"), max_nodes=max_nodes)
+    training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
+    if not 1 <= training_tokens <= MAX_TRAINING_TOKENS:
+        raise UsageError(f"--tokens x --epochs = {training_tokens:,}: give between 1 and {MAX_TRAINING_TOKENS:,}")
+    hardware = load_hardware(catalog)
+    run = merge_config_file(from_file, model, method, o.training_options(options),
+                            refuse_unmodelled=not accept_unmodelled)
+    result = estimate(run.model, run.method, notes=run.notes, **run.options)
+    plan = plan_options(result, hardware, training_tokens, assumptions)
+    suggestions = []
+    if not plan.options:
+        largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
+        request = RunRequest(model=run.model, method=run.method, options=run.options)
+        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request)
+    if emit is not None and plan.options:
+        from vramplan.cli.emit import emit_configs
+        from vramplan.hardware.plan import chosen_setup
+
+        cheapest = next((option for option in plan.options if option.cheapest), plan.options[0])
+        try:
+            printed = emit_configs(emit, chosen_setup(plan, cheapest), result.model.spec, emit_to)
+        except UsageError as err:
+            raise UsageError(f"the cheapest option, {cheapest.id}, runs {cheapest.strategy}: {err}") from None
+        if printed:
+            return  # the config of the cheapest option went to stdout, in place of the plan
+    elif emit_to is not None:
+        raise UsageError("--emit-to needs --emit deepspeed|fsdp|accelerate")
+    commands = [paste_command("plan", s.flags) for s in suggestions]
+    if fmt == "json":
+        document = plan.model_dump(mode="json")
+        document["suggestions"] = [dict(s.model_dump(mode="json"), command=c) for s, c in zip(suggestions, commands)]
+        emit_json_document(document, "plan")
+    else:
+        emit_plan(plan, list(zip(suggestions, commands)), top)
+    if not plan.options:
+        raise typer.Exit(3)
