@@ -20,6 +20,8 @@ def versioned(kind: str, payload: dict[str, Any] | list[Any]) -> dict[str, Any]:
     if kind not in document_kinds():
         raise ValueError(f"unknown document kind {kind!r}")
     head = {"schema": SCHEMA_VERSION, "kind": kind}
+    if isinstance(payload, dict) and head.keys() & payload.keys():
+        raise ValueError(f"a {kind} payload may not carry its own 'schema' or 'kind' key")
     return {**head, "items": payload} if isinstance(payload, list) else {**head, **payload}
 
 
@@ -40,12 +42,12 @@ def document_kinds() -> dict[str, Any]:
 def document_schema(kind: str) -> dict[str, Any]:
     """The published JSON Schema of one kind of document."""
     payload = document_kinds()[kind]()
+    defs: dict[str, Any] = {}
+    _hoist_defs(payload, defs)
     head = {"schema": {"const": SCHEMA_VERSION}, "kind": {"const": kind}}
     if kind in LIST_KINDS:
         body = {"type": "object", "properties": {**head, "items": payload}, "required": ["schema", "kind", "items"]}
-        defs = payload.pop("$defs", {})
     else:
-        defs = payload.pop("$defs", {})
         body = dict(payload)
         body["properties"] = {**head, **payload.get("properties", {})}
         body["required"] = ["schema", "kind", *payload.get("required", [])]
@@ -54,6 +56,19 @@ def document_schema(kind: str) -> dict[str, Any]:
     if defs:
         schema["$defs"] = defs
     return schema
+
+
+def _hoist_defs(node: Any, defs: dict[str, Any]) -> None:
+    """Move every nested "$defs" to the top (pydantic names them by model, so they merge)."""
+    if isinstance(node, dict):
+        for name, definition in node.pop("$defs", {}).items():
+            defs[name] = definition
+            _hoist_defs(definition, defs)
+        for value in node.values():
+            _hoist_defs(value, defs)
+    elif isinstance(node, list):
+        for value in node:
+            _hoist_defs(value, defs)
 
 
 def _with(model, **extra: Any) -> dict[str, Any]:
@@ -138,10 +153,8 @@ def _systems():
 def _record():
     from vramplan.hardware.catalog import Gpu, System
 
-    gpu = Gpu.model_json_schema(mode="serialization")
-    system = System.model_json_schema(mode="serialization")
-    defs = {**gpu.pop("$defs", {}), **system.pop("$defs", {})}
-    return {"oneOf": [gpu, system], "$defs": defs}
+    record = {"oneOf": [Gpu.model_json_schema(mode="serialization"), System.model_json_schema(mode="serialization")]}
+    return {"type": "object", "properties": {"record": record}, "required": ["record"]}
 
 
 def write_schemas(folder) -> list:

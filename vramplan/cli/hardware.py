@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.render import check_format, emit_json, emit_json_document
+from vramplan.cli.render import check_format, emit_json_document
 
 catalog_app = typer.Typer(help="The hardware catalog: GPUs and systems.", no_args_is_help=True)
 
@@ -54,7 +54,7 @@ def catalog_show(record_id: Annotated[str, typer.Argument(help="A GPU or system 
     if record is None:
         raise UsageError(f"{record_id!r} is neither a GPU nor a system of the catalog (vramplan catalog gpus|systems)")
     if fmt == "json":
-        emit_json(record, "catalog-show")
+        emit_json_document({"record": record.model_dump(mode="json")}, "catalog-show")
     else:
         emit_record(record, hardware.origins[record_id])
 
