@@ -38,7 +38,7 @@ def check_command(
     devices: o.Devices = None,
     gpu: Annotated[Optional[str], typer.Option(
         "--gpu", help="Check against idle catalog GPUs instead (rtx-4090, \"RTX 4090\", 4090, or a size like "
-                      "24GB), one per rank.")] = None,
+                      "24GB), one per rank.", autocompletion=o.complete_gpus)] = None,
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
     accept_unmodelled: o.AcceptUnmodelled = False,
     nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
@@ -69,6 +69,9 @@ def check_command(
                             refuse_unmodelled=not accept_unmodelled)
     if indices is not None and gpus is None:
         run.options["gpus"] = len(indices)  # the job's ranks are the GPUs named
+        if len(indices) > 1 and run.options.get("strategy") is None:
+            raise UsageError(f"--devices {devices} runs {len(indices)} ranks: say how the run is spread, "
+                             "--strategy ddp|zero1|zero2|zero3|fsdp|fsdp-hybrid|device-map")
     result = estimate(run.model, run.method, notes=run.notes, **run.options)
     request = RunRequest(model=run.model, method=run.method, options=run.options)
     if gpu is not None:

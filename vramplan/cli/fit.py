@@ -13,7 +13,7 @@ GpuTargetOpt = Annotated[
     Optional[str],
     typer.Option("--gpu", help="A catalog GPU (rtx-4090, \"RTX 4090\", 4090, h100-sxm5-80gb; vramplan catalog gpus) "
                                "or a memory size (24GB = 24x10^9 bytes, 80GiB = 80x2^30 bytes). [default: the "
-                               "local GPU's free memory, through NVML]"),
+                               "local GPU's free memory, through NVML]", autocompletion=o.complete_gpus),
 ]
 SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
 # The smallest value of each solved option: the suggestions are sized there (what `fit` tries first).

@@ -8,6 +8,29 @@ import typer
 
 from vramplan.units import DEFAULT_HEADROOM, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
 
+def complete_models(incomplete: str) -> list[str]:
+    """Shell completion for --model: catalog ids and size aliases."""
+    from vramplan.models.catalog import load_catalog
+
+    names = set()
+    for record in load_catalog().values():
+        names.add(record.id)
+        if record.size_alias:
+            names.add(record.size_alias)
+    return sorted(name for name in names if name.startswith(incomplete))
+
+
+def complete_gpus(incomplete: str) -> list[str]:
+    """Shell completion for --gpu: catalog GPU ids."""
+    from vramplan.hardware.catalog import load_hardware
+
+    return sorted(gpu for gpu in load_hardware(None).gpus if gpu.startswith(incomplete))
+
+
+def _choices(*values: str):
+    return lambda incomplete: [value for value in values if value.startswith(incomplete)]
+
+
 Model = Annotated[
     str, typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...) or path to config.json/folder.")
 ]
@@ -15,10 +38,12 @@ MethodOpt = Annotated[str, typer.Option("--method", help="full | lora | qlora")]
 ModelOrFile = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="Catalog name, size alias (8b, 70b, ...), Hub id (org/name) or path to "
-                                       "config.json/folder. [default: the --from file's model]"),
+                                       "config.json/folder. [default: the --from file's model]",
+                 autocompletion=complete_models),
 ]
 MethodOrFile = Annotated[
-    Optional[str], typer.Option("--method", help="full | lora | qlora [default: the --from file's, else lora]")
+    Optional[str], typer.Option("--method", help="full | lora | qlora [default: the --from file's, else lora]",
+                                autocompletion=_choices("full", "lora", "qlora"))
 ]
 FromFile = Annotated[
     Optional[str],

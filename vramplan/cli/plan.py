@@ -74,7 +74,7 @@ def plan_command(
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
         request = RunRequest(model=run.model, method=run.method, options=run.options)
-        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request)
+        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False)
     if emit is not None and plan.options:
         from vramplan.cli.emit import emit_configs
         from vramplan.hardware.plan import chosen_setup

@@ -82,18 +82,21 @@ def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
-                    max_gpus: int = max(SHARD_GPU_COUNTS)) -> list[Suggestion]:
+                    max_gpus: int = max(SHARD_GPU_COUNTS), layouts: bool = True) -> list[Suggestion]:
     """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on each target GPU.
 
     Each change is estimated from `request` with the change applied, exactly as the command it prints would be.
     Of the GPU-count changes only the fewest GPUs that fit is kept (or the most, `max_gpus`, when none does); a
-    change the estimator refuses is left out, since its command would not give an answer.
+    change the estimator refuses is left out, since its command would not give an answer. `layouts=False` leaves
+    out the changes of GPUs and nodes (`plan` searches those itself).
     """
     from vramplan.api import estimate as estimate_run
 
     suggestions = []
     sharding: list[Suggestion] = []
     for change, changes in _variants(estimate.setup, max_gpus):
+        if not layouts and changes.keys() & {"gpus", "nodes", "strategy"}:
+            continue
         options = {**request.options, **{k: v for k, v in changes.items() if k != "method"}}
         try:
             needed = estimate_run(request.model, changes.get("method", request.method), **options).device_bytes

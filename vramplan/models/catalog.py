@@ -125,10 +125,26 @@ def resolve_model(model: str) -> ResolvedModel:
         spec = spec_from_config(config, origin=model)
         return ResolvedModel(requested=model, id=model.strip(), name=model.strip(), resolved_from=how, spec=spec,
                              config=config)
+    close = _close_names(key, catalog)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise ModelConfigError(
         f"--model {model}: not a catalog model, size alias, Hub id (org/name) or config.json path "
-        f"(see `vramplan models`; aliases: {' '.join(sorted(size_aliases(), key=_alias_order))})"
+        f"({hint}see `vramplan models`; aliases: {' '.join(sorted(size_aliases(), key=_alias_order))})"
     )
+
+
+def _close_names(key: str, catalog: dict) -> list[str]:
+    """Catalog ids a mistyped name probably meant: the same letters and digits (llama3-8b -> llama-3-8b), then
+    difflib's closest ids."""
+    import difflib
+    import re
+
+    def squash(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    same = [record_id for record_id in catalog if squash(record_id) == squash(key)]
+    close = difflib.get_close_matches(key, list(catalog), n=3, cutoff=0.6)
+    return list(dict.fromkeys([*same, *close]))[:3]
 
 
 def _from_record(requested: str, record: CatalogModel, how: str) -> ResolvedModel:
