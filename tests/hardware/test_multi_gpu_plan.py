@@ -148,3 +148,17 @@ def test_offload_is_checked_against_host_ram(hardware):
     offloads = [c for c in tight.layouts_tried if c.offload != "none" and c.needed_bytes is not None
                 and c.needed_bytes <= int(hardware.gpus[system.gpu].memory_bytes * 0.9)]
     assert offloads and all("host RAM" in c.reason and not c.fits for c in offloads)
+
+
+def test_layouts_keep_the_runs_stack_and_switches():
+    """A multi-GPU layout is the same run on more GPUs: torchtune stays torchtune (FSDP only, no DDP or ZeRO), and
+    the per-GPU need is the estimate of that run, never a plain HF run's."""
+    from vramplan.api import estimate as estimate_run
+    from vramplan.hardware.layouts import variant
+    from vramplan.training import Offload, Strategy
+
+    job = estimate_run("8b", "lora", stack="torchtune")
+    sharded = variant(job.setup, 4, 1, Strategy.FSDP, Offload.NONE)
+    assert (sharded.stack.value, sharded.loss.value) == ("torchtune", "chunked")
+    plan = plan_options(job, load_hardware(), 10**8, CostAssumptions())
+    assert plan.options and not any(option.strategy in ("ddp", "zero1", "zero2", "zero3") for option in plan.options)

@@ -64,7 +64,8 @@ def plan_command(
                                   headroom=o.parse_fraction(headroom, "--headroom"), max_nodes=max_nodes)
     training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
     if not 1 <= training_tokens <= MAX_TRAINING_TOKENS:
-        raise UsageError(f"--tokens x --epochs = {training_tokens:,}: give between 1 and {MAX_TRAINING_TOKENS:,}")
+        raise UsageError(f"--tokens {tokens} x --epochs {epochs:g}: give between 1 and {MAX_TRAINING_TOKENS:.0e} "
+                         "training tokens in all")
     hardware = load_hardware(catalog)
     run = merge_config_file(from_file, model, method, o.training_options(options),
                             refuse_unmodelled=not accept_unmodelled)

@@ -73,6 +73,10 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
         lora_dropout=lora.dropout if lora else None, double_quant=quant.double_quant if quant else None,
         kbit_prep=quant.kbit_prep if quant else None, gpus=gpus, nodes=nodes,
         strategy=strategy if gpus * nodes > 1 or strategy is not Strategy.SINGLE else None, offload=offload,
+        # the run's stack and switches travel with it: a layout never silently turns a torchtune or Liger run
+        # into a plain HF one
+        stack=setup.stack, loss=setup.loss, liger=setup.liger, packing=setup.packing, attn=setup.attn,
+        optimizer_in_backward=setup.optimizer_in_backward, activation_offload=setup.activation_offload,
     )
 
 
