@@ -336,9 +336,25 @@ def _enum(kind, value, option: str):
         raise UsageError(f"unknown --{option} {value!r}; choose one of {choices}") from None
 
 
+# Largest value each count option takes: far above any real run (a million-token context, 64k-GPU clusters), small
+# enough that every byte count stays an exact integer and every figure derived from it finite.
+OPTION_LIMITS = {"--batch-size": 2**20, "--seq-len": 2**24, "--lora-rank": 2**16, "--gpus": 2**10, "--nodes": 2**16}
+
+
 def _positive(value: int, option: str) -> int:
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)  # ints and integer-like numbers (numpy), never floats or strings
+    except TypeError:
+        raise UsageError(f"{option} must be a positive integer, got {value!r}") from None
     if value <= 0:
         raise UsageError(f"{option} must be a positive integer, got {value}")
+    limit = OPTION_LIMITS.get(option)
+    if limit is not None and value > limit:
+        raise UsageError(f"{option} {value}: at most {limit:,}")
     return value
 
 

@@ -43,7 +43,8 @@ def test_plan_over_the_full_catalog_is_quick(capsys):
 
 def test_plan_exit_3_with_suggestions_when_nothing_fits(capsys):
     code, out, _ = run(["plan", "--model", "405b", "--method", "full", "--max-nodes", "1"], capsys)
-    assert code == 3 and "what would make it fit" in out and "QLoRA" in out and "more GPUs: FSDP over" in out
+    assert code == 3 and "what would make it fit" in out and "QLoRA" in out
+    assert "more GPUs" not in out  # plan tries every layout itself; its suggestions change the run, not the GPUs
 
 
 def test_fit_batch_and_seq_len(capsys):

@@ -197,6 +197,7 @@ def test_emit_that_does_not_match_the_strategy_is_refused(args, message, capsys)
 
 def test_emit_to_writes_files_and_still_prints_the_estimate(tmp_path, capsys):
     target = tmp_path / "launch" / "accelerate.yaml"
+    target.parent.mkdir()  # --emit-to creates no folders (tests/test_bad_input.py)
     code = main(["estimate", "--model", "8b", "--method", "full", "--gpus", "8", "--strategy", "zero3",
                  "--emit", "accelerate", "--emit-to", str(target), "--format", "json"])
     captured = capsys.readouterr()

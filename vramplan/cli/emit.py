@@ -7,9 +7,7 @@ writer for accelerate's flat config) and writes the files.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from vramplan.errors import UsageError
@@ -98,39 +96,24 @@ def emit_configs(fmt: str, setup: TrainingSetup, spec: ModelSpec, emit_to: str |
     return "-" in files
 
 
-# What open(path, "w") would give a new file, before the umask.
-FILE_MODE = 0o666
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _check_target(path: Path) -> None:
     """A file path whose folder exists; vramplan creates no folders (a typo in the path would go unnoticed)."""
     try:
         if path.is_dir():
             raise UsageError(f"--emit-to {path}: a folder; give the path of the file to write")
-        if not path.parent.is_dir():
+        if not path.parent.exists():
             raise UsageError(f"--emit-to {path}: folder {path.parent} does not exist; create it first")
-    except OSError as err:  # a name too long for the file system, a path through a file, ...
+        if not path.parent.is_dir():
+            raise UsageError(f"--emit-to {path}: {path.parent} is not a folder")
+    except OSError as err:  # a name too long for the file system, ...
         raise UsageError(f"--emit-to {str(path)[:80]}: cannot write ({err.strerror or err.__class__.__name__})") \
             from None
 
 
 def write_file(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: a temporary file in the same folder, then renamed over it."""
-    data = text.encode("utf-8")
-    temporary = None
+    """Write `text` to `path` (a file, or a device such as /dev/stdout); any failure is one usage line."""
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, FILE_MODE & ~_umask())  # mkstemp makes it private (0600); a config is a plain file
-        os.replace(temporary, path)
+        with path.open("w", encoding="utf-8") as out:
+            out.write(text)
     except OSError as err:  # no permission, the disk full, a read-only file system, ...
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
         raise UsageError(f"--emit-to {path}: cannot write ({err.strerror or err.__class__.__name__})") from None

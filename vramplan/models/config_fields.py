@@ -17,8 +17,8 @@ MAX_VOCAB_SIZE = 2**24
 MAX_HIDDEN_SIZE = 2**17
 # Widest MLP: Llama 3.1 405B intermediate_size 53,248; 2^20 leaves about 20x headroom.
 MAX_INTERMEDIATE_SIZE = 2**20
-# Deepest published decoder: Llama 3.1 405B, 126 layers; 2,048 leaves 16x headroom.
-MAX_LAYERS = 2048
+# Deepest published decoder: Llama 3.1 405B, 126 layers; 1,024 leaves 8x headroom (plan's cost grows with layers).
+MAX_LAYERS = 1024
 # Most attention heads: DeepSeek-V3 and Llama 3.1 405B, 128; 1,024 leaves 8x headroom.
 MAX_HEADS = 1024
 # Widest head: Gemma 2/3, head_dim 256 (DeepSeek-V3 qk_nope 128 + rope 64); 4,096 leaves 16x headroom.

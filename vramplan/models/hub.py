@@ -9,8 +9,8 @@ from typing import Any
 
 from vramplan.errors import ModelConfigError
 
-# huggingface_hub/utils/_validators.py validate_repo_id: "namespace/name" of letters, digits, '-', '_', '.', each part at
-# most 96 characters.
+# huggingface_hub/utils/_validators.py validate_repo_id: "namespace/name" of letters, digits, '-', '_', '.', each
+# part at most 96 characters.
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Seconds to wait for the Hub's answer before saying it cannot be reached (huggingface_hub's etag_timeout is 10 s).
 HUB_TIMEOUT_SECONDS = 10.0

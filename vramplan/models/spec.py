@@ -212,6 +212,13 @@ class ModelSpec(BaseModel):
         return self.attention_linears + mlp
 
     @cached_property
+    def linear_names(self) -> frozenset[str]:
+        """The names of every decoder layer's nn.Linear modules (each layer is dense or MoE: two shapes at most)."""
+        dense, moe = self.dense_layer_ids, self.moe_layer_ids
+        examples = dense[:1] + moe[:1]
+        return frozenset(linear.name for layer in examples for linear in self.linears_of(layer))
+
+    @cached_property
     def layer_linears(self) -> tuple[LinearShape, ...]:
         """The linear layers of one decoder layer, in forward order (an MoE model: of its first MoE layer)."""
         return self.linears_of(self.moe_layer_ids[0] if self.moe_layer_ids else 0)
@@ -309,8 +316,7 @@ class ModelSpec(BaseModel):
         linears = self.layer_linears if layer is None else self.linears_of(layer)
         if targets == "all-linear":
             return linears
-        names = {linear.name for i in range(self.num_layers) for linear in self.linears_of(i)}
-        names |= {linear.name.rsplit(".", 1)[-1] for linear in linears}
+        names = self.linear_names | {linear.name.rsplit(".", 1)[-1] for linear in linears}
         unknown = [t for t in targets if t not in names]
         if unknown:
             from vramplan.errors import UsageError
