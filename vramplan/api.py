@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vramplan.estimate import Estimate, estimate_memory
+from vramplan.estimate import estimate_memory
+from vramplan.result import Estimate
 from vramplan.estimate.assumptions import describe_assumptions
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup

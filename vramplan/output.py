@@ -89,7 +89,7 @@ def _suggestions_schema() -> dict[str, Any]:
 
 
 def _estimate():
-    from vramplan.estimate import Estimate
+    from vramplan.result import Estimate
 
     return Estimate.model_json_schema(mode="serialization")
 

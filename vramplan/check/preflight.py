@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from vramplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UsageError
-from vramplan.estimate import Estimate
+from vramplan.result import Estimate
 from vramplan.hardware.suggest import SHARD_GPU_COUNTS, RunRequest, Suggestion, suggest_changes
 from vramplan.units import DEFAULT_HEADROOM
 

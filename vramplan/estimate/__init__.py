@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 import types
 
-from pydantic import BaseModel
-
 from vramplan.estimate.eager import eager_backward_transient_bytes, eager_forward_transient_bytes, scores_elements
 from vramplan.estimate.activations import (
     dtype_flow,
@@ -38,7 +36,7 @@ from vramplan.estimate.parallel import (
     RankStates,
     rank_states,
 )
-from vramplan.estimate.runtime import CUDA_CONTEXT_BYTES, device_bytes, reserved_bytes
+from vramplan.estimate.peak import estimate_from_phases
 from vramplan.estimate.weights import (
     trainable_bytes_per_param,
     trainable_tensor_shapes,
@@ -46,47 +44,12 @@ from vramplan.estimate.weights import (
 )
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
+from vramplan.result import PHASES, Estimate, PhasePeak, StepPeak  # noqa: F401 - the results live in vramplan.result
 from vramplan.errors import NotModelledError
 from vramplan.training import Attention, Loss, Method, Stack, Strategy, TrainingSetup
 
-PHASES = ("forward", "backward", "optimizer")
-
-
-class PhasePeak(BaseModel):
-    """Live bytes at one phase's peak, split into components."""
-
-    phase: str
-    components: dict[str, int]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.components.values())
-
-
-class StepPeak(BaseModel):
-    """What both an estimate and a trace report for one training step: the peak, its phase, and its parts."""
-
-    model: ResolvedModel
-    setup: TrainingSetup
-    total_params: int
-    trainable_params: int
-    peak_phase: str
-    components: dict[str, int]
-    phases: list[PhasePeak]
-    peak_allocated_bytes: int
-
-
-class Estimate(StepPeak):
-    """One GPU's memory for one training step; every figure in bytes."""
-
-    peak_reserved_bytes: int
-    device_bytes: int
-    cuda_context_bytes: int
-    paged_optimizer_bytes: int
-    nccl_bytes: int = 0  # NCCL's device buffers, outside torch's allocator (in device_bytes)
-    host_bytes: int = 0  # host RAM per GPU for offloaded states (multiply by GPUs per node for a machine)
-    strategy_notes: list[str] = []
-    assumptions: list[str]
+__all__ = ["Estimate", "PhasePeak", "StepPeak", "PHASES", "estimate_memory", "estimate_from_phases",
+           "refuse_unmodelled"]
 
 
 def activation_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
@@ -342,43 +305,6 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         model, setup, [forward, backward, step], total_params=weights.total_params,
         trainable_params=weights.trainable_params, paged_bytes=opt.paged_state_bytes, nccl_bytes=states.nccl_bytes,
         host_bytes=states.host_bytes, notes=states.notes,
-    )
-
-
-def estimate_from_phases(
-    model: ResolvedModel,
-    setup: TrainingSetup,
-    phases: list[PhasePeak],
-    *,
-    total_params: int,
-    trainable_params: int,
-    paged_bytes: int = 0,
-    nccl_bytes: int = 0,
-    host_bytes: int = 0,
-    notes: list[str] = (),
-) -> Estimate:
-    """The Estimate of a step's phase peaks: the largest one, the allocator's reserve over it, and what the device
-    adds (CUDA context, managed paged state, NCCL)."""
-    peak = max(phases, key=lambda p: p.total_bytes)
-    allocated = peak.total_bytes
-    reserved = reserved_bytes(allocated)
-    return Estimate(
-        model=model,
-        setup=setup,
-        total_params=total_params,
-        trainable_params=trainable_params,
-        peak_phase=peak.phase,
-        components=peak.components,
-        phases=phases,
-        peak_allocated_bytes=allocated,
-        peak_reserved_bytes=reserved,
-        device_bytes=device_bytes(reserved, paged_bytes) + nccl_bytes,
-        cuda_context_bytes=CUDA_CONTEXT_BYTES,
-        paged_optimizer_bytes=paged_bytes,
-        nccl_bytes=nccl_bytes,
-        host_bytes=host_bytes,
-        strategy_notes=list(notes),
-        assumptions=[],
     )
 
 

@@ -53,7 +53,9 @@ def _root_tensor_bytes(spec: ModelSpec, setup: TrainingSetup, which: str) -> dic
 
 
 def estimate_device_map(model: ResolvedModel, setup: TrainingSetup):
-    from vramplan.estimate import PhasePeak, estimate_from_phases, estimate_memory
+    from vramplan.estimate import estimate_memory
+    from vramplan.estimate.peak import estimate_from_phases
+    from vramplan.result import PhasePeak
 
     spec = model.spec
     if setup.gpus > spec.num_layers:

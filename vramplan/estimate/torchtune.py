@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from vramplan.estimate import Estimate, PhasePeak, estimate_from_phases
+from vramplan.estimate.peak import estimate_from_phases
+from vramplan.result import Estimate, PhasePeak
 from vramplan.estimate.dtypes import BOOL_BYTES, FP32_BYTES, HALF_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.torchtune_states import (
     MLP_NAMES,

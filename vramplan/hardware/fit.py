@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from vramplan.errors import UsageError
-from vramplan.estimate import Estimate, estimate_memory
+from vramplan.estimate import estimate_memory
+from vramplan.result import Estimate
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import TrainingSetup
 

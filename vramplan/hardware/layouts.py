@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from vramplan.errors import VramplanError
-from vramplan.estimate import Estimate
+from vramplan.result import Estimate
 from vramplan.hardware.catalog import Gpu, System
 from vramplan.hardware.links import Links
 from vramplan.hardware.throughput import StepTime, step_time, step_traffic

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 
 from vramplan.errors import VramplanError
 from vramplan.units import DEFAULT_HEADROOM
-from vramplan.estimate import Estimate, estimate_memory
+from vramplan.estimate import estimate_memory
+from vramplan.result import Estimate
 from vramplan.hardware.catalog import Gpu, HardwareCatalog, Price, System
 from vramplan.hardware.layouts import NODE_COUNTS, LayoutCheck, choose_layout
 from vramplan.hardware.links import links_of

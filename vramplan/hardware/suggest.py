@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vramplan.estimate import Estimate
+from vramplan.result import Estimate
 from vramplan.errors import VramplanError
 from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Optimizer, Stack, Strategy
 

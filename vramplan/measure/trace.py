@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel
 
 from vramplan.errors import NotModelledError, require_extra
-from vramplan.estimate import PhasePeak, StepPeak
+from vramplan.result import ModulePeak, PhasePeak, Trace  # noqa: F401 - re-exported for the trace recipes
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import Loss, Optimizer, Precision, Stack, Strategy, TrainingSetup
 
@@ -41,23 +40,6 @@ UNTRACEABLE_OPTIMIZERS = {
     Optimizer.PAGED_ADAMW: "paged optimizers keep their state in CUDA managed memory, outside torch's allocator",
     Optimizer.PAGED_ADAMW_8BIT: "paged optimizers keep their state in CUDA managed memory, outside torch's allocator",
 }
-
-
-class ModulePeak(BaseModel):
-    """Bytes one module holds at the peak (`layers.*` rows sum a module over every layer)."""
-
-    module: str
-    count: int
-    bytes: int
-    categories: dict[str, int]
-
-
-class Trace(StepPeak):
-    """Peak live tensor bytes of one steady-state training step, measured on the real model code."""
-
-    by_module: list[ModulePeak]
-    gpu_corrections: list[str]
-    trace_seconds: float
 
 
 def refuse_untraceable(setup: TrainingSetup) -> None:

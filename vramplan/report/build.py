@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from vramplan.units import parse_count, parse_fraction
 from vramplan.errors import UsageError
-from vramplan.estimate import Estimate
+from vramplan.result import Estimate
 from vramplan.hardware.catalog import HardwareCatalog
 from vramplan.hardware.plan import CostAssumptions, Plan, PlanOption, plan_options
 from vramplan.report.jobs import JobsFile

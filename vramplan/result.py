@@ -1,0 +1,121 @@
+"""The results estimate and trace share: PhasePeak, StepPeak, Estimate, Trace, and their component names.
+
+The estimate splits a peak into memory terms (weights, gradients, logits...); the trace splits it by what the
+allocator saw each tensor as (parameters, gradients, activations, temporaries...). COMPARED_GROUPS maps both onto
+the groups that can be compared one to one, so a test can hold each group of the estimate to the trace's, not only
+the total (two wrong terms can no longer cancel).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from vramplan.models.catalog import ResolvedModel
+from vramplan.training import TrainingSetup
+
+PHASES = ("forward", "backward", "optimizer")
+
+# The estimate's components (vramplan/estimate/README.md says where each is computed).
+WEIGHTS = "weights"
+LORA_ADAPTERS = "lora_adapters"
+GRADIENTS = "gradients"
+OPTIMIZER_STATES = "optimizer_states"
+OPTIMIZER_TEMPORARIES = "optimizer_temporaries"
+ACTIVATIONS = "activations"
+LOGITS_LOSS = "logits_loss"
+AUTOCAST_WEIGHT_COPIES = "autocast_weight_copies"
+IN_FLIGHT = "in_flight"
+GRADIENT_PARTITION = "gradient_partition"
+ESTIMATE_COMPONENTS = (WEIGHTS, LORA_ADAPTERS, GRADIENTS, OPTIMIZER_STATES, OPTIMIZER_TEMPORARIES, ACTIVATIONS,
+                       LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT, GRADIENT_PARTITION)
+
+# The trace's categories (vramplan/measure/livebytes.py and fsdp.py name them).
+PARAMETERS = "parameters"
+TEMPORARIES = "temporaries"
+SHARDED_PARAMETERS = "sharded_parameters"
+REPLICATED_TENSORS = "replicated_tensors"
+UNSHARDED_PARAMETERS = "unsharded_parameters"
+ALL_GATHER_BUFFERS = "all_gather_buffers"
+UNSHARDED_GRADIENTS = "unsharded_gradients"
+REDUCE_SCATTER_BUFFERS = "reduce_scatter_buffers"
+
+# Groups compared one to one: (estimate components, trace categories). Parameters are whatever stays resident
+# (weights, adapters, FSDP shards and replicated buffers); the optimizer's states are compared alone; everything a
+# step makes and frees (activations, logits, gradients, temporaries, gathered parameters) is "the step", since the
+# trace cannot tell a saved activation from a temporary in the same way the estimate splits them.
+COMPARED_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "resident parameters": ((WEIGHTS, LORA_ADAPTERS), (PARAMETERS, SHARDED_PARAMETERS, REPLICATED_TENSORS)),
+    "optimizer states": ((OPTIMIZER_STATES,), (OPTIMIZER_STATES,)),
+    "the step (activations, gradients, logits, temporaries, in flight)": (
+        (GRADIENTS, OPTIMIZER_TEMPORARIES, ACTIVATIONS, LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT,
+         GRADIENT_PARTITION),
+        (GRADIENTS, ACTIVATIONS, TEMPORARIES, UNSHARDED_PARAMETERS, ALL_GATHER_BUFFERS, UNSHARDED_GRADIENTS,
+         REDUCE_SCATTER_BUFFERS),
+    ),
+}
+
+
+class PhasePeak(BaseModel):
+    """Live bytes at one phase's peak, split into components."""
+
+    phase: str
+    components: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.components.values())
+
+
+class StepPeak(BaseModel):
+    """What both an estimate and a trace report for one training step: the peak, its phase, and its parts."""
+
+    model: ResolvedModel
+    setup: TrainingSetup
+    total_params: int
+    trainable_params: int
+    peak_phase: str
+    components: dict[str, int]
+    phases: list[PhasePeak]
+    peak_allocated_bytes: int
+
+
+class Estimate(StepPeak):
+    """One GPU's memory for one training step; every figure in bytes."""
+
+    peak_reserved_bytes: int
+    device_bytes: int
+    cuda_context_bytes: int
+    paged_optimizer_bytes: int
+    nccl_bytes: int = 0  # NCCL's device buffers, outside torch's allocator (in device_bytes)
+    host_bytes: int = 0  # host RAM per GPU for offloaded states (multiply by GPUs per node for a machine)
+    strategy_notes: list[str] = []
+    assumptions: list[str]
+
+
+class ModulePeak(BaseModel):
+    """Bytes one module holds at the peak (`layers.*` rows sum a module over every layer)."""
+
+    module: str
+    count: int
+    bytes: int
+    categories: dict[str, int]
+
+
+class Trace(StepPeak):
+    """Peak live tensor bytes of one steady-state training step, measured on the real model code."""
+
+    by_module: list[ModulePeak]
+    gpu_corrections: list[str]
+    trace_seconds: float
+
+
+def compared_groups(components: dict[str, int], *, traced: bool) -> dict[str, int]:
+    """A peak's bytes per COMPARED_GROUPS group; a name in no group raises (a new term must be placed)."""
+    side = 1 if traced else 0
+    groups = {name: 0 for name in COMPARED_GROUPS}
+    for component, nbytes in components.items():
+        group = next((name for name, sides in COMPARED_GROUPS.items() if component in sides[side]), None)
+        if group is None:
+            raise KeyError(f"{component!r} is in no compared group (vramplan/result.py COMPARED_GROUPS)")
+        groups[group] += nbytes
+    return groups
