@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-from vramplan.estimate import estimate_memory
+from vramplan.request import RunRequest, estimate_request, resolve_request
 from vramplan.result import Estimate
-from vramplan.estimate.assumptions import describe_assumptions
-from vramplan.models.catalog import resolve_model
-from vramplan.training import resolve_setup
 from vramplan.units import DEFAULT_HEADROOM
 
 
 def resolve_run(model: str, method: str = "lora", **options):
-    """(ResolvedModel, TrainingSetup, notes) for a command: the model, the setup with every default filled, and what
-    vramplan chose on the user's behalf (LoRA targets on an MoE model when none were given)."""
-    from vramplan.estimate.moe import default_lora_targets
-
-    resolved = resolve_model(model)
-    notes = []
-    if method != "full" and options.get("lora_targets") is None:
-        targets = default_lora_targets(resolved.spec)
-        if targets is not None:
-            options = {**options, "lora_targets": targets}
-            notes.append(f"LoRA targets not given: the attention projections ({targets}); peft's all-linear on "
-                         f"{resolved.spec.family} also adapts the 3D experts, which is not modelled")
-    return resolved, resolve_setup(method, **options), notes
+    """(ResolvedModel, TrainingSetup, notes) for a run: the model, the setup with every default filled, and what
+    vramplan chose on the user's behalf."""
+    return resolve_request(RunRequest.of(model, method, **options))
 
 
 def estimate(model: str, method: str = "lora", *, notes: list[str] | tuple[str, ...] = (), **options) -> Estimate:
     """Estimate one GPU's memory for fine-tuning `model` with `method`.
 
-    `options` are the CLI's training options with underscores: batch_size, seq_len, precision, optimizer,
-    gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep, gpus (per node), nodes, strategy, offload,
-    stack, loss, liger, packing, attn, optimizer_in_backward, activation_offload.
-    `notes` are assumption lines the caller adds (what `--from` read on the user's behalf).
+    `options` are RunOptions' fields (vramplan/options.py), the CLI's flags with underscores: batch_size, seq_len,
+    precision, optimizer, gradient_checkpointing, lora_rank, lora_targets, lora_dropout, double_quant, kbit_prep,
+    gpus (per node), nodes, strategy, offload, stack, loss, liger, packing, attn, optimizer_in_backward,
+    activation_offload. `notes` are assumption lines the caller adds (what `--from` read on the user's behalf).
     Raises vramplan.errors.UsageError (or a subclass) for bad input.
     """
-    resolved, setup, chosen = resolve_run(model, method, **options)
-    result = estimate_memory(resolved, setup)
-    assumptions = describe_assumptions(resolved, setup, [*notes, *chosen, *result.strategy_notes])
-    return result.model_copy(update={"assumptions": assumptions})
+    return estimate_request(RunRequest.of(model, method, notes, **options))
 
 
 def trace(model: str, method: str = "lora", **options):
@@ -68,10 +52,9 @@ def preflight(
     Verdict, with suggestions when it does not fit; raises CannotCheckError when there is no NVIDIA driver or GPU.
     """
     from vramplan.check.preflight import check_catalog, check_local
-    from vramplan.hardware.suggest import RunRequest
 
-    result = estimate(model, method, **options)
-    request = RunRequest(model=model, method=method, options=options)
+    request = RunRequest.of(model, method, **options)
+    result = estimate_request(request)
     if gpu is not None:
         return check_catalog(result, gpu, headroom, request=request)
     return check_local(result, devices, headroom, nvml, request=request)

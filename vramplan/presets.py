@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.training import Attention, Loss, Optimizer, Stack
+from vramplan.choices import Attention, Loss, Optimizer, Stack
 
 
 class Preset(BaseModel):

@@ -2,92 +2,27 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vramplan.choices import (  # noqa: F401 - the choices are part of this module's interface
+    ALL_LINEAR,
+    DEEPSPEED_STRATEGIES,
+    FSDP_STRATEGIES,
+    SHARDED_STRATEGIES,
+    Attention,
+    Loss,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    Stack,
+    Strategy,
+)
 from vramplan.errors import NotModelledError, UsageError
-
-
-class Method(str, Enum):
-    FULL = "full"
-    LORA = "lora"
-    QLORA = "qlora"
-
-
-class Precision(str, Enum):
-    """How weights are stored and whether Trainer's autocast runs.
-
-    bf16: weights, gradients and optimizer states in bf16 (transformers v5 loads the checkpoint dtype), with
-    Trainer's `bf16=True` autocast. bf16-mixed / fp16-mixed: fp32 weights under bf16 / fp16 autocast. fp32: no
-    autocast at all.
-    """
-
-    BF16 = "bf16"
-    BF16_MIXED = "bf16-mixed"
-    FP16_MIXED = "fp16-mixed"
-    FP32 = "fp32"
-
-
-class Optimizer(str, Enum):
-    ADAMW = "adamw"
-    ADAMW_FUSED = "adamw-fused"
-    ADAMW_8BIT = "adamw-8bit"
-    PAGED_ADAMW = "paged-adamw"
-    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
-    SGD = "sgd"
-    ADAFACTOR = "adafactor"
-
-
-ALL_LINEAR = "all-linear"
-
-
-class Strategy(str, Enum):
-    """How the run is spread over GPUs (per-GPU memory is what every strategy reports)."""
-
-    SINGLE = "single"
-    DDP = "ddp"  # torch DistributedDataParallel: a full replica per GPU
-    ZERO1 = "zero1"  # DeepSpeed ZeRO stage 1: optimizer states partitioned
-    ZERO2 = "zero2"  # ... stage 2: optimizer states and gradients partitioned
-    ZERO3 = "zero3"  # ... stage 3: parameters too
-    FSDP = "fsdp"  # FSDP2 fully_shard over every GPU of every node
-    FSDP_HYBRID = "fsdp-hybrid"  # FSDP2 HSDP: sharded within a node, replicated across nodes
-    DEVICE_MAP = "device-map"  # transformers device_map="auto": layers split over the GPUs of one process
-
-
-class Offload(str, Enum):
-    """What lives in host RAM instead of GPU memory."""
-
-    NONE = "none"
-    OPTIMIZER = "optimizer"  # DeepSpeed offload_optimizer: fp32 master weights, states and the step on the CPU
-    PARAMS = "params"  # DeepSpeed offload_param (+ offload_optimizer) / FSDP2 CPUOffloadPolicy
-
-
-class Stack(str, Enum):
-    """The training framework, which decides dtypes, modules and loss (defaults in vramplan/presets.py)."""
-
-    HF = "hf"  # transformers Trainer / TRL SFTTrainer + peft + bitsandbytes
-    TORCHTUNE = "torchtune"  # torchtune recipes: pure bf16, its LoRA modules, NF4 from torchao, chunked loss
-    AXOLOTL = "axolotl"  # HF stack with axolotl's defaults
-    LLAMA_FACTORY = "llama-factory"  # HF stack with LLaMA-Factory's defaults
-
-
-class Loss(str, Enum):
-    STANDARD = "standard"  # full logits, fp32 upcast, cross_entropy
-    CHUNKED = "chunked"  # logits upcast and cross-entropy one chunk at a time (torchtune CEWithChunkedOutputLoss)
-    FUSED = "fused"  # lm_head + cross-entropy fused, no full logits (Liger FLCE, cut-cross-entropy)
-
-
-class Attention(str, Enum):
-    SDPA = "sdpa"
-    FLASH = "flash"  # flash_attention_2 / varlen
-    EAGER = "eager"  # materialises the s x s scores
-
-
-SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID)
-DEEPSPEED_STRATEGIES = (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3)
-FSDP_STRATEGIES = (Strategy.FSDP, Strategy.FSDP_HYBRID)
+from vramplan.options import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, RunOptions
+from vramplan.presets import preset_for
 
 
 class LoraSettings(BaseModel):
@@ -118,8 +53,8 @@ class TrainingSetup(BaseModel):
     method: Method
     precision: Precision = Precision.BF16
     optimizer: Optimizer = Optimizer.ADAMW
-    batch_size: int = Field(1, gt=0)
-    seq_len: int = Field(2048, gt=0)
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
+    seq_len: int = Field(DEFAULT_SEQ_LEN, gt=0)
     gradient_checkpointing: bool
     lora: LoraSettings | None = None
     quant: QuantSettings | None = None
@@ -160,35 +95,22 @@ class TrainingSetup(BaseModel):
         return self.precision is not Precision.FP32
 
 
-def resolve_setup(
-    method: Method | str,
-    *,
-    precision: Precision | str | None = None,
-    optimizer: Optimizer | str | None = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    gradient_checkpointing: bool | None = None,
-    lora_rank: int | None = None,
-    lora_targets: str | tuple[str, ...] | None = None,
-    lora_dropout: float | None = None,
-    double_quant: bool | None = None,
-    kbit_prep: bool | None = None,
-    gpus: int | None = None,
-    nodes: int | None = None,
-    strategy: Strategy | str | None = None,
-    offload: Offload | str | None = None,
-    stack: Stack | str | None = None,
-    loss: Loss | str | None = None,
-    liger: bool | None = None,
-    packing: bool | None = None,
-    attn: Attention | str | None = None,
-    optimizer_in_backward: bool | None = None,
-    activation_offload: bool | None = None,
-) -> TrainingSetup:
-    """Fill the defaults of the stack's preset (vramplan/presets.py) for every option not given, and reject
-    contradictions with a UsageError."""
-    from vramplan.presets import preset_for
+def resolve_setup(method: Method | str, options: RunOptions | None = None, /, **values) -> TrainingSetup:
+    """The TrainingSetup of `options` (or keyword arguments with RunOptions' names; both: the keywords win): every
+    option not given filled from the stack's preset (vramplan/presets.py), contradictions rejected with a
+    UsageError."""
+    given = RunOptions.of(**values) if values else RunOptions()
+    run = given.over(options) if options is not None else given
+    return _resolve(method, run)
 
+
+def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
+    precision, optimizer, batch_size, seq_len = run.precision, run.optimizer, run.batch_size, run.seq_len
+    gradient_checkpointing, stack, loss, attn = run.gradient_checkpointing, run.stack, run.loss, run.attn
+    lora_rank, lora_targets, lora_dropout = run.lora_rank, run.lora_targets, run.lora_dropout
+    double_quant, kbit_prep, liger, packing = run.double_quant, run.kbit_prep, run.liger, run.packing
+    optimizer_in_backward, activation_offload = run.optimizer_in_backward, run.activation_offload
+    gpus, nodes, strategy, offload = run.gpus, run.nodes, run.strategy, run.offload
     method = _enum(Method, method, "method")
     stack = _enum(Stack, stack, "stack") if stack is not None else Stack.HF
     preset = preset_for(stack)
@@ -236,8 +158,8 @@ def resolve_setup(
         method=method,
         precision=_enum(Precision, precision, "precision") if precision is not None else Precision.BF16,
         optimizer=optimizer,
-        batch_size=_positive(batch_size, "--batch-size") if batch_size is not None else 1,
-        seq_len=_positive(seq_len, "--seq-len") if seq_len is not None else 2048,
+        batch_size=_positive(batch_size, "--batch-size") if batch_size is not None else DEFAULT_BATCH_SIZE,
+        seq_len=_positive(seq_len, "--seq-len") if seq_len is not None else DEFAULT_SEQ_LEN,
         gradient_checkpointing=checkpointing,
         lora=lora,
         quant=quant,

@@ -10,7 +10,7 @@ from vramplan.check.nvml import RecordedNvml, read_gpus, visible_indices
 from vramplan.check.preflight import check_local
 from vramplan.cli.app import main
 from vramplan.errors import CannotCheckError, UsageError
-from vramplan.hardware.suggest import RunRequest
+from vramplan.request import RunRequest
 from vramplan.units import DEFAULT_HEADROOM
 
 NVML = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
@@ -52,7 +52,7 @@ def test_fits_on_an_idle_h100_and_margin_is_free_minus_need():
 
 def test_busy_gpu_does_not_fit_and_suggests():
     job = estimate("8b", "lora", batch_size=2, seq_len=2048)
-    request = RunRequest(model="8b", method="lora", options={"batch_size": 2, "seq_len": 2048})
+    request = RunRequest.of("8b", "lora", batch_size=2, seq_len=2048)
     verdict = check_local(job, nvml=recording("rtx4090-busy"), environ={}, request=request)
     assert not verdict.fits and verdict.exit_code == 3
     assert verdict.gpus[0].other_processes_bytes == 9216 * 2**20

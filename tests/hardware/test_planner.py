@@ -6,7 +6,8 @@ from vramplan.api import estimate
 from vramplan.hardware.catalog import Price, load_hardware
 from vramplan.hardware.fit import largest_fitting
 from vramplan.hardware.plan import CostAssumptions, _cost, plan_options
-from vramplan.hardware.suggest import RunRequest, suggest_changes
+from vramplan.hardware.suggest import suggest_changes
+from vramplan.request import RunRequest
 from vramplan.hardware.throughput import step_flops, tokens_per_second
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
@@ -90,7 +91,7 @@ def test_fit_reports_nothing_fits():
 def test_suggestions_are_ranked_by_memory_saved():
     options = {"batch_size": 4, "seq_len": 4096, "gradient_checkpointing": False}
     job = estimate("70b", "lora", **options)
-    suggestions = suggest_changes(job, 80 * 2**30, RunRequest(model="70b", method="lora", options=options))
+    suggestions = suggest_changes(job, 80 * 2**30, RunRequest.of("70b", "lora", **options))
     saved = [s.saved_bytes for s in suggestions]
     assert saved == sorted(saved, reverse=True) and saved[0] > 0
     changes = [s.change for s in suggestions]
@@ -103,7 +104,7 @@ def test_suggestions_are_ranked_by_memory_saved():
     assert not any("QLoRA" in change for change in changes)
     short = {"batch_size": 1, "seq_len": 2048}
     with_ckpt = suggest_changes(estimate("70b", "lora", **short), 80 * 2**30,
-                                RunRequest(model="70b", method="lora", options=short))
+                                RunRequest.of("70b", "lora", **short))
     qlora = next(s for s in with_ckpt if "QLoRA" in s.change)
     assert qlora.saved_bytes > 80 * 2**30 and qlora.fits and qlora.flags == ["--method", "qlora"]
     assert qlora.needed_bytes == estimate("70b", "qlora", **short).device_bytes

@@ -95,7 +95,7 @@ def test_fixture_reads_as_expected(name, fmt, model, method, options, unmodelled
     run = load_run_config(CONFIGS / name)
     assert isinstance(run, ImportedRun)
     assert (run.format, run.model, run.method) == (fmt, model, method)
-    assert run.options == options
+    assert run.options.given() == options
     assert [entry.split(" (")[0] for entry in run.unmodelled] == unmodelled
 
 
@@ -103,7 +103,7 @@ def test_fixture_reads_as_expected(name, fmt, model, method, options, unmodelled
 def test_every_option_has_a_note(name):
     """Each option says where it came from: a key in the file or the framework default it fell back to."""
     run = load_run_config(CONFIGS / name)
-    for option, value in run.options.items():
+    for option, value in run.options.given().items():
         assert any(f"{option} " in note or f"-> {option}" in note for note in run.notes), (option, run.notes)
 
 

@@ -42,14 +42,14 @@ def test_trl_args_point_at_a_deepspeed_file(tmp_path):
     args = {"per_device_train_batch_size": 2, "bf16": True, "deepspeed": "ds.json", "gradient_checkpointing": True}
     run = load_run_config(_write(tmp_path, "training_args.json", json.dumps(args)))
     assert run.method == "full"
-    assert (run.options["strategy"], run.options["offload"], run.options["batch_size"]) == ("zero3", "params", 2)
-    assert run.options["precision"] == "bf16" and run.options["gradient_checkpointing"] is True
+    assert (run.options.given()["strategy"], run.options.given()["offload"], run.options.given()["batch_size"]) == ("zero3", "params", 2)
+    assert run.options.given()["precision"] == "bf16" and run.options.given()["gradient_checkpointing"] is True
 
 
 def test_plain_training_arguments_use_transformers_defaults(tmp_path):
     run = load_run_config(_write(tmp_path, "args.json", json.dumps({"output_dir": "out", "optim": "adamw_bnb_8bit"})))
     assert run.format == "trl" and run.method == "full"
-    assert run.options == {"stack": "hf", "batch_size": 8, "precision": "fp32", "gradient_checkpointing": False,
+    assert run.options.given() == {"stack": "hf", "batch_size": 8, "precision": "fp32", "gradient_checkpointing": False,
                            "optimizer": "adamw-8bit", "liger": False, "loss": "standard"}
     assert any("seq_len not set" in note for note in run.notes)
 
@@ -58,8 +58,8 @@ def test_hf_fsdp_words_and_config(tmp_path):
     args = {"per_device_train_batch_size": 1, "fsdp": "full_shard auto_wrap offload",
             "fsdp_config": {"fsdp_version": 2, "activation_checkpointing": True, "mystery_knob": 3}}
     run = load_run_config(_write(tmp_path, "args.json", json.dumps(args)))
-    assert (run.options["strategy"], run.options["offload"]) == ("fsdp", "params")
-    assert run.options["gradient_checkpointing"] is True
+    assert (run.options.given()["strategy"], run.options.given()["offload"]) == ("fsdp", "params")
+    assert run.options.given()["gradient_checkpointing"] is True
     assert any(entry.startswith("fsdp_config.mystery_knob=3") for entry in run.unmodelled)
 
 
@@ -75,12 +75,12 @@ def test_hf_fsdp_words_and_config(tmp_path):
 )
 def test_hf_optimizer_names(tmp_path, optim, expected):
     run = load_run_config(_write(tmp_path, "a.json", json.dumps({"output_dir": "o", "optim": optim})))
-    assert run.options["optimizer"] == expected
+    assert run.options.given()["optimizer"] == expected
 
 
 def test_unknown_optimizer_is_unmodelled_not_guessed(tmp_path):
     run = load_run_config(_write(tmp_path, "a.json", json.dumps({"output_dir": "o", "optim": "lion_8bit"})))
-    assert "optimizer" not in run.options
+    assert run.options.optimizer is None
     assert run.unmodelled[0].startswith("optim=lion_8bit (optimizer not modelled")
 
 
@@ -88,22 +88,22 @@ def test_llama_factory_defaults_and_unmodelled(tmp_path):
     text = "model_name_or_path: Qwen/Qwen2.5-7B\nstage: dpo\nquantization_bit: 4\nuse_dora: true\n"
     run = load_run_config(_write(tmp_path, "lf.yaml", text))
     assert run.method == "qlora"
-    assert run.options["lora_rank"] == 8 and run.options["lora_targets"] == "all-linear"
-    assert run.options["batch_size"] == 8 and run.options["seq_len"] == 2048 and run.options["double_quant"] is True
+    assert run.options.given()["lora_rank"] == 8 and run.options.given()["lora_targets"] == "all-linear"
+    assert run.options.given()["batch_size"] == 8 and run.options.given()["seq_len"] == 2048 and run.options.given()["double_quant"] is True
     assert [entry.split("=")[0] for entry in run.unmodelled] == ["stage", "use_dora"]
 
 
 def test_axolotl_defaults_when_keys_are_absent(tmp_path):
     run = load_run_config(_write(tmp_path, "a.yml", "base_model: Qwen/Qwen3-8B\ndatasets: []\n"))
     assert run.method == "full"
-    assert (run.options["batch_size"], run.options["seq_len"]) == (1, 512)
-    assert run.options["gradient_checkpointing"] is False and run.options["optimizer"] == "adamw-fused"
+    assert (run.options.given()["batch_size"], run.options.given()["seq_len"]) == (1, 512)
+    assert run.options.given()["gradient_checkpointing"] is False and run.options.given()["optimizer"] == "adamw-fused"
 
 
 def test_axolotl_missing_deepspeed_file_read_from_its_name(tmp_path):
     text = "base_model: x/y\nmicro_batch_size: 1\ndeepspeed: deepspeed_configs/zero3_bf16_cpuoffload_all.json\n"
     run = load_run_config(_write(tmp_path, "a.yml", text))
-    assert (run.options["strategy"], run.options["offload"]) == ("zero3", "params")
+    assert (run.options.given()["strategy"], run.options.given()["offload"]) == ("zero3", "params")
     assert any("read from its file name" in note for note in run.notes)
 
 
@@ -114,8 +114,8 @@ def test_torchtune_distributed_full_recipe(tmp_path):
             "fsdp_cpu_offload: True\nenable_activation_checkpointing: True\ncompile: True\n")
     run = load_run_config(_write(tmp_path, "8B_full.yaml", text))
     assert (run.model, run.method) == ("llama-3.1-8b", "full")
-    assert (run.options["strategy"], run.options["offload"]) == ("fsdp", "params")
-    assert run.options["loss"] == "chunked"
+    assert (run.options.given()["strategy"], run.options.given()["offload"]) == ("fsdp", "params")
+    assert run.options.given()["loss"] == "chunked"
     assert run.unmodelled[0].startswith("compile=True")
 
 

@@ -37,7 +37,7 @@ CASES = [
 
 
 def _setup(run, names):
-    options = {key: value for key, value in run.options.items() if key in names}
+    options = {key: value for key, value in run.options.given().items() if key in names}
     setup = resolve_setup(run.method or "full", **options)
     for key, value in options.items():
         if key.startswith("lora_") or key == "double_quant":
@@ -50,7 +50,7 @@ def _setup(run, names):
 @pytest.mark.parametrize("name, catalog_id", CASES)
 def test_core_options_give_an_estimate(name, catalog_id):
     run = load_run_config(CONFIGS / name)
-    assert set(run.options) <= set(OPTION_NAMES)
+    assert set(run.options.given()) <= set(OPTION_NAMES)
     result = estimate_memory(resolve_model(catalog_id), _setup(run, set(CORE) & ACCEPTED))
     assert result.peak_allocated_bytes > 0
 
@@ -66,7 +66,7 @@ def test_all_accepted_options_estimate_or_refuse_clearly(name, catalog_id):
     else:
         assert result.peak_allocated_bytes > 0
     for key in set(OPTION_NAMES) - ACCEPTED:
-        assert key not in run.options or run.options[key] is not None
+        assert key not in run.options or run.options.given()[key] is not None
 
 
 @pytest.mark.parametrize("name, catalog_id", CASES)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from vramplan.cli import options as o
+from vramplan.cli.run_options import with_run_options
+from vramplan.options import RunOptions
 from vramplan.cli.render import check_format, emit_json_document
 
 GpuTargetOpt = Annotated[
@@ -20,32 +22,13 @@ SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | l
 SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1)}
 
 
+@with_run_options(layout=True)
 def fit_command(
+    run: RunOptions,
     gpu: GpuTargetOpt = None,
     model: o.ModelOrFile = None,
     method: o.MethodOrFile = None,
     from_file: o.FromFile = None,
-    batch_size: o.BatchSize = None,
-    seq_len: o.SeqLen = None,
-    precision: o.PrecisionOpt = None,
-    optimizer: o.OptimizerOpt = None,
-    gradient_checkpointing: o.Checkpointing = None,
-    lora_rank: o.LoraRank = None,
-    lora_targets: o.LoraTargets = None,
-    lora_dropout: o.LoraDropout = None,
-    double_quant: o.DoubleQuant = None,
-    kbit_prep: o.KbitPrep = None,
-    stack: o.StackOpt = None,
-    loss: o.LossOpt = None,
-    liger: o.LigerOpt = None,
-    packing: o.PackingOpt = None,
-    attn: o.AttnOpt = None,
-    optimizer_in_backward: o.OptimizerInBackward = None,
-    activation_offload: o.ActivationOffload = None,
-    gpus: o.Gpus = None,
-    nodes: o.Nodes = None,
-    strategy: o.Strategy = None,
-    offload: o.OffloadOpt = None,
     solve: SolveOpt = "batch-size",
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
     accept_unmodelled: o.AcceptUnmodelled = False,
@@ -57,31 +40,29 @@ def fit_command(
     """The largest per-GPU batch size (or sequence length, or LoRA rank) that fits a GPU, alone or under
     --gpus/--nodes/--strategy/--offload; rounded to a value people use, with the exact limit beside it.
     Exit 3 when not even the smallest value fits."""
-    options = locals()
-    from vramplan.api import resolve_run
     from vramplan.cli.imported import merge_config_file
     from vramplan.cli.paste import paste_command
     from vramplan.cli.render_hardware import emit_fit
     from vramplan.errors import UsageError
     from vramplan.estimate import estimate_memory
     from vramplan.hardware.fit import SEARCH_LIMITS, largest_fitting
-    from vramplan.hardware.suggest import RunRequest, suggest_changes
+    from vramplan.hardware.suggest import suggest_changes
+    from vramplan.request import resolve_request
 
     check_format(fmt)
     if solve not in SEARCH_LIMITS:
         raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
     fraction = o.parse_fraction(headroom, "--headroom")
-    run = merge_config_file(from_file, model, method, o.training_options(options, o.SETUP_AND_GPU_OPTIONS),
-                            refuse_unmodelled=not accept_unmodelled)
+    request = merge_config_file(from_file, model, method, run, refuse_unmodelled=not accept_unmodelled)
     target, usable = _target(gpu, fraction, catalog, nvml_recording)
-    resolved, setup, _ = resolve_run(run.model, run.method, **run.options)
+    resolved, setup, _ = resolve_request(request)
     result = largest_fitting(resolved, setup, solve, usable)
     suggestions = []
     if result.value is None:
         name, smallest = SMALLEST[solve]
-        request = RunRequest(model=run.model, method=run.method, options={**run.options, name: smallest})
-        base = resolve_run(request.model, request.method, **request.options)
-        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, request)
+        smallest_run = request.changed({name: smallest})
+        base = resolve_request(smallest_run)
+        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, smallest_run)
     commands = [paste_command("fit", s.flags) for s in suggestions]
     if fmt == "json":
         document = result.model_dump(mode="json")

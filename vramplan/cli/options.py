@@ -8,6 +8,7 @@ import typer
 
 from vramplan.units import DEFAULT_HEADROOM, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
 
+
 def complete_models(incomplete: str) -> list[str]:
     """Shell completion for --model: catalog ids and size aliases."""
     from vramplan.models.catalog import load_catalog
@@ -51,64 +52,8 @@ FromFile = Annotated[
                                 "TRL/TrainingArguments JSON/YAML (+ adapter_config.json beside it), DeepSpeed "
                                 "JSON. Flags given override it."),
 ]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Per-GPU micro-batch. [default: 1]")]
-SeqLen = Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence. [default: 2048]")]
-PrecisionOpt = Annotated[
-    Optional[str], typer.Option("--precision", help="bf16 | bf16-mixed | fp16-mixed | fp32 [default: bf16]")
-]
-OptimizerOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--optimizer",
-        help="adamw | adamw-fused | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | adafactor "
-             "[default: the stack's: adamw-fused for every stack (TrainingArguments on torch >= 2.8, torchtune's "
-             "fused AdamW)]",
-    ),
-]
-Checkpointing = Annotated[
-    Optional[bool],
-    typer.Option(
-        "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="[default: on for lora/qlora, off for full]",
-        show_default=False,
-    ),
-]
-LoraRank = Annotated[
-    Optional[int], typer.Option("--lora-rank", help="[default: the stack's: hf 16, axolotl 32, llama-factory 8, "
-                                                    "torchtune 8]")]
-LoraTargets = Annotated[
-    Optional[str], typer.Option("--lora-targets", help="all-linear or names such as q_proj,v_proj [default: the "
-                                                       "stack's: all-linear; torchtune its recipe's seven; MoE models "
-                                                       "the attention projections]")
-]
-LoraDropout = Annotated[Optional[float], typer.Option("--lora-dropout", help="[default: the stack's: hf and axolotl "
-                                                                             "0.05, llama-factory and torchtune 0]")]
-DoubleQuant = Annotated[
-    Optional[bool], typer.Option("--double-quant/--no-double-quant", help="qlora [default: on]", show_default=False)
-]
-KbitPrep = Annotated[
-    Optional[bool],
-    typer.Option("--kbit-prep/--no-kbit-prep", help="qlora: peft prepare_model_for_kbit_training [default: on]",
-                 show_default=False),
-]
 
 
-def _gpu_count(value: Optional[str]) -> Optional[int]:
-    """--gpus is a count everywhere; a list of indices is --devices (check, fit, probe)."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isdigit():
-        hint = " (to pick local GPUs by index use --devices 0,1)" if "," in text or text == "" else ""
-        raise typer.BadParameter(f"{value!r} is not a GPU count{hint}", param_hint="'--gpus'")
-    return int(text)
-
-
-Gpus = Annotated[
-    Optional[str],
-    typer.Option("--gpus", help="The job's GPUs per node (one rank each). [default: 1]", callback=_gpu_count,
-                 metavar="N"),
-]
 Devices = Annotated[
     Optional[str],
     typer.Option("--devices", help="Local GPUs the job's ranks use, as indices among the visible ones, e.g. 0,1. "
@@ -119,41 +64,6 @@ AcceptUnmodelled = Annotated[
     typer.Option("--accept-unmodelled", help="Give a verdict even when the --from file sets something vramplan does "
                                              "not model (listed as NOT MODELLED in the answer).", show_default=False),
 ]
-Nodes = Annotated[Optional[int], typer.Option("--nodes", help="Machines, each with --gpus GPUs. [default: 1]")]
-Strategy = Annotated[
-    Optional[str],
-    typer.Option("--strategy", help="single | ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | device-map "
-                                    "[default: single; needed with several GPUs]"),
-]
-OffloadOpt = Annotated[
-    Optional[str],
-    typer.Option("--offload", help="none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]"),
-]
-StackOpt = Annotated[
-    Optional[str],
-    typer.Option("--stack", help="hf | torchtune | axolotl | llama-factory: whose defaults fill unset options "
-                                 "[default: hf]"),
-]
-LossOpt = Annotated[
-    Optional[str], typer.Option("--loss", help="standard | chunked (torchtune) | fused (Liger/CCE) [default: stack's]")
-]
-LigerOpt = Annotated[
-    Optional[bool], typer.Option("--liger/--no-liger", help="Liger fused RMSNorm/SwiGLU/RoPE", show_default=False)
-]
-PackingOpt = Annotated[
-    Optional[bool], typer.Option("--packing/--no-packing", help="several sequences per row", show_default=False)
-]
-AttnOpt = Annotated[Optional[str], typer.Option("--attn", help="sdpa | flash | eager [default: sdpa]")]
-OptimizerInBackward = Annotated[
-    Optional[bool],
-    typer.Option("--optimizer-in-backward/--no-optimizer-in-backward", help="torchtune optimizer_in_bwd",
-                 show_default=False),
-]
-ActivationOffload = Annotated[
-    Optional[bool],
-    typer.Option("--activation-offload/--no-activation-offload", help="saved activations in host memory",
-                 show_default=False),
-]
 Format = Annotated[str, typer.Option("--format", help="table | json")]
 Emit = Annotated[
     Optional[str],
@@ -162,18 +72,6 @@ Emit = Annotated[
 ]
 EmitTo = Annotated[Optional[str], typer.Option("--emit-to", help="File for --emit (stdout without it).")]
 
-
-# The training options every sizing command declares (estimate and trace add the multi-GPU ones).
-SETUP_OPTIONS = ("batch_size", "seq_len", "precision", "optimizer", "gradient_checkpointing", "lora_rank",
-                 "lora_targets", "lora_dropout", "double_quant", "kbit_prep", "stack", "loss", "liger", "packing",
-                 "attn", "optimizer_in_backward", "activation_offload")
-SETUP_AND_GPU_OPTIONS = SETUP_OPTIONS + ("gpus", "nodes", "strategy", "offload")
-
-
-def training_options(values: dict, names: tuple[str, ...] = SETUP_OPTIONS) -> dict:
-    """The library call's options among a command's parameters (`locals()`), unset ones dropped so their
-    defaults apply."""
-    return {name: values[name] for name in names if values.get(name) is not None}
 
 CatalogDir = Annotated[
     Optional[str],

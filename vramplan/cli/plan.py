@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from vramplan.cli import options as o
+from vramplan.cli.run_options import with_run_options
+from vramplan.options import RunOptions
 from vramplan.cli.render import check_format, emit_json_document
 
 # Most training tokens a plan takes (tokens x epochs): about 60 times the largest published pre-training runs,
@@ -10,27 +12,12 @@ from vramplan.cli.render import check_format, emit_json_document
 MAX_TRAINING_TOKENS = 10**15
 
 
+@with_run_options(layout=False)
 def plan_command(
+    run: RunOptions,
     model: o.ModelOrFile = None,
     method: o.MethodOrFile = None,
     from_file: o.FromFile = None,
-    batch_size: o.BatchSize = None,
-    seq_len: o.SeqLen = None,
-    precision: o.PrecisionOpt = None,
-    optimizer: o.OptimizerOpt = None,
-    gradient_checkpointing: o.Checkpointing = None,
-    lora_rank: o.LoraRank = None,
-    lora_targets: o.LoraTargets = None,
-    lora_dropout: o.LoraDropout = None,
-    double_quant: o.DoubleQuant = None,
-    kbit_prep: o.KbitPrep = None,
-    stack: o.StackOpt = None,
-    loss: o.LossOpt = None,
-    liger: o.LigerOpt = None,
-    packing: o.PackingOpt = None,
-    attn: o.AttnOpt = None,
-    optimizer_in_backward: o.OptimizerInBackward = None,
-    activation_offload: o.ActivationOffload = None,
     tokens: o.Tokens = "100M",
     epochs: o.Epochs = 1.0,
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
@@ -47,17 +34,16 @@ def plan_command(
 ) -> None:
     """Every catalog GPU and system that runs the job (all its GPUs, the fastest strategy that fits, several
     nodes when one is not enough), with headroom, speed, time and cost; cheapest first. Exit 3 when none does."""
-    options = locals()
     import typer
 
-    from vramplan.api import estimate
     from vramplan.cli.imported import merge_config_file
     from vramplan.cli.paste import paste_command
     from vramplan.cli.render_hardware import emit_plan
     from vramplan.errors import UsageError
     from vramplan.hardware.catalog import load_hardware
     from vramplan.hardware.plan import CostAssumptions, plan_options
-    from vramplan.hardware.suggest import RunRequest, suggest_changes
+    from vramplan.hardware.suggest import suggest_changes
+    from vramplan.request import estimate_request
 
     check_format(fmt)
     assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
@@ -67,14 +53,12 @@ def plan_command(
         raise UsageError(f"--tokens {tokens} x --epochs {epochs:g}: give between 1 and {MAX_TRAINING_TOKENS:.0e} "
                          "training tokens in all")
     hardware = load_hardware(catalog)
-    run = merge_config_file(from_file, model, method, o.training_options(options),
-                            refuse_unmodelled=not accept_unmodelled)
-    result = estimate(run.model, run.method, notes=run.notes, **run.options)
+    request = merge_config_file(from_file, model, method, run, refuse_unmodelled=not accept_unmodelled)
+    result = estimate_request(request)
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
-        request = RunRequest(model=run.model, method=run.method, options=run.options)
         suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False)
     if emit is not None and plan.options:
         from vramplan.cli.emit import emit_configs

@@ -7,30 +7,17 @@ from typing import Annotated
 import typer
 
 from vramplan.cli import options as o
+from vramplan.cli.run_options import with_run_options
+from vramplan.options import RunOptions
 from vramplan.cli.render import check_format, emit_json
 
 
+@with_run_options(layout=False)
 def probe_command(
+    run: RunOptions,
     model: o.ModelOrFile = None,
     method: o.MethodOrFile = None,
     from_file: o.FromFile = None,
-    batch_size: o.BatchSize = None,
-    seq_len: o.SeqLen = None,
-    precision: o.PrecisionOpt = None,
-    optimizer: o.OptimizerOpt = None,
-    gradient_checkpointing: o.Checkpointing = None,
-    lora_rank: o.LoraRank = None,
-    lora_targets: o.LoraTargets = None,
-    lora_dropout: o.LoraDropout = None,
-    double_quant: o.DoubleQuant = None,
-    kbit_prep: o.KbitPrep = None,
-    stack: o.StackOpt = None,
-    loss: o.LossOpt = None,
-    liger: o.LigerOpt = None,
-    packing: o.PackingOpt = None,
-    attn: o.AttnOpt = None,
-    optimizer_in_backward: o.OptimizerInBackward = None,
-    activation_offload: o.ActivationOffload = None,
     steps: Annotated[int, typer.Option("--steps", help="Measured steps after one warm-up step.", min=1, max=1000)] = 3,
     device: Annotated[str, typer.Option("--device", help="auto | cuda | cpu. auto and cuda need a CUDA GPU (exit 4 "
                                                          "without one); cpu runs small configs on the CPU.")] = "auto",
@@ -39,19 +26,18 @@ def probe_command(
 ) -> None:
     """Run a few real training steps (random weights) on the GPU and append the measured peaks as one JSON line.
     Exit 4 without a CUDA GPU (unless --device cpu) or without the probe extra."""
-    options = locals()
     import sys
     from pathlib import Path
 
-    from vramplan.api import resolve_run
     from vramplan.cli.imported import merge_config_file
+    from vramplan.request import resolve_request
     from vramplan.errors import UsageError, require_extra
 
     check_format(fmt)
     if device not in ("auto", "cuda", "cpu"):
         raise UsageError(f"--device {device!r}: choose auto, cuda or cpu")
-    run = merge_config_file(from_file, model, method, o.training_options(options))
-    resolved, setup, _ = resolve_run(run.model, run.method, **run.options)  # bad input is exit 2 before anything
+    request = merge_config_file(from_file, model, method, run)
+    resolved, setup, _ = resolve_request(request)  # bad input is exit 2 before anything
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.measure.probe import append_jsonl, measurement_file, run_probe
 
@@ -59,7 +45,8 @@ def probe_command(
         sys.stderr.write(f"vramplan: probe: {stage}\n")
         sys.stderr.flush()
 
-    record = run_probe(resolved, setup, steps=steps, device=device, options=run.options, progress=progress)
+    record = run_probe(resolved, setup, steps=steps, device=device, options=request.options.given(),
+                       progress=progress)
     path = measurement_file(Path(out), record.gpu)
     append_jsonl(path, record)
     if fmt == "json":

@@ -8,26 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from vramplan.result import Estimate
 from vramplan.errors import VramplanError
+from vramplan.request import RunRequest, estimate_request
+from vramplan.result import Estimate
 from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Optimizer, Stack, Strategy
 
 # GPU counts tried when suggesting to shard the job (one node's worth: 2, 4 or 8 GPUs).
 SHARD_GPU_COUNTS = (2, 4, 8)
 # Shortest sequence the "halve the sequence length" change offers (below it the change saves little).
 MIN_HALVED_SEQ_LEN = 256
-
-
-class RunRequest(BaseModel):
-    """A run as the user asked for it: the model, the method and the options given (unset ones absent)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model: str
-    method: str = "lora"
-    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Suggestion(BaseModel):
@@ -90,16 +81,13 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
     change the estimator refuses is left out, since its command would not give an answer. `layouts=False` leaves
     out the changes of GPUs and nodes (`plan` searches those itself).
     """
-    from vramplan.api import estimate as estimate_run
-
     suggestions = []
     sharding: list[Suggestion] = []
     for change, changes in _variants(estimate.setup, max_gpus):
         if not layouts and changes.keys() & {"gpus", "nodes", "strategy"}:
             continue
-        options = {**request.options, **{k: v for k, v in changes.items() if k != "method"}}
         try:
-            needed = estimate_run(request.model, changes.get("method", request.method), **options).device_bytes
+            needed = estimate_request(request.changed(changes)).device_bytes
         except VramplanError:
             continue
         suggestion = Suggestion(change=change, changes=changes, flags=option_flags(changes), needed_bytes=needed,
@@ -122,16 +110,13 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
 def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
               singles: list[Suggestion]) -> Suggestion | None:
     """When no single change fits: the changes together, largest saving first, up to the first set that fits."""
-    from vramplan.api import estimate as estimate_run
-
     changes: dict[str, Any] = {}
     names: list[str] = []
     for single in singles:
         changes.update(single.changes)
         names.append(single.change)
-        options = {**request.options, **{k: v for k, v in changes.items() if k != "method"}}
         try:
-            needed = estimate_run(request.model, changes.get("method", request.method), **options).device_bytes
+            needed = estimate_request(request.changed(changes)).device_bytes
         except VramplanError:
             return None
         if needed <= usable_bytes:

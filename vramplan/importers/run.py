@@ -7,16 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vramplan.errors import UsageError
+from vramplan.options import RunOptions
 
 Format = Literal["axolotl", "llama-factory", "torchtune", "trl", "deepspeed"]
 FORMATS: tuple[str, ...] = ("axolotl", "llama-factory", "torchtune", "trl", "deepspeed")
 
-# resolve_setup's option names, plus the ones the estimator is gaining (stack ... activation_offload).
-OPTION_NAMES = (
-    "batch_size", "seq_len", "precision", "optimizer", "gradient_checkpointing", "lora_rank", "lora_targets",
-    "lora_dropout", "double_quant", "gpus", "nodes", "strategy", "offload", "stack", "loss", "liger", "packing",
-    "attn", "optimizer_in_backward", "activation_offload",
-)
+# The options a reader may set: RunOptions' fields (vramplan/options.py), declared once there.
+OPTION_NAMES = tuple(RunOptions.model_fields)
 
 
 class ImportedRun(BaseModel):
@@ -27,7 +24,7 @@ class ImportedRun(BaseModel):
     format: Format
     model: str | None = None  # the base model as written (HF id or path), or a catalog id (torchtune)
     method: Literal["full", "lora", "qlora"] | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: RunOptions = Field(default_factory=RunOptions)
     unmodelled: list[str] = Field(default_factory=list)  # keys that change memory but vramplan does not model
     notes: list[str] = Field(default_factory=list)  # how each memory-relevant key (or its absence) was read
     assumptions: list[str] = Field(default_factory=list)  # what the answer must state (an upper bound taken, ...)
@@ -177,11 +174,15 @@ class RunBuilder:
             self.not_modelled(f"{where}{key}", value, f"not read by vramplan's {self.format} reader: may change memory")
 
     def build(self) -> ImportedRun:
+        try:
+            options = RunOptions.of(**{k: v for k, v in self.options.items() if v is not None})
+        except UsageError as err:  # a value of the wrong type for an option, named by its flag
+            raise ConfigValueError(str(err)) from None
         return ImportedRun(
             format=self.format,
             model=self.model,
             method=self.method,
-            options=dict(self.options),
+            options=options,
             unmodelled=list(self.unmodelled),
             notes=list(self.notes),
             assumptions=list(self.assumptions),

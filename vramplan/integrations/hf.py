@@ -37,10 +37,10 @@ class PreflightCallback(TrainerCallback):
     def __init__(self, model: str, method: str = "lora", *, headroom: float = DEFAULT_HEADROOM,
                  record_after_steps: int = 3, strict: bool = False, nvml=None, **options):
         from vramplan.api import estimate
-        from vramplan.hardware.suggest import RunRequest
+        from vramplan.request import RunRequest
 
         self.estimate = estimate(model, method, **options)
-        self.request = RunRequest(model=model, method=method, options=options)
+        self.request = RunRequest.of(model, method, **options)
         self.headroom = headroom
         self.record_after_steps = record_after_steps
         self.strict = strict  # raise when the check cannot run (no GPU/driver) instead of logging it

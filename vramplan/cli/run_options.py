@@ -1,0 +1,85 @@
+"""The CLI flags of RunOptions, generated from its fields: declared once in vramplan/options.py, shared by every
+command that sizes a run (estimate, trace, check, fit, plan, probe).
+
+`@with_run_options()` adds one typer option per field to a command (after its --from option) and hands the command
+a `run: RunOptions` built from them. Help texts, flag names and defaults come from the field, so a new option is
+one field in RunOptions plus its rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from vramplan.choices import Attention, Loss, Offload, Optimizer, Precision, Stack, Strategy
+from vramplan.options import RunOptions
+
+# Fields whose values are one of a set: the shell completes them.
+_CHOICES = {"precision": Precision, "optimizer": Optimizer, "stack": Stack, "loss": Loss, "attn": Attention,
+            "strategy": Strategy, "offload": Offload}
+
+
+def _gpu_count(value: Optional[str]) -> Optional[int]:
+    """--gpus is a count everywhere; a list of indices is --devices (check)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        hint = " (to pick local GPUs by index use --devices 0,1)" if "," in text or text == "" else ""
+        raise typer.BadParameter(f"{value!r} is not a GPU count{hint}", param_hint="'--gpus'")
+    return int(text)
+
+
+def _completer(choices) -> Callable[[str], list[str]]:
+    return lambda incomplete: [c.value for c in choices if c.value.startswith(incomplete)]
+
+
+def _option_parameter(name: str, field) -> inspect.Parameter:
+    """The typer parameter of one RunOptions field."""
+    extra = field.json_schema_extra
+    flag = extra.get("switch") or extra.get("flag") or "--" + name.replace("_", "-")
+    kind = typing.get_args(field.annotation)[0]  # X of `X | None` (lora_targets: its str spelling)
+    settings: dict[str, Any] = {"help": field.description}
+    if "switch" in extra:
+        kind = bool
+        settings["show_default"] = False
+    if name in _CHOICES:
+        settings["autocompletion"] = _completer(_CHOICES[name])
+    if name == "gpus":
+        kind = str
+        settings.update(callback=_gpu_count, metavar="N")
+    if kind not in (int, float, bool):
+        kind = str
+    annotation = Annotated[Optional[kind], typer.Option(flag, **settings)]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+
+
+def with_run_options(*, layout: bool = True) -> Callable:
+    """Give the decorated command every RunOptions flag (the layout ones, --gpus/--nodes/--strategy/--offload,
+    only with `layout`); it receives them as `run: RunOptions`."""
+    names = [name for name, field in RunOptions.model_fields.items()
+             if layout or not field.json_schema_extra["layout"]]
+
+    def decorate(command: Callable) -> Callable:
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command).parameters.values() if p.name != "run"]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "from_file"), len(own))
+        added = [_option_parameter(name, RunOptions.model_fields[name]) for name in names]
+
+        @functools.wraps(command)
+        def wrapper(**values):
+            given = {name: values.pop(name) for name in names}
+            run = RunOptions.of(**{k: v for k, v in given.items() if v is not None})
+            return command(run=run, **values)
+
+        del wrapper.__wrapped__  # typer must read the signature below, not the command's own
+        wrapper.__signature__ = inspect.Signature(own[:at] + added + own[at:])
+        wrapper.__annotations__ = {}
+        return wrapper
+
+    return decorate

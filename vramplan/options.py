@@ -1,0 +1,103 @@
+"""RunOptions: every option of a training run, declared once.
+
+The CLI's flags are generated from these fields (vramplan/cli/run_options.py), the config importers return them,
+the Python API takes them as keyword arguments, and `training.resolve_setup` turns them into a TrainingSetup. `None`
+means "not given": the stack's preset (vramplan/presets.py) decides. Adding an option is one field here plus its rule.
+Values are checked once, by resolve_setup, with one-line messages that name the flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Defaults that are not the stack's to choose (resolve_setup applies them; the help texts quote them).
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_SEQ_LEN = 2048
+
+
+def _option(help_text: str, *, layout: bool = False, flag: str | None = None, switch: str | None = None) -> Any:
+    """A field of RunOptions: not given by default, with its help text and how the CLI spells it."""
+    extra = {"layout": layout}
+    if flag is not None:
+        extra["flag"] = flag
+    if switch is not None:
+        extra["switch"] = switch  # a boolean as --name/--no-name
+    return Field(None, description=help_text, json_schema_extra=extra)
+
+
+class RunOptions(BaseModel):
+    """The options of one training run as the user gave them; `None` = the stack's preset decides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    batch_size: int | None = _option(f"Per-GPU micro-batch. [default: {DEFAULT_BATCH_SIZE}]")
+    seq_len: int | None = _option(f"Tokens per sequence. [default: {DEFAULT_SEQ_LEN}]")
+    precision: str | None = _option("bf16 | bf16-mixed | fp16-mixed | fp32 [default: bf16]")
+    optimizer: str | None = _option(
+        "adamw | adamw-fused | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | adafactor [default: the stack's: "
+        "adamw-fused for every stack (TrainingArguments on torch >= 2.8, torchtune's fused AdamW)]")
+    gradient_checkpointing: bool | None = _option(
+        "[default: the stack's: hf on for lora/qlora, off for full; axolotl, llama-factory, torchtune on]",
+        switch="--gradient-checkpointing/--no-gradient-checkpointing")
+    lora_rank: int | None = _option("[default: the stack's: hf 16, axolotl 32, llama-factory 8, torchtune 8]")
+    lora_targets: str | tuple[str, ...] | None = _option(
+        "all-linear or names such as q_proj,v_proj [default: the stack's: all-linear; torchtune its recipe's seven; "
+        "MoE models the attention projections]")
+    lora_dropout: float | None = _option(
+        "[default: the stack's: hf and axolotl 0.05, llama-factory and torchtune 0]")
+    double_quant: bool | None = _option("qlora [default: on]", switch="--double-quant/--no-double-quant")
+    kbit_prep: bool | None = _option("qlora: peft prepare_model_for_kbit_training [default: on]",
+                                     switch="--kbit-prep/--no-kbit-prep")
+    stack: str | None = _option(
+        "hf | torchtune | axolotl | llama-factory: whose defaults fill unset options [default: hf]")
+    loss: str | None = _option("standard | chunked (torchtune) | fused (Liger/CCE) [default: the stack's]")
+    liger: bool | None = _option("Liger fused RMSNorm/SwiGLU/RoPE", switch="--liger/--no-liger")
+    packing: bool | None = _option("several sequences per row", switch="--packing/--no-packing")
+    attn: str | None = _option("sdpa | flash | eager [default: sdpa]")
+    optimizer_in_backward: bool | None = _option(
+        "torchtune optimizer_in_bwd", switch="--optimizer-in-backward/--no-optimizer-in-backward")
+    activation_offload: bool | None = _option(
+        "saved activations in host memory", switch="--activation-offload/--no-activation-offload")
+    gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
+    nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
+    strategy: str | None = _option(
+        "single | ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | device-map [default: single; needed with "
+        "several GPUs]", layout=True)
+    offload: str | None = _option("none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]",
+                                  layout=True)
+
+    @classmethod
+    def of(cls, **values: Any) -> RunOptions:
+        """RunOptions from keyword arguments, or a one-line UsageError naming the option (never pydantic's
+        multi-line report)."""
+        from pydantic import ValidationError
+
+        from vramplan.errors import UsageError
+
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "?"
+            if first["type"] == "extra_forbidden":
+                raise UsageError(f"unknown option {name!r} (the options are: {', '.join(cls.model_fields)})") from None
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {first.get('input')!r}: {first['msg'].lower()}") from None
+
+    def given(self) -> dict[str, Any]:
+        """The options the user gave, as keyword arguments (unset ones left out)."""
+        return self.model_dump(exclude_none=True)
+
+    def over(self, base: RunOptions) -> RunOptions:
+        """These options, with `base`'s filling the ones not given (flags over a --from file)."""
+        return RunOptions.of(**{**base.given(), **self.given()})
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return RunOptions.of(**{**self.given(), **changes})
+
+
+def layout_fields() -> tuple[str, ...]:
+    """The options that spread a run over GPUs (--gpus, --nodes, --strategy, --offload)."""
+    return tuple(name for name, field in RunOptions.model_fields.items() if field.json_schema_extra["layout"])
