@@ -17,7 +17,7 @@ from vramplan.models.catalog import load_catalog
 
 LLAMA_8B = load_catalog()["llama-3.1-8b"].full_config
 REPO = Path(__file__).parents[1]
-H100 = REPO / "hardware_catalog" / "gpus" / "h100-sxm5-80gb.toml"
+H100 = REPO / "vramplan" / "hardware" / "catalog_data" / "gpus" / "h100-sxm5-80gb.toml"
 
 
 def _usage_error(capsys, argv: list[str], *fragments: str) -> str:

@@ -53,7 +53,7 @@ def _fail(message: str, code: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vramplan` console script; returns the process exit code."""
     debug = os.environ.get("VRAMPLAN_DEBUG") == "1"
-    record_argv(argv)
+    record_argv(argv, app)
     try:
         result = app(args=argv, prog_name="vramplan", standalone_mode=False)
         return result if isinstance(result, int) else 0

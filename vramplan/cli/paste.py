@@ -10,23 +10,24 @@ from __future__ import annotations
 import shlex
 import sys
 
-# The arguments `vramplan` was called with (set by vramplan.cli.app.main), without the program name.
+# The arguments `vramplan` was called with, without the program name, and the typer app that parsed them (both set
+# by vramplan.cli.app.main).
 _ARGV: list[str] = []
+_APP: list = []
 # Flags that a change of an option makes meaningless: choosing the job's GPU count drops a --devices list.
 _DROPPED_WITH = {"--gpus": ("--devices",)}
 
 
-def record_argv(argv: list[str] | None) -> None:
+def record_argv(argv: list[str] | None, app) -> None:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    _APP[:] = [app]
 
 
 def _option_spellings(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     """Each spelling of each option of the command -> (all its spellings, whether it takes a value)."""
     import typer
 
-    from vramplan.cli.app import app
-
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(_APP[0])
     for part in command_name.split():
         command = command.commands[part]
     spellings = {}

@@ -1,4 +1,5 @@
-"""The hardware catalog: one TOML file per GPU (`hardware_catalog/gpus/`) and per system (`.../systems/`).
+"""The hardware catalog: one TOML file per GPU (`vramplan/hardware/catalog_data/gpus/`) and per system
+(`.../systems/`), shipped inside the package.
 
 Users layer their own files over ours with `--catalog DIR` or VRAMPLAN_CATALOG (a folder holding `gpus/` and/or
 `systems/`); a user file with an existing id replaces ours, and every file is validated the same way.
@@ -18,7 +19,7 @@ from vramplan.errors import UsageError
 from vramplan.tomlfile import parse_record, read_toml
 
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "hardware_catalog"
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog_data"  # package data (pyproject.toml)
 CATALOG_ENV = "VRAMPLAN_CATALOG"
 
 PriceKind = Literal["list", "street", "msrp", "cloud-hourly"]

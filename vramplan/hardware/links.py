@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from vramplan.hardware.catalog import Gpu, System
 
 # NVIDIA quotes NVLink as the sum of both directions (H100 SXM5 "900 GB/s" is 18 links x 50 GB/s bidirectional,
-# 450 GB/s each way: hardware_catalog/gpus/h100-sxm5-80gb.toml notes, after cli99/llm-analysis gpu_configs).
+# 450 GB/s each way: vramplan/hardware/catalog_data/gpus/h100-sxm5-80gb.toml notes, after cli99/llm-analysis gpu_configs).
 NVLINK_DIRECTIONS = 2
 # PCIe x16, per direction: the transfer rate (8/16/32/64 GT/s per lane for gen 3/4/5/6) x 16 lanes after line
 # coding (128b/130b for gen 3-5; gen 6's FLIT mode 242B/256B). PCI-SIG spec figures as tabulated in Wikipedia's
