@@ -57,3 +57,11 @@ def test_parameter_count_equals_transformers_meta_build(record_id):
 def test_every_record_is_sourced(record_id):
     record = CATALOG[record_id]
     assert record.source.strip() and record.hf_repo.count("/") == 1
+
+
+def test_the_index_is_the_records_index():
+    """models/catalog/index.json (aliases and repo names, read on every cold start) matches the records; rewrite it
+    with `python -m vramplan.models.catalog` after editing a record."""
+    from vramplan.models.catalog import build_index, catalog_index, load_catalog
+
+    assert catalog_index() == build_index(load_catalog())

@@ -80,35 +80,74 @@ def load_catalog() -> dict[str, CatalogModel]:
 
 @lru_cache(maxsize=1)
 def size_aliases() -> dict[str, str]:
+    """Size alias -> catalog id, from the index (tests/models/test_catalog.py holds it to the records)."""
+    return dict(catalog_index()["aliases"])
+
+
+# The catalog's lookup tables (size aliases, HF repo names -> ids), so resolving one name reads one record instead
+# of all of them (the cold start of `vramplan estimate`). Written by `python -m vramplan.models.catalog`.
+INDEX_FILE = CATALOG_DIR / "index.json"
+
+
+@lru_cache(maxsize=1)
+def catalog_index() -> dict[str, dict[str, str]]:
+    import json
+
+    return json.loads(INDEX_FILE.read_text())
+
+
+def build_index(records: dict[str, CatalogModel]) -> dict[str, dict[str, str]]:
+    """The index of `records`: size aliases (each claimed once) and lower-cased repo names, to ids."""
     aliases: dict[str, str] = {}
-    for record in load_catalog().values():
+    for record in records.values():
         if record.size_alias:
             if record.size_alias in aliases:
                 raise ModelConfigError(f"size alias {record.size_alias} is claimed twice")
             aliases[record.size_alias] = record.id
-    return aliases
+    repos = {record.hf_repo.lower(): record.id for record in records.values()}
+    return {"aliases": dict(sorted(aliases.items())), "repos": dict(sorted(repos.items()))}
+
+
+@lru_cache(maxsize=None)
+def load_record(record_id: str) -> CatalogModel:
+    """One catalog record, read from its own file."""
+    file = CATALOG_DIR / f"{record_id}.toml"
+    with file.open("rb") as handle:
+        record = CatalogModel(**tomllib.load(handle))
+    if record.id != file.stem:
+        raise ModelConfigError(f"catalog file {file.name} has id {record.id!r}")
+    return record
+
+
+def _catalog_id(key: str) -> str | None:
+    """The catalog id `key` names (an id, a size alias, an HF repo or its chat-tuned variant), or None."""
+    index = catalog_index()
+    if key in index["aliases"]:
+        return index["aliases"][key]
+    if (CATALOG_DIR / f"{key}.toml").is_file() and key == Path(key).name and not key.startswith("."):
+        return key
+    return index["repos"].get(key) or index["repos"].get(_base_repo(key))
 
 
 def resolve_model(model: str) -> ResolvedModel:
     """A catalog id, an HF repo name in the catalog, a size alias, or a path to config.json (or its folder)."""
     key = model.strip().lower()
-    catalog = load_catalog()
     if key in NOT_YET_MODELLED_ALIASES:
         key = NOT_YET_MODELLED_ALIASES[key]
     if key in NOT_YET_MODELLED:
         raise NotModelledError(f"--model {model}: {NOT_YET_MODELLED[key]} is not yet modelled")
-    if key in size_aliases():
-        record = catalog[size_aliases()[key]]
-        return _from_record(model, record, f"size alias {key} -> {record.id} ({record.hf_repo})")
-    if key in catalog:
-        return _from_record(model, catalog[key], f"catalog {key} ({catalog[key].hf_repo})")
-    by_repo = {record.hf_repo.lower(): record for record in catalog.values()}
-    if key in by_repo:
-        return _from_record(model, by_repo[key], f"catalog {by_repo[key].id} (by repo name)")
-    base = _base_repo(key)
-    if base in by_repo:
-        record = by_repo[base]
-        return _from_record(model, record, f"catalog {record.id}: {model} is its chat-tuned variant, same architecture")
+    found = _catalog_id(key) if key else None
+    if found is not None:
+        record = load_record(found)
+        if key in size_aliases():
+            how = f"size alias {key} -> {record.id} ({record.hf_repo})"
+        elif key == record.id:
+            how = f"catalog {key} ({record.hf_repo})"
+        elif key == record.hf_repo.lower():
+            how = f"catalog {record.id} (by repo name)"
+        else:
+            how = f"catalog {record.id}: {model} is its chat-tuned variant, same architecture"
+        return _from_record(model, record, how)
     path = Path(model).expanduser()
     if path_exists(path):
         config = load_config_file(path)
@@ -125,7 +164,7 @@ def resolve_model(model: str) -> ResolvedModel:
         spec = spec_from_config(config, origin=model)
         return ResolvedModel(requested=model, id=model.strip(), name=model.strip(), resolved_from=how, spec=spec,
                              config=config)
-    close = _close_names(key, catalog)
+    close = _close_names(key, load_catalog())
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise ModelConfigError(
         f"--model {model}: not a catalog model, size alias, Hub id (org/name) or config.json path "
@@ -174,3 +213,10 @@ def _base_repo(key: str) -> str | None:
 
 def _alias_order(alias: str) -> float:
     return float(alias.rstrip("b"))
+
+
+if __name__ == "__main__":
+    import json
+
+    INDEX_FILE.write_text(json.dumps(build_index(load_catalog()), indent=1) + "\n")
+    print(INDEX_FILE)
