@@ -1,3 +1,3 @@
-from vramplan.cli.app import main
+from vramplan.cli import run
 
-raise SystemExit(main())
+run()
