@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
 
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json_document
 
 
 @with_run_options(layout=True)
 def check_command(
-    run: RunOptions,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
     devices: o.Devices = None,
-    gpu: Annotated[Optional[str], typer.Option(
-        "--gpu", help="Check against idle catalog GPUs instead (rtx-4090, \"RTX 4090\", 4090, or a size like "
-                      "24GB), one per rank.", autocompletion=o.complete_gpus)] = None,
+    gpu: o.GpuTarget = None,
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
     accept_unmodelled: o.AcceptUnmodelled = False,
-    nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
-                                                          help="Replay recorded NVML answers (tests, demos).")] = None,
+    nvml_recording: o.NvmlRecording = None,
     catalog: o.CatalogDir = None,
     fmt: o.Format = "table",
 ) -> None:
@@ -46,7 +39,7 @@ def check_command(
     indices = o.parse_devices(devices)
     if gpu is not None and devices is not None:
         raise UsageError("--devices picks local GPUs and --gpu a catalog GPU: give one of them")
-    request = merge_config_file(from_file, model, method, run, refuse_unmodelled=not accept_unmodelled)
+    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
     if indices is not None and request.options.gpus is None:
         request = request.changed({"gpus": len(indices)})  # the job's ranks are the GPUs named
         if len(indices) > 1 and request.options.strategy is None:

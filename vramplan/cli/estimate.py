@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_estimate, emit_json
 
 
 @with_run_options(layout=True)
 def estimate_command(
-    run: RunOptions,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
     emit: o.Emit = None,
     emit_to: o.EmitTo = None,
     fmt: o.Format = "table",
@@ -23,7 +20,7 @@ def estimate_command(
     from vramplan.request import estimate_request
 
     check_format(fmt)
-    result = estimate_request(merge_config_file(from_file, model, method, run))
+    result = estimate_request(merge_config_file(run))
     if emit is not None:
         from vramplan.cli.emit import emit_configs
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json_document
 
-GpuTargetOpt = Annotated[
-    Optional[str],
-    typer.Option("--gpu", help="A catalog GPU (rtx-4090, \"RTX 4090\", 4090, h100-sxm5-80gb; vramplan catalog gpus) "
-                               "or a memory size (24GB = 24x10^9 bytes, 80GiB = 80x2^30 bytes). [default: the "
-                               "local GPU's free memory, through NVML]", autocompletion=o.complete_gpus),
-]
 SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
 # The smallest value of each solved option: the suggestions are sized there (what `fit` tries first).
 SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1)}
@@ -24,16 +17,13 @@ SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-ra
 
 @with_run_options(layout=True)
 def fit_command(
-    run: RunOptions,
-    gpu: GpuTargetOpt = None,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
+    gpu: o.GpuTarget = None,
     solve: SolveOpt = "batch-size",
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
     accept_unmodelled: o.AcceptUnmodelled = False,
-    nvml_recording: Annotated[Optional[str], typer.Option("--nvml-recording", hidden=True,
-                                                          help="Replay recorded NVML answers (tests, demos).")] = None,
+    nvml_recording: o.NvmlRecording = None,
     catalog: o.CatalogDir = None,
     fmt: o.Format = "table",
 ) -> None:
@@ -53,7 +43,7 @@ def fit_command(
     if solve not in SEARCH_LIMITS:
         raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
     fraction = o.parse_fraction(headroom, "--headroom")
-    request = merge_config_file(from_file, model, method, run, refuse_unmodelled=not accept_unmodelled)
+    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
     target, usable = _target(gpu, fraction, catalog, nvml_recording)
     resolved, setup, _ = resolve_request(request)
     result = largest_fitting(resolved, setup, solve, usable)

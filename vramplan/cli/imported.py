@@ -6,15 +6,14 @@ import sys
 from pathlib import Path
 
 from vramplan.errors import NotModelledError, UsageError
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput
 from vramplan.request import DEFAULT_METHOD, RunRequest
 
 # Prefix of the assumption lines that name a key of the --from file vramplan does not model.
 UNMODELLED_PREFIX = "NOT MODELLED (from the --from file, the answer leaves it out): "
 
 
-def merge_config_file(from_file: str | None, model: str | None, method: str | None, run: RunOptions, *,
-                      refuse_unmodelled: bool = False) -> RunRequest:
+def merge_config_file(run: RunInput, *, refuse_unmodelled: bool = False) -> RunRequest:
     """The run a command sizes: the --from file's values under the flags given on the command line.
 
     Keys of the file that change memory but are not modelled are printed to stderr, one line each, and become
@@ -22,10 +21,11 @@ def merge_config_file(from_file: str | None, model: str | None, method: str | No
     without `--accept-unmodelled`) they are a usage error instead: a verdict on a run vramplan did not model would
     be a guess.
     """
+    from_file, model, method = run.from_file, run.model, run.method
     if from_file is None:
         if model is None:
             raise UsageError("missing option --model (or --from FILE with a training config that names the model)")
-        return RunRequest(model=model, method=method or DEFAULT_METHOD, options=run)
+        return RunRequest(model=model, method=method or DEFAULT_METHOD, options=run.options)
     from vramplan.importers import load_run_config
 
     imported = load_run_config(Path(from_file))
@@ -41,4 +41,4 @@ def merge_config_file(from_file: str | None, model: str | None, method: str | No
         sys.stderr.write(f"vramplan: note: {from_file}: not modelled: {line}\n")
     notes = (*imported.assumptions, *(UNMODELLED_PREFIX + line for line in imported.unmodelled))
     return RunRequest(model=chosen_model, method=method or imported.method or DEFAULT_METHOD,
-                      options=run.over(imported.options), notes=notes)
+                      options=run.options.over(imported.options), notes=notes)

@@ -126,3 +126,14 @@ Kwh = Annotated[float, typer.Option("--kwh-price", help="Energy price in USD per
 Top = Annotated[int, typer.Option("--top", help="Rows of the table.", min=1, max=10_000)]
 MaxNodes = Annotated[int, typer.Option("--max-nodes", help="Most nodes of one system a multi-node layout may use.",
                                        min=1, max=1024)]
+
+GpuTarget = Annotated[
+    Optional[str],
+    typer.Option("--gpu", help="An idle catalog GPU (rtx-4090, \"RTX 4090\", 4090, h100-sxm5-80gb; vramplan catalog "
+                               "gpus) or a memory size (24GB = 24x10^9 bytes, 80GiB = 80x2^30 bytes), one per rank. "
+                               "[default: the local GPUs' free memory, through NVML]", autocompletion=complete_gpus),
+]
+NvmlRecording = Annotated[
+    Optional[str],
+    typer.Option("--nvml-recording", hidden=True, help="Replay recorded NVML answers (tests, demos)."),
+]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json_document
 
 # Most training tokens a plan takes (tokens x epochs): about 60 times the largest published pre-training runs,
@@ -14,10 +13,8 @@ MAX_TRAINING_TOKENS = 10**15
 
 @with_run_options(layout=False)
 def plan_command(
-    run: RunOptions,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
     tokens: o.Tokens = "100M",
     epochs: o.Epochs = 1.0,
     headroom: o.Headroom = o.HEADROOM_DEFAULT,
@@ -53,7 +50,7 @@ def plan_command(
         raise UsageError(f"--tokens {tokens} x --epochs {epochs:g}: give between 1 and {MAX_TRAINING_TOKENS:.0e} "
                          "training tokens in all")
     hardware = load_hardware(catalog)
-    request = merge_config_file(from_file, model, method, run, refuse_unmodelled=not accept_unmodelled)
+    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
     result = estimate_request(request)
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []

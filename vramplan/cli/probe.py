@@ -7,17 +7,14 @@ from typing import Annotated
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json
 
 
 @with_run_options(layout=False)
 def probe_command(
-    run: RunOptions,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
     steps: Annotated[int, typer.Option("--steps", help="Measured steps after one warm-up step.", min=1, max=1000)] = 3,
     device: Annotated[str, typer.Option("--device", help="auto | cuda | cpu. auto and cuda need a CUDA GPU (exit 4 "
                                                          "without one); cpu runs small configs on the CPU.")] = "auto",
@@ -36,7 +33,7 @@ def probe_command(
     check_format(fmt)
     if device not in ("auto", "cuda", "cpu"):
         raise UsageError(f"--device {device!r}: choose auto, cuda or cpu")
-    request = merge_config_file(from_file, model, method, run)
+    request = merge_config_file(run)
     resolved, setup, _ = resolve_request(request)  # bad input is exit 2 before anything
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.measure.probe import append_jsonl, measurement_file, run_probe

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, NamedTuple, Optional
 
 import typer
 
@@ -58,27 +58,46 @@ def _option_parameter(name: str, field) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
+def _run_parameters() -> list[inspect.Parameter]:
+    """--model, --method and --from: what every sizing command starts with."""
+    from vramplan.cli import options as o
+
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+            for name, annotation in (("model", o.ModelOrFile), ("method", o.MethodOrFile), ("from_file", o.FromFile))]
+
+
+class RunInput(NamedTuple):
+    """What a sizing command was given about the run: --model, --method, --from and the RunOptions flags."""
+
+    model: str | None
+    method: str | None
+    from_file: str | None
+    options: RunOptions
+
+
 def with_run_options(*, layout: bool = True) -> Callable:
-    """Give the decorated command every RunOptions flag (the layout ones, --gpus/--nodes/--strategy/--offload,
-    only with `layout`); it receives them as `run: RunOptions`."""
+    """Give the decorated command --model, --method, --from and every RunOptions flag (the layout ones,
+    --gpus/--nodes/--strategy/--offload, only with `layout`). It receives them as `run: RunInput` and declares only
+    its own options."""
     names = [name for name, field in RunOptions.model_fields.items()
              if layout or not field.json_schema_extra["layout"]]
 
     def decorate(command: Callable) -> Callable:
         hints = typing.get_type_hints(command, include_extras=True)
+        taken = {"run"}
         own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
-               for p in inspect.signature(command).parameters.values() if p.name != "run"]
-        at = next((i + 1 for i, p in enumerate(own) if p.name == "from_file"), len(own))
-        added = [_option_parameter(name, RunOptions.model_fields[name]) for name in names]
+               for p in inspect.signature(command).parameters.values() if p.name not in taken]
+        added = _run_parameters() + [_option_parameter(name, RunOptions.model_fields[name]) for name in names]
 
         @functools.wraps(command)
         def wrapper(**values):
             given = {name: values.pop(name) for name in names}
-            run = RunOptions.of(**{k: v for k, v in given.items() if v is not None})
+            options = RunOptions.of(**{k: v for k, v in given.items() if v is not None})
+            run = RunInput(values.pop("model"), values.pop("method"), values.pop("from_file"), options)
             return command(run=run, **values)
 
         del wrapper.__wrapped__  # typer must read the signature below, not the command's own
-        wrapper.__signature__ = inspect.Signature(own[:at] + added + own[at:])
+        wrapper.__signature__ = inspect.Signature(added + own)
         wrapper.__annotations__ = {}
         return wrapper
 

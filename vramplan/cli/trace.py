@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from vramplan.cli import options as o
-from vramplan.cli.run_options import with_run_options
-from vramplan.options import RunOptions
+from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json, emit_trace
 
 ByModule = Annotated[bool, typer.Option("--by-module", help="Show which modules hold the peak's bytes.")]
@@ -17,10 +16,8 @@ Top = Annotated[int, typer.Option("--top", help="Rows of --by-module to show.", 
 
 @with_run_options(layout=True)
 def trace_command(
-    run: RunOptions,
-    model: o.ModelOrFile = None,
-    method: o.MethodOrFile = None,
-    from_file: o.FromFile = None,
+    *,
+    run: RunInput,
     by_module: ByModule = False,
     top: Top = 12,
     fmt: o.Format = "table",
@@ -31,7 +28,7 @@ def trace_command(
     from vramplan.request import resolve_request
 
     check_format(fmt)
-    resolved, setup, _ = resolve_request(merge_config_file(from_file, model, method, run))
+    resolved, setup, _ = resolve_request(merge_config_file(run))
     result = trace_memory(resolved, setup)
     if fmt == "json":
         emit_json(result, "trace")

@@ -91,6 +91,7 @@ INDEX_FILE = CATALOG_DIR / "index.json"
 
 @lru_cache(maxsize=1)
 def catalog_index() -> dict[str, dict[str, str]]:
+    """{"ids": id -> id, "aliases": size alias -> id, "repos": lower-cased HF repo -> id}."""
     import json
 
     return json.loads(INDEX_FILE.read_text())
@@ -105,7 +106,9 @@ def build_index(records: dict[str, CatalogModel]) -> dict[str, dict[str, str]]:
                 raise ModelConfigError(f"size alias {record.size_alias} is claimed twice")
             aliases[record.size_alias] = record.id
     repos = {record.hf_repo.lower(): record.id for record in records.values()}
-    return {"aliases": dict(sorted(aliases.items())), "repos": dict(sorted(repos.items()))}
+    ids = {record.id: record.id for record in records.values()}
+    return {"ids": dict(sorted(ids.items())), "aliases": dict(sorted(aliases.items())),
+            "repos": dict(sorted(repos.items()))}
 
 
 @lru_cache(maxsize=None)
@@ -124,7 +127,7 @@ def _catalog_id(key: str) -> str | None:
     index = catalog_index()
     if key in index["aliases"]:
         return index["aliases"][key]
-    if (CATALOG_DIR / f"{key}.toml").is_file() and key == Path(key).name and not key.startswith("."):
+    if key in index["ids"]:
         return key
     return index["repos"].get(key) or index["repos"].get(_base_repo(key))
 

@@ -22,7 +22,7 @@ def model_rows() -> list[ModelRow]:
     """Every catalog model, with the refusal `estimate` gives for its default LoRA run, if any."""
     from vramplan.errors import NotModelledError
     from vramplan.estimate import refuse_unmodelled
-    from vramplan.estimate.moe import default_lora_targets
+    from vramplan.estimate.lora_targets import default_lora_targets
     from vramplan.models.catalog import load_catalog
     from vramplan.training import resolve_setup
 
