@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vramplan.errors import UsageError
 
@@ -46,3 +46,14 @@ def parse_record(kind: type[Record], raw: dict[str, Any], where: str) -> Record:
         first = err.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "file"
         raise UsageError(f"{where}: {field}: {first['msg']}") from None
+
+
+class RunRecord(BaseModel):
+    """A run as a TOML file writes it (a jobs file's [[job]], the matrix's [[case]]): model, method, and options
+    with RunOptions' names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    method: str
+    options: dict[str, Any] = {}

@@ -73,7 +73,7 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys):
 def test_malformed_config_json_exit_2(tmp_path, capsys):
     (tmp_path / "config.json").write_text("[1, 2")
     code, _, err = run(["estimate", "--model", str(tmp_path)], capsys)
-    assert code == 2 and "not a readable JSON" in err
+    assert code == 2 and "not a readable JSON object" in err
 
 
 def test_console_script_and_module_entry_points():
@@ -109,7 +109,7 @@ def test_output_piped_into_a_closed_reader_exits_quietly():
 
 def test_api_call_survives_importing_the_estimate_package():
     import vramplan
-    import vramplan.estimate.weights  # noqa: F401 - binds the package to vramplan.estimate
+    import vramplan.estimate.components.weights  # noqa: F401 - binds the package to vramplan.estimate
 
     result = vramplan.estimate("8b", "qlora", batch_size=2)
     assert result.setup.batch_size == 2 and result.peak_allocated_bytes > 0

@@ -19,7 +19,7 @@ def test_config_file_and_folder_resolve_the_same(tmp_path):
 
 def test_malformed_json_is_a_usage_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ModelConfigError, match="not a readable JSON"):
+    with pytest.raises(ModelConfigError, match="not a readable JSON object"):
         resolve_model(str(tmp_path))
 
 

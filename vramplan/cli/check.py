@@ -10,16 +10,13 @@ from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json_document
 
 
-@with_run_options(layout=True)
+@with_run_options(layout=True, verdict=True)
 def check_command(
     *,
     run: RunInput,
     devices: o.Devices = None,
     gpu: o.GpuTarget = None,
-    headroom: o.Headroom = o.HEADROOM_DEFAULT,
-    accept_unmodelled: o.AcceptUnmodelled = False,
     nvml_recording: o.NvmlRecording = None,
-    catalog: o.CatalogDir = None,
     fmt: o.Format = "table",
 ) -> None:
     """Pre-flight: does the job fit on the local GPUs (NVML) or on catalog GPUs? Exit 0 fits, 3 not, 4 cannot check,
@@ -35,11 +32,10 @@ def check_command(
     from vramplan.request import estimate_request
 
     check_format(fmt)
-    fraction = o.parse_fraction(headroom, "--headroom")
     indices = o.parse_devices(devices)
     if gpu is not None and devices is not None:
         raise UsageError("--devices picks local GPUs and --gpu a catalog GPU: give one of them")
-    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
+    request = merge_config_file(run)
     if indices is not None and request.options.gpus is None:
         request = request.changed({"gpus": len(indices)})  # the job's ranks are the GPUs named
         if len(indices) > 1 and request.options.strategy is None:
@@ -47,10 +43,10 @@ def check_command(
                              "--strategy ddp|zero1|zero2|zero3|fsdp|fsdp-hybrid|device-map")
     result = estimate_request(request)
     if gpu is not None:
-        verdict = check_catalog(result, gpu, fraction, catalog, request=request)
+        verdict = check_catalog(result, gpu, run.headroom, run.catalog, request=request)
     else:
         nvml = RecordedNvml.from_file(Path(nvml_recording)) if nvml_recording else None
-        verdict = check_local(result, indices, fraction, nvml, request=request)
+        verdict = check_local(result, indices, run.headroom, nvml, request=request)
     commands = [paste_command("check", s.flags) for s in verdict.suggestions]
     if fmt == "json":
         document = verdict.model_dump(mode="json")

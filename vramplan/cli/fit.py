@@ -15,16 +15,13 @@ SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | l
 SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1)}
 
 
-@with_run_options(layout=True)
+@with_run_options(layout=True, verdict=True)
 def fit_command(
     *,
     run: RunInput,
     gpu: o.GpuTarget = None,
     solve: SolveOpt = "batch-size",
-    headroom: o.Headroom = o.HEADROOM_DEFAULT,
-    accept_unmodelled: o.AcceptUnmodelled = False,
     nvml_recording: o.NvmlRecording = None,
-    catalog: o.CatalogDir = None,
     fmt: o.Format = "table",
 ) -> None:
     """The largest per-GPU batch size (or sequence length, or LoRA rank) that fits a GPU, alone or under
@@ -42,9 +39,8 @@ def fit_command(
     check_format(fmt)
     if solve not in SEARCH_LIMITS:
         raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
-    fraction = o.parse_fraction(headroom, "--headroom")
-    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
-    target, usable = _target(gpu, fraction, catalog, nvml_recording)
+    request = merge_config_file(run)
+    target, usable = _target(gpu, run.headroom, run.catalog, nvml_recording)
     resolved, setup, _ = resolve_request(request)
     result = largest_fitting(resolved, setup, solve, usable)
     suggestions = []

@@ -13,13 +13,13 @@ from vramplan.request import DEFAULT_METHOD, RunRequest
 UNMODELLED_PREFIX = "NOT MODELLED (from the --from file, the answer leaves it out): "
 
 
-def merge_config_file(run: RunInput, *, refuse_unmodelled: bool = False) -> RunRequest:
+def merge_config_file(run: RunInput) -> RunRequest:
     """The run a command sizes: the --from file's values under the flags given on the command line.
 
     Keys of the file that change memory but are not modelled are printed to stderr, one line each, and become
-    assumption lines of the answer. With `refuse_unmodelled` (check, fit and plan, whose exit code gates a launch
-    without `--accept-unmodelled`) they are a usage error instead: a verdict on a run vramplan did not model would
-    be a guess.
+    assumption lines of the answer. For a command that gives a verdict (check, fit and plan, whose exit code gates a
+    launch) they are a usage error instead, unless `--accept-unmodelled`: a verdict on a run vramplan did not model
+    would be a guess.
     """
     from_file, model, method = run.from_file, run.model, run.method
     if from_file is None:
@@ -32,7 +32,7 @@ def merge_config_file(run: RunInput, *, refuse_unmodelled: bool = False) -> RunR
     chosen_model = model if model is not None else imported.model
     if chosen_model is None:
         raise UsageError(f"--from {from_file}: the {imported.format} config names no base model; add --model")
-    if imported.unmodelled and refuse_unmodelled:
+    if imported.unmodelled and run.verdict and not run.accept_unmodelled:
         raise NotModelledError(
             f"--from {from_file}: {len(imported.unmodelled)} setting(s) change memory and are not modelled: "
             f"{'; '.join(imported.unmodelled)}. The verdict would be a guess; pass --accept-unmodelled to get it "

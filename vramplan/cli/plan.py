@@ -11,21 +11,18 @@ from vramplan.cli.render import check_format, emit_json_document
 MAX_TRAINING_TOKENS = 10**15
 
 
-@with_run_options(layout=False)
+@with_run_options(layout=False, verdict=True)
 def plan_command(
     *,
     run: RunInput,
     tokens: o.Tokens = "100M",
     epochs: o.Epochs = 1.0,
-    headroom: o.Headroom = o.HEADROOM_DEFAULT,
     mfu: o.Utilisation = 0.40,
     amortise_years: o.Years = 3.0,
     kwh_price: o.Kwh = 0.15,
     max_nodes: o.MaxNodes = 64,
     emit: o.Emit = None,
     emit_to: o.EmitTo = None,
-    accept_unmodelled: o.AcceptUnmodelled = False,
-    catalog: o.CatalogDir = None,
     top: o.Top = 15,
     fmt: o.Format = "table",
 ) -> None:
@@ -44,13 +41,13 @@ def plan_command(
 
     check_format(fmt)
     assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
-                                  headroom=o.parse_fraction(headroom, "--headroom"), max_nodes=max_nodes)
+                                  headroom=run.headroom, max_nodes=max_nodes)
     training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
     if not 1 <= training_tokens <= MAX_TRAINING_TOKENS:
         raise UsageError(f"--tokens {tokens} x --epochs {epochs:g}: give between 1 and {MAX_TRAINING_TOKENS:.0e} "
                          "training tokens in all")
-    hardware = load_hardware(catalog)
-    request = merge_config_file(run, refuse_unmodelled=not accept_unmodelled)
+    hardware = load_hardware(run.catalog)
+    request = merge_config_file(run)
     result = estimate_request(request)
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []

@@ -67,15 +67,30 @@ def _run_parameters() -> list[inspect.Parameter]:
 
 
 class RunInput(NamedTuple):
-    """What a sizing command was given about the run: --model, --method, --from and the RunOptions flags."""
+    """What a sizing command was given about the run: --model, --method, --from and the RunOptions flags; for a
+    command that gives a verdict (check, fit, plan) also --headroom, --accept-unmodelled and --catalog."""
 
     model: str | None
     method: str | None
     from_file: str | None
     options: RunOptions
+    verdict: bool = False
+    headroom: float = 0.0  # the fraction of each GPU kept free
+    accept_unmodelled: bool = False
+    catalog: str | None = None
 
 
-def with_run_options(*, layout: bool = True) -> Callable:
+def _verdict_parameters() -> list[inspect.Parameter]:
+    """--headroom, --accept-unmodelled and --catalog: what every command that gives a verdict takes."""
+    from vramplan.cli import options as o
+
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, annotation, default in (("headroom", o.Headroom, o.HEADROOM_DEFAULT),
+                                              ("accept_unmodelled", o.AcceptUnmodelled, False),
+                                              ("catalog", o.CatalogDir, None))]
+
+
+def with_run_options(*, layout: bool = True, verdict: bool = False) -> Callable:
     """Give the decorated command --model, --method, --from and every RunOptions flag (the layout ones,
     --gpus/--nodes/--strategy/--offload, only with `layout`). It receives them as `run: RunInput` and declares only
     its own options."""
@@ -88,12 +103,18 @@ def with_run_options(*, layout: bool = True) -> Callable:
         own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(command).parameters.values() if p.name not in taken]
         added = _run_parameters() + [_option_parameter(name, RunOptions.model_fields[name]) for name in names]
+        added += _verdict_parameters() if verdict else []
 
         @functools.wraps(command)
         def wrapper(**values):
             given = {name: values.pop(name) for name in names}
             options = RunOptions.of(**{k: v for k, v in given.items() if v is not None})
             run = RunInput(values.pop("model"), values.pop("method"), values.pop("from_file"), options)
+            if verdict:
+                from vramplan.units import parse_fraction
+
+                run = run._replace(verdict=True, headroom=parse_fraction(values.pop("headroom"), "--headroom"),
+                                   accept_unmodelled=values.pop("accept_unmodelled"), catalog=values.pop("catalog"))
             return command(run=run, **values)
 
         del wrapper.__wrapped__  # typer must read the signature below, not the command's own

@@ -17,11 +17,7 @@ LIGER = "axolotl.integrations.liger"
 
 
 def read_axolotl(raw: dict[str, Any], path: Path) -> RunBuilder:
-    builder = RunBuilder("axolotl", raw)
-    builder.set("stack", "axolotl", "format", "axolotl config")
-    builder.model = builder.get_str("base_model")
-    if builder.model:
-        builder.note(f"base_model: {builder.model} -> model")
+    builder = RunBuilder.for_stack("axolotl", raw, "base_model")
     _method(builder)
     _shape(builder)
     _precision(builder)
@@ -87,14 +83,8 @@ def _method(builder: RunBuilder) -> None:
 
 
 def _shape(builder: RunBuilder) -> None:
-    if builder.has("micro_batch_size"):
-        builder.set("batch_size", builder.get_int("micro_batch_size"), "micro_batch_size")
-    else:
-        builder.default("batch_size", 1, "micro_batch_size", TRAINING)
-    if builder.has("sequence_len"):
-        builder.set("seq_len", builder.get_int("sequence_len"), "sequence_len")
-    else:
-        builder.default("seq_len", 512, "sequence_len", CONFIG)
+    builder.int_or_default("batch_size", "micro_batch_size", 1, TRAINING)
+    builder.int_or_default("seq_len", "sequence_len", 512, CONFIG)
     if "sample_packing" in builder.raw:
         builder.set("packing", truthy(builder.get("sample_packing")), "sample_packing")
     else:

@@ -51,10 +51,7 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
 
 
 def _batch_and_length(builder: RunBuilder, sft: bool) -> None:
-    if builder.has("per_device_train_batch_size"):
-        builder.set("batch_size", builder.get_int("per_device_train_batch_size"), "per_device_train_batch_size")
-    else:
-        builder.default("batch_size", 8, "per_device_train_batch_size", TA)
+    builder.int_or_default("batch_size", "per_device_train_batch_size", 8, TA)
     key = "max_length" if "max_length" in builder.raw else "max_seq_length"
     if builder.has(key):
         builder.set("seq_len", builder.get_int(key), key)

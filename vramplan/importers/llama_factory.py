@@ -58,11 +58,7 @@ UNMODELLED_FLAGS = {
 
 
 def read_llama_factory(raw: dict[str, Any], path: Path) -> RunBuilder:
-    builder = RunBuilder("llama-factory", raw)
-    builder.set("stack", "llama-factory", "format", "llama-factory config")
-    builder.model = builder.get_str("model_name_or_path")
-    if builder.model:
-        builder.note(f"model_name_or_path: {builder.model} -> model")
+    builder = RunBuilder.for_stack("llama-factory", raw, "model_name_or_path")
     stage = builder.get("stage", "sft")
     if stage not in ("sft", "pt"):
         builder.not_modelled("stage", stage, "reward/preference stages (extra models, paired batches): not modelled")
@@ -135,14 +131,8 @@ def _method(builder: RunBuilder) -> None:
 
 
 def _shape(builder: RunBuilder, stage: str) -> None:
-    if builder.has("per_device_train_batch_size"):
-        builder.set("batch_size", builder.get_int("per_device_train_batch_size"), "per_device_train_batch_size")
-    else:
-        builder.default("batch_size", 8, "per_device_train_batch_size", TA)
-    if builder.has("cutoff_len"):
-        builder.set("seq_len", builder.get_int("cutoff_len"), "cutoff_len")
-    else:
-        builder.default("seq_len", 2048, "cutoff_len", DATA)
+    builder.int_or_default("batch_size", "per_device_train_batch_size", 8, TA)
+    builder.int_or_default("seq_len", "cutoff_len", 2048, DATA)
     packing, neat = builder.get("packing"), truthy(builder.get("neat_packing", False))
     if neat:
         builder.set("packing", True, "neat_packing", True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from vramplan.errors import UsageError
-from vramplan.models.structure import check_structure
+from vramplan.models.structure import read_json_object
 from vramplan.importers.names import lora_targets
 from vramplan.importers.run import RunBuilder, as_float, as_int, leftover_keys
 
@@ -35,15 +34,7 @@ UNMODELLED = {
 
 def read_adapter_file(builder: RunBuilder, path: Path, key: str) -> None:
     """Read `path` into the builder's LoRA options; `key` names where the path came from, for notes."""
-    try:
-        adapter = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise UsageError(f"{path}: cannot read the peft adapter config ({_one_line(err)})") from None
-    except RecursionError:
-        raise UsageError(f"{path}: cannot read the peft adapter config (nested too deep)") from None
-    if not isinstance(adapter, dict):
-        raise UsageError(f"{path}: expected a JSON object (a peft adapter_config.json)")
-    check_structure(adapter, str(path))
+    adapter = read_json_object(path, "peft adapter config (adapter_config.json)")
     builder.note(f"{key}: LoRA settings read from {path.name}")
     read_adapter(builder, adapter, path.name)
 
@@ -74,7 +65,3 @@ def read_adapter(builder: RunBuilder, adapter: dict[str, Any], where: str) -> No
         if adapter.get(key) not in (None, False, [], {}, ""):
             builder.not_modelled(f"{where}.{key}", adapter[key], why)
     leftover_keys(builder, adapter, QUIET | set(UNMODELLED) | {"bias"}, where)
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())

@@ -118,6 +118,17 @@ class RunBuilder:
         self.model: str | None = None
         self.method: str | None = None
 
+    @classmethod
+    def for_stack(cls, fmt: str, raw: dict[str, Any], model_key: str) -> RunBuilder:
+        """A builder for a framework whose config is its own stack (axolotl, LLaMA-Factory), the base model read
+        from `model_key`."""
+        builder = cls(fmt, raw)
+        builder.set("stack", fmt, "format", f"{fmt} config")
+        builder.model = builder.get_str(model_key)
+        if builder.model:
+            builder.note(f"{model_key}: {builder.model} -> model")
+        return builder
+
     def has(self, key: str) -> bool:
         return key in self.raw and self.raw[key] is not None
 
@@ -149,6 +160,13 @@ class RunBuilder:
         self.options[option] = value
         shown = show(value if written is None else written)
         self.notes.append(f"{key}: {shown} -> {option} {show(value)}")
+
+    def int_or_default(self, option: str, key: str, default: int, source: str) -> None:
+        """Option `option` = the file's integer `key`, else the framework's `default` (from `source`)."""
+        if self.has(key):
+            self.set(option, self.get_int(key), key)
+        else:
+            self.default(option, default, key, source)
 
     def default(self, option: str, value: Any, key: str, source: str) -> None:
         """Option `option` = the framework's default `value`, `key` being absent from the file."""

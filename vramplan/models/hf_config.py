@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from vramplan.models.config_fields import (
     ConfigFields,
 )
 from vramplan.models.spec import MlaSpec, ModelSpec, MoeSpec
-from vramplan.models.structure import check_structure
+from vramplan.models.structure import read_json_object
 
 # Each family's config-class defaults for keys a config.json may omit (transformers/models/<family>/configuration_*.py).
 _TIED_BY_DEFAULT = {"gemma2": True, "gemma3_text": True}
@@ -230,13 +229,4 @@ def load_config_file(path: Path) -> dict[str, Any]:
             from None
     if not found:
         raise ModelConfigError(f"{path}: no config.json there")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: bad JSON, or an integer of 4,300+ digits
-        raise ModelConfigError(f"{file}: not a readable JSON config ({err.__class__.__name__})") from None
-    except RecursionError:
-        raise ModelConfigError(f"{file}: not a readable JSON config (nested too deep)") from None
-    if not isinstance(data, dict):
-        raise ModelConfigError(f"{file}: config.json must hold a JSON object")
-    check_structure(data, str(file))
-    return data
+    return read_json_object(file, "model config", ModelConfigError)

@@ -53,3 +53,20 @@ def _containers(node: Any) -> list[Any]:
     if isinstance(node, list):
         return [value for value in node if isinstance(value, (dict, list))]
     return []
+
+
+def read_json_object(path, what: str, error=UsageError) -> dict[str, Any]:
+    """The JSON object in `path` (`what` names it in errors), within the structure limits above; any unreadable,
+    malformed, too deep or non-object file is one `error` line naming the file."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # ValueError: bad JSON, or an integer of 4,300+ digits
+        raise error(f"{path}: cannot read the {what}: not a readable JSON object ({err.__class__.__name__})") from None
+    except RecursionError:
+        raise error(f"{path}: cannot read the {what}: not a readable JSON object (nested too deep)") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: the {what} must hold a JSON object")
+    check_structure(data, str(path))
+    return data

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vramplan.tomlfile import parse_record, read_toml
+from vramplan.tomlfile import RunRecord, parse_record, read_toml
 
 
-
-class Job(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Job(RunRecord):
     name: str
-    model: str
-    method: str
-    options: dict[str, Any] = {}
     tokens: str | int = "100M"  # per epoch, e.g. "50M" or 50000000
     epochs: float = Field(default=1.0, gt=0)
 

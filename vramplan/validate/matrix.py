@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import UsageError
-from vramplan.tomlfile import parse_record, read_toml
+from vramplan.tomlfile import RunRecord, parse_record, read_toml
 
 
 DEFAULT_MATRIX = Path("validation/matrix.toml")
 
 
-class MatrixCase(BaseModel):
+class MatrixCase(RunRecord):
     """One setup of the matrix; `model` is a catalog name or a config.json path (relative to the matrix file)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     id: str
-    model: str
-    method: str
-    options: dict[str, Any] = {}
     ci: bool = False
 
 
