@@ -53,7 +53,7 @@ def test_absurd_vocab_with_ddp_does_not_hang(tmp_path):
 
 def test_ddp_buckets_are_computed_not_iterated():
     from vramplan.estimate.dtypes import tensor_bytes
-    from vramplan.estimate.parallel import DDP_BUCKET_BYTES, ddp_bucket_bytes
+    from vramplan.estimate.strategies.ddp import DDP_BUCKET_BYTES, ddp_bucket_bytes
 
     for gradients in (0, 1, DDP_BUCKET_BYTES, 3 * DDP_BUCKET_BYTES + 7):
         buckets = -(-gradients // DDP_BUCKET_BYTES)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The rules package is imported first, so that `vramplan.estimate` below is the API function: Python binds a
+# subpackage to its parent's attribute when the subpackage is first imported, and by then it already has been.
+from vramplan import estimate as _rules  # noqa: F401
+
 __version__ = "0.1.0"
 
 

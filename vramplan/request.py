@@ -44,7 +44,7 @@ class RunRequest(BaseModel):
 def resolve_request(request: RunRequest) -> tuple[ResolvedModel, TrainingSetup, list[str]]:
     """(ResolvedModel, TrainingSetup, notes): the model, the setup with every default filled, and what vramplan
     chose on the user's behalf (LoRA targets on an MoE model when none were given)."""
-    from vramplan.estimate.moe import default_lora_targets
+    from vramplan.estimate.lora_targets import default_lora_targets
 
     resolved = resolve_model(request.model)
     options = request.options

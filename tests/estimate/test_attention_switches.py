@@ -4,8 +4,7 @@ CI cases: tiny-*-packing, tiny-*-eager)."""
 from __future__ import annotations
 
 from vramplan.estimate import estimate_memory
-from vramplan.estimate.activations import masked_layer_ids, model_mask_bytes
-from vramplan.estimate.eager import scores_elements
+from vramplan.estimate.components.activations.attention import masked_layer_ids, model_mask_bytes, scores_elements
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
 

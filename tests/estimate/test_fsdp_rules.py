@@ -6,8 +6,8 @@ import pytest
 
 from vramplan.estimate import estimate_memory
 from vramplan.estimate.dtypes import FP32_BYTES, HALF_BYTES
-from vramplan.estimate.fsdp_states import fsdp_groups
-from vramplan.estimate.parallel import rank_states
+from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.fsdp_units import fsdp_groups
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
 

@@ -6,7 +6,7 @@ import pytest
 
 from vramplan.errors import NotModelledError
 from vramplan.estimate import estimate_memory
-from vramplan.estimate.fused_loss import chunk_tokens
+from vramplan.estimate.components.logits import chunk_tokens
 from vramplan.models.catalog import resolve_model
 from vramplan.training import Loss, resolve_setup
 

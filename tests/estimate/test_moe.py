@@ -135,7 +135,7 @@ def test_deepseek_671b_alias_estimates():
 
 def test_trace_lets_lora_on_experts_through_only_with_dropout_zero():
     """peft's ParamWrapper refuses lora_dropout != 0; with 0 the trace measures what the estimate refuses."""
-    from vramplan.estimate.moe import refuse_unmodelled_moe
+    from vramplan.estimate.scope import refuse_unmodelled_moe
 
     spec = resolve_model("mixtral-8x7b").spec
     refuse_unmodelled_moe(spec, resolve_setup("lora", lora_dropout=0.0), tracing=True)

@@ -1,6 +1,6 @@
 import pytest
 
-from vramplan.estimate.optimizer import optimizer_memory
+from vramplan.estimate.components.optimizer import optimizer_memory
 from vramplan.training import Optimizer
 
 SHAPES = [(512, 256), (256,), (64, 32), (8192,)]

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from vramplan.estimate import estimate_memory
-from vramplan.estimate.device_map import layer_split
-from vramplan.estimate.parallel import LAYER_BACKWARD, rank_states, single_gpu_states
-from vramplan.estimate.shards import model_units
+from vramplan.estimate.params import model_units
+from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.device_map import layer_split
+from vramplan.estimate.strategies.single import single_gpu_states
+from vramplan.estimate.strategies.states import LAYER_BACKWARD
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
 

@@ -10,7 +10,8 @@ import pytest
 
 from vramplan.api import estimate
 from vramplan.errors import NotModelledError, UsageError
-from vramplan.estimate.torchtune_states import lora_plan, nf4_bytes
+from vramplan.estimate.lora_targets import lora_plan
+from vramplan.estimate.quant import nf4_bytes
 from vramplan.training import resolve_setup
 
 CONFIGS = Path(__file__).resolve().parents[2] / "validation" / "configs"

@@ -1,7 +1,8 @@
 import pytest
 
+from vramplan.estimate.components.weights import weight_memory
 from vramplan.estimate.dtypes import tensor_bytes
-from vramplan.estimate.weights import quantized_linear_bytes, weight_memory
+from vramplan.estimate.quant import quantized_linear_bytes
 from vramplan.models.catalog import load_catalog
 from vramplan.training import resolve_setup
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from vramplan.cli.app import main  # noqa: E402
 from vramplan.cli.emit import render_configs  # noqa: E402
-from vramplan.estimate.zero import (  # noqa: E402
+from vramplan.estimate.strategies.zero import (  # noqa: E402
     HF_PERSISTENCE_PER_HIDDEN,
     HF_PREFETCH_BUCKET_TENTHS_HIDDEN_SQ,
     HF_REDUCE_BUCKET_PER_HIDDEN_SQ,

@@ -104,8 +104,3 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"internal error: {err.__class__.__name__}: {err} (set VRAMPLAN_DEBUG=1 for a traceback)",
                      EXIT_INTERNAL)
 
-
-def run() -> None:
-    from vramplan.cli import run as console_script
-
-    console_script()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vramplan.estimate.components.activations.liger import LIGER_ASSUMPTION
+from vramplan.estimate.components.logits import fused_loss_assumption
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import Loss, Method, Precision, Stack, Strategy, TrainingSetup
 
@@ -32,9 +34,7 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
         f"gradient checkpointing: {'on (non-reentrant, per decoder layer)' if setup.gradient_checkpointing else 'off'}",
     ]
-    if setup.lora is not None:
-        targets = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(setup.lora.targets)
-        lines.append(f"LoRA: rank {setup.lora.rank} on {targets}, dropout {setup.lora.dropout}, fp32 adapters (peft)")
+    lines += _lora_lines(setup, "fp32 adapters (peft)")
     if setup.method is Method.QLORA:
         quant = setup.quant
         lines.append(
@@ -43,12 +43,8 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
             f"k-bit preparation {'on (non-4-bit weights upcast to fp32)' if quant.kbit_prep else 'off'}"
         )
     if setup.loss is Loss.FUSED:
-        from vramplan.estimate.fused_loss import fused_loss_assumption
-
         lines.append(fused_loss_assumption(model.spec, setup))
     if setup.liger:
-        from vramplan.estimate.liger import LIGER_ASSUMPTION
-
         lines.append(LIGER_ASSUMPTION)
     lines += estimate_notes
     lines += _moe_lines(model, setup)
@@ -70,15 +66,20 @@ def _torchtune_lines(model: ResolvedModel, setup: TrainingSetup, estimate_notes)
         f"optimizer: {setup.optimizer.value}; micro-batch {setup.batch_size} x sequence {setup.seq_len}",
         f"activation checkpointing: {'on (per transformer layer)' if setup.gradient_checkpointing else 'off'}",
     ]
-    if setup.lora is not None:
-        targets = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(setup.lora.targets)
-        lines.append(f"LoRA: rank {setup.lora.rank} on {targets}, dropout {setup.lora.dropout}, bf16 adapters")
+    lines += _lora_lines(setup, "bf16 adapters")
     return [*lines, *estimate_notes,
             "steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)"]
 
 
+def _lora_lines(setup: TrainingSetup, adapters: str) -> list[str]:
+    if setup.lora is None:
+        return []
+    targets = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(setup.lora.targets)
+    return [f"LoRA: rank {setup.lora.rank} on {targets}, dropout {setup.lora.dropout}, {adapters}"]
+
+
 def _moe_lines(model: ResolvedModel, setup: TrainingSetup) -> list[str]:
-    """What a mixture-of-experts model does differently, in words (estimate/moe.py has the rules)."""
+    """What a mixture-of-experts model does differently, in words (components/activations/moe.py has the rules)."""
     spec = model.spec
     if spec.moe is None:
         return []

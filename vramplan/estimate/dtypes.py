@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from vramplan.training import FSDP_STRATEGIES, Precision, TrainingSetup
+from vramplan.training import FSDP_STRATEGIES, Method, Precision, TrainingSetup
 
 FP32_BYTES = 4
 HALF_BYTES = 2  # bf16 and fp16
 BOOL_BYTES = 1  # CUDA dropout masks (aten native_dropout returns bool)
-INT64_BYTES = 8  # token ids and labels
+INT64_BYTES = 8  # token ids and labels; MoE expert ids and permutations
 # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize = 512; memory_allocated counts blocks, each a multiple of it.
 ALLOCATION_GRANULE_BYTES = 512
 
@@ -23,6 +23,22 @@ def weight_bytes_per_param(precision: Precision) -> int:
     return HALF_BYTES if precision is Precision.BF16 else FP32_BYTES
 
 
+def unquantized_weight_bytes(setup: TrainingSetup) -> int:
+    """Width of every parameter bitsandbytes leaves unquantized (embeddings, norms, lm_head, biases, 3D experts,
+    router): the load dtype, or fp32 under QLoRA with k-bit preparation, where peft prepare_model_for_kbit_training
+    casts every non-4-bit bf16/fp16 parameter to fp32 (peft/utils/other.py)."""
+    if setup.method is Method.QLORA and setup.quant.kbit_prep:
+        return FP32_BYTES
+    return weight_bytes_per_param(setup.precision)
+
+
+def trainable_bytes_per_param(setup: TrainingSetup) -> int:
+    """Trainable tensors' dtype: the load dtype for full fine-tuning, fp32 for peft adapters."""
+    if setup.method is Method.FULL:
+        return weight_bytes_per_param(setup.precision)
+    return FP32_BYTES
+
+
 def compute_bytes(precision: Precision) -> int:
     """Width of matmul outputs: the autocast dtype, or fp32 when autocast is off."""
     return FP32_BYTES if precision is Precision.FP32 else HALF_BYTES
@@ -31,7 +47,7 @@ def compute_bytes(precision: Precision) -> int:
 def autocast_on(setup: TrainingSetup) -> bool:
     """Whether Trainer's autocast (and accelerate's fp32 conversion of outputs) wraps the forward. Under FSDP2,
     accelerate's Accelerator._prepare_fsdp2 never calls prepare_model, so neither runs: mixed precision comes from
-    MixedPrecisionPolicy's param_dtype instead (traced: vramplan/measure/fsdp.py)."""
+    MixedPrecisionPolicy's param_dtype instead (traced: vramplan/measure/fsdp/)."""
     return setup.autocast and setup.strategy not in FSDP_STRATEGIES
 
 

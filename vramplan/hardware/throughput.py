@@ -21,8 +21,8 @@ import math
 
 from pydantic import BaseModel
 
-from vramplan.estimate.dtypes import HALF_BYTES
-from vramplan.estimate.weights import adapter_tensor_elements, trainable_bytes_per_param, weight_memory
+from vramplan.estimate.components.weights import adapter_tensor_elements, weight_memory
+from vramplan.estimate.dtypes import HALF_BYTES, trainable_bytes_per_param
 from vramplan.hardware.links import Links
 from vramplan.models.spec import ModelSpec
 from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Strategy, TrainingSetup

@@ -20,7 +20,9 @@ import torch
 
 import vramplan.measure.torchtune_compat  # noqa: F401 - before any torchtune import (torchao 0.16 names)
 from vramplan.errors import NotModelledError
-from vramplan.estimate.torchtune_states import SUPPORTED_FAMILIES, lora_plan, max_seq_len
+from vramplan.estimate.components.weights import max_seq_len
+from vramplan.estimate.lora_targets import lora_plan
+from vramplan.estimate.scope import SUPPORTED_FAMILIES
 from vramplan.training import Method, TrainingSetup
 
 # torchao/dtypes/nf4tensor.py NF4Tensor: the tensors one NF4 weight is stored as.

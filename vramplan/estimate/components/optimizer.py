@@ -18,8 +18,6 @@ BNB_8BIT_MIN_ELEMENTS = 4096
 BNB_8BIT_BLOCK = 256
 # bitsandbytes Optimizer8bit: qmap1/qmap2 (256-entry fp32 dynamic quantization maps), shared by all parameters.
 BNB_QMAP_VALUES = 256
-
-
 # transformers/optimization.py Adafactor.step, while `update = grad**2 + eps` is formed (and again in
 # _approx_sq_grad): grad.float(), p.float(), grad**2 and update for a bf16/fp16 tensor; grad**2 and update for fp32.
 ADAFACTOR_FP32_COPIES_HALF = 4

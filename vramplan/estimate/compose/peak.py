@@ -8,6 +8,11 @@ from vramplan.result import Estimate, PhasePeak
 from vramplan.training import TrainingSetup
 
 
+def held_throughout(weights: int, lora_adapters: int, optimizer_states: int) -> dict[str, int]:
+    """The components every phase of a step holds: weights, adapters and optimizer states."""
+    return {"weights": weights, "lora_adapters": lora_adapters, "optimizer_states": optimizer_states}
+
+
 def estimate_from_phases(
     model: ResolvedModel,
     setup: TrainingSetup,

@@ -1,4 +1,4 @@
-"""Activations of a transformers v5 mixture-of-experts block: router, grouped_mm experts, shared expert.
+"""Activations of a transformers v5 mixture-of-experts block: router, grouped_mm experts, shared expert gate.
 
 transformers v5 runs the experts through `grouped_mm_experts_forward` (transformers/integrations/moe.py, the
 default `experts_implementation`): every token is copied once per chosen expert, S = tokens x top-k rows, sorted
@@ -8,20 +8,18 @@ tensor against our trace of the real code (validation/matrix.toml, tiny-mixtral 
 
 from __future__ import annotations
 
-from vramplan.errors import NotModelledError
-from vramplan.estimate.dtypes import FP32_BYTES, tensor_bytes
+from vramplan.estimate.dtypes import ALLOCATION_GRANULE_BYTES, FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.models.spec import ModelSpec
+
 
 # torch.sort / gathers in grouped_mm_experts_forward: `perm // num_top_k` (hidden-state gather index), `perm`
 # (routing-weight gather index) and `inv_perm` (the restoring gather), int64 each, saved by the index backwards.
 DISPATCH_INDEX_COPIES = 3
-INDEX_BYTES = 8  # int64 expert ids and permutations
 # grouped_mm's `offs` (cumulative tokens per expert, int32 [E]) is saved once for both grouped matmuls.
 OFFSETS_BYTES = 4
 # DeepSeek-V3 router (DeepseekV3TopkRouter.forward) leaves a few tiny tensors (the normalising denominator and
 # 0-d scalars) besides those counted below: three 512-byte blocks, measured in tiny-deepseek-v3 traces.
 DEEPSEEK_ROUTER_SMALL_BLOCKS = 3
-SMALL_BLOCK_BYTES = 512
 
 
 def routed_rows(spec: ModelSpec, tokens: int) -> int:
@@ -38,9 +36,9 @@ def router_saved_bytes(spec: ModelSpec, tokens: int, compute: int) -> list[int]:
     """
     moe = spec.moe
     e, k = moe.num_experts, moe.experts_per_token
-    indices = tensor_bytes(tokens * k * INDEX_BYTES)
+    indices = tensor_bytes(tokens * k * INT64_BYTES)
     if spec.family == "deepseek_v3":
-        small = DEEPSEEK_ROUTER_SMALL_BLOCKS * SMALL_BLOCK_BYTES
+        small = DEEPSEEK_ROUTER_SMALL_BLOCKS * ALLOCATION_GRANULE_BYTES
         return [tensor_bytes(tokens * e * compute), indices, 2 * tensor_bytes(tokens * k * compute), small]
     saved = [tensor_bytes(tokens * e * FP32_BYTES), indices]
     if _renormalises(spec):
@@ -76,7 +74,7 @@ def experts_saved_bytes(spec: ModelSpec, tokens: int, expert_width: int, compute
         tensor_bytes(rows * inter * expert_width),
         tensor_bytes(rows * h * expert_width),
         tensor_bytes(rows * routing_weight_bytes(spec, compute)),
-        DISPATCH_INDEX_COPIES * tensor_bytes(rows * INDEX_BYTES),
+        DISPATCH_INDEX_COPIES * tensor_bytes(rows * INT64_BYTES),
         tensor_bytes(spec.moe.num_experts * OFFSETS_BYTES),
     ]
     if train:
@@ -118,63 +116,3 @@ def experts_backward_in_flight_bytes(spec: ModelSpec, tokens: int, expert_width:
     rows = routed_rows(spec, tokens)
     inter = spec.moe.expert_intermediate_size
     return 3 * tensor_bytes(rows * inter * expert_width) + tensor_bytes(tokens * spec.hidden_size * residual)
-
-
-# peft 0.21 (peft/utils/transformers_weight_conversion.py, _convert_peft_config_moe) rewrites LoRA targets of the
-# model types transformers converts from v4 checkpoints: the v4 expert and router names become `target_parameters`
-# on the 3D experts (gate_up_proj, down_proj) and the router weight (gate.weight), wrapped by lora.ParamWrapper.
-# "all-linear" counts as naming all of them. Keys: model_type -> the v4 module names peft remaps.
-PEFT_PARAMETER_TARGETS = {
-    "mixtral": ("gate", "w1", "w2", "w3"),
-    "qwen3_moe": ("gate", "gate_proj", "up_proj", "down_proj"),
-    "deepseek_v3": ("gate", "gate_proj", "up_proj", "down_proj"),
-}
-
-
-def peft_parameter_targets(spec: ModelSpec, targets: tuple[str, ...] | str) -> list[str]:
-    """The requested LoRA targets that peft turns into adapters on the experts or the router."""
-    remapped = PEFT_PARAMETER_TARGETS.get(spec.family, ())
-    if targets == "all-linear":
-        return list(remapped)
-    return [t for t in targets if t in remapped]
-
-
-def default_lora_targets(spec: ModelSpec) -> str | None:
-    """The LoRA targets vramplan picks when the user names none on an MoE model whose `all-linear` peft would put on
-    the experts (not modelled): the attention projections, which every MoE LoRA recipe adapts. None otherwise."""
-    if spec.moe is None or not PEFT_PARAMETER_TARGETS.get(spec.family):
-        return None
-    return ",".join(lin.name for lin in spec.attention_linears)
-
-
-def refuse_unmodelled_moe(spec: ModelSpec, setup, tracing: bool = False) -> None:
-    """MoE combinations without a traced rule are refused rather than guessed.
-
-    `tracing`: the trace runs the real code, so LoRA on the experts is let through when peft accepts it
-    (lora_dropout 0): it measures what the estimate does not model yet.
-    """
-    if spec.moe is None:
-        return
-    if spec.family == "gpt_oss":
-        raise NotModelledError(
-            "gpt_oss has no SDPA path in transformers (GptOssPreTrainedModel._supports_sdpa = False): it trains with "
-            "eager attention plus attention sinks, which keeps the s x s scores; that path is not modelled yet"
-        )
-    if setup.lora is None:
-        return
-    remapped = peft_parameter_targets(spec, setup.lora.targets)
-    if not remapped or (tracing and setup.lora.dropout == 0):
-        return
-    attention = ",".join(lin.name for lin in spec.attention_linears)
-    named = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(remapped)
-    if tracing:
-        raise NotModelledError(
-            f"peft 0.21 turns --lora-targets {named} on {spec.family} into adapters on the 3D expert parameters "
-            "(lora.ParamWrapper), which refuses lora_dropout != 0: trace it with --lora-dropout 0"
-        )
-    raise NotModelledError(
-        f"LoRA on {spec.family} experts is not modelled: peft 0.21 turns --lora-targets {named} into adapters on "
-        "the 3D expert parameters and the router (target_parameters, lora.ParamWrapper, which also requires "
-        f"--lora-dropout 0; `vramplan trace` measures it); target the attention instead, e.g. --lora-targets "
-        f"{attention}"
-    )

@@ -8,39 +8,25 @@ layers: it adds no per-layer bytes, and the q/k it returns are the projections' 
 
 from __future__ import annotations
 
-from vramplan.errors import NotModelledError
 from vramplan.estimate.dtypes import FP32_BYTES, tensor_bytes
-from vramplan.training import Strategy, TrainingSetup
 
-# liger_kernel/transformers/monkey_patch.py apply_liger_kernel_to_{llama,mistral,qwen2,qwen3}: RMSNorm, SwiGLU MLP
-# and RoPE patched as these rules count them.
-LIGER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+# The assumption line printed with a --liger answer (estimate/assumptions.py).
 LIGER_ASSUMPTION = (
     "liger: Liger's RMSNorm, SwiGLU and RoPE kernels (liger-kernel 0.8.5, use_liger_kernel): norms save their input "
     "and an fp32 rstd, SwiGLU saves gate and up, RoPE rotates q and k in place"
 )
-
 # ops/swiglu.py LigerSiLUMulFunction.forward: ctx.save_for_backward(a, b), the gate and up projections' outputs
 # (torch's silu * up also saves silu(gate): three).
 SWIGLU_SAVED_INTERMEDIATES = 2
-
 # The layer's backward peaks in down_proj's backward (torch MmBackward): d(product), the gradient of the layer's
 # output and (full fine-tuning) down_proj's weight gradient, while the product is still saved. The SwiGLU step
 # after it allocates nothing: ops/swiglu.py swiglu_backward writes d(gate) and d(up) over the saved gate and up
 # (torch's autograd holds three intermediate-wide tensors there). Measured: tests/estimate/test_liger.py.
 DOWN_PROJ_BACKWARD_HIDDEN_GRADIENTS = 1
-
 # ops/rms_norm.py rms_norm_backward: one fp32 row of partial weight gradients per SM (an H100 SXM has 132; the
 # trace answers as an H100, vramplan/measure/liger_kernels.py).
 SM_COUNT = 132
-
-
-def refuse_unmodelled_liger(family: str, setup: TrainingSetup) -> None:
-    """--liger is traced for these families on one GPU."""
-    if family not in LIGER_FAMILIES:
-        raise NotModelledError(f"--liger is modelled for {', '.join(LIGER_FAMILIES)}, not {family}")
-    if setup.strategy is not Strategy.SINGLE:
-        raise NotModelledError(f"--liger is modelled on one GPU, not with --strategy {setup.strategy.value}")
 
 
 def norm_saved_bytes(width_in: int, size: int, tokens: int) -> list[int]:

@@ -1,0 +1,58 @@
+"""The dtypes a setup's tensors take along the residual stream and through a decoder layer."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from vramplan.estimate.dtypes import (
+    FP32_BYTES,
+    autocast_on,
+    compute_bytes,
+    fsdp_gathers_in_half,
+    tensor_bytes,
+    unquantized_weight_bytes,
+)
+from vramplan.models.spec import ModelSpec
+from vramplan.training import Method, TrainingSetup
+
+
+class Flow(BaseModel):
+    """Dtype widths along the residual stream of one setup, and whether the base weights train."""
+
+    residual: int  # hidden states between layers and RMSNorm outputs (the embedding's and norms' dtype)
+    compute: int  # matmul outputs under autocast (or fp32 without)
+    linear_out: int  # what a base linear returns (Linear4bit casts back to its input dtype)
+    weights_train: bool  # full fine-tuning: norm and linear weights need their inputs for their gradients
+    autocast: bool = True  # Trainer's autocast wraps the forward (not under FSDP2: estimate/dtypes.py autocast_on)
+    adapter: int = FP32_BYTES  # LoRA adapters' dtype: fp32 from peft, FSDP2's 16-bit param_dtype when gathered
+    liger: bool = False  # --liger: Liger's RMSNorm and SwiGLU kernels (liger.py)
+
+
+def dtype_flow(setup: TrainingSetup) -> Flow:
+    """Trace the dtypes a setup's tensors take through a layer."""
+    load = unquantized_weight_bytes(setup)  # the embedding's and norms' dtype
+    compute = compute_bytes(setup.precision)
+    quantized = setup.method is Method.QLORA
+    if fsdp_gathers_in_half(setup):
+        # FSDP2 gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype.
+        return Flow(residual=compute, compute=compute, linear_out=compute, weights_train=setup.method is Method.FULL,
+                    autocast=False, adapter=compute)
+    return Flow(
+        residual=load,
+        compute=compute,
+        # bitsandbytes Linear4bit.forward: `matmul_4bit(x.to(compute_dtype), ...).to(inp_dtype)`
+        linear_out=load if quantized else compute,
+        weights_train=setup.method is Method.FULL,
+        autocast=autocast_on(setup),
+        liger=setup.liger,
+    )
+
+
+def hidden_state_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -> int:
+    """One residual-stream tensor (a checkpointed layer's saved input, or a layer's output)."""
+    return tensor_bytes(tokens * spec.hidden_size * dtype_flow(setup).residual)
+
+
+def default_layer(spec: ModelSpec) -> int:
+    """The layer `spec.layer_linears` describes: an MoE model's first sparse layer, else the first."""
+    return spec.moe_layer_ids[0] if spec.moe_layer_ids else 0

@@ -1,0 +1,26 @@
+"""Composition: the phases of a training step and their peak, per stack.
+
+estimate_memory picks the composer: hf.py (the Hugging Face stacks, with layer_backward.py for the layers' backward
+and parts.py for what the candidate peaks share), torchtune.py, device_map.py (one estimate per GPU of the map);
+peak.py turns phase peaks into the Estimate.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimate.compose.device_map import estimate_device_map
+from vramplan.estimate.compose.hf import estimate_hf
+from vramplan.estimate.compose.torchtune import estimate_torchtune
+from vramplan.estimate.scope import refuse_unmodelled
+from vramplan.models.catalog import ResolvedModel
+from vramplan.result import Estimate
+from vramplan.training import Stack, Strategy, TrainingSetup
+
+
+def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
+    """One GPU's memory for one training step of `model` under `setup`."""
+    if setup.stack is Stack.TORCHTUNE:
+        return estimate_torchtune(model, setup)
+    refuse_unmodelled(model.spec, setup)
+    if setup.strategy is Strategy.DEVICE_MAP:
+        return estimate_device_map(model, setup)
+    return estimate_hf(model, setup)

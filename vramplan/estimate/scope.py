@@ -1,0 +1,129 @@
+"""What estimate/ models: every combination without a traced rule is refused with the reason, never guessed.
+
+refuse_unmodelled covers the Hugging Face stacks (mixture of experts, --loss fused, --liger, unmodelled switches,
+gemma2); refuse_unmodelled_torchtune the torchtune recipes.
+"""
+
+from __future__ import annotations
+
+from vramplan.errors import NotModelledError
+from vramplan.estimate.lora_targets import lora_plan, peft_parameter_targets
+from vramplan.models.spec import ModelSpec
+from vramplan.training import Attention, Loss, Optimizer, Precision, Stack, Strategy, TrainingSetup
+
+
+# Switches whose memory rules are not written yet: refused with the reason rather than estimated as if absent.
+_UNMODELLED_SWITCHES = {
+    "activation_offload": (lambda s: s.activation_offload and s.stack is not Stack.TORCHTUNE, "--activation-offload"),
+    "optimizer_in_backward": (
+        lambda s: s.optimizer_in_backward and s.stack is not Stack.TORCHTUNE, "--optimizer-in-backward"
+    ),
+}
+
+
+def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
+    """Combinations without a traced rule are refused rather than guessed."""
+    refuse_unmodelled_moe(spec, setup)
+    if setup.loss is Loss.FUSED:
+        refuse_unmodelled_fused(setup)
+    if setup.liger:
+        refuse_unmodelled_liger(spec.family, setup)
+    for applies, what in _UNMODELLED_SWITCHES.values():
+        if applies(setup):
+            raise NotModelledError(f"{what} is not modelled yet")
+    if spec.family == "gemma2":
+        raise NotModelledError(
+            "gemma2 trains with eager attention in transformers (it has no SDPA path), which keeps the s x s "
+            "attention scores; that path is not modelled yet"
+        )
+
+
+def refuse_unmodelled_moe(spec: ModelSpec, setup, tracing: bool = False) -> None:
+    """MoE combinations without a traced rule are refused rather than guessed.
+
+    `tracing`: the trace runs the real code, so LoRA on the experts is let through when peft accepts it
+    (lora_dropout 0): it measures what the estimate does not model yet.
+    """
+    if spec.moe is None:
+        return
+    if spec.family == "gpt_oss":
+        raise NotModelledError(
+            "gpt_oss has no SDPA path in transformers (GptOssPreTrainedModel._supports_sdpa = False): it trains with "
+            "eager attention plus attention sinks, which keeps the s x s scores; that path is not modelled yet"
+        )
+    if setup.lora is None:
+        return
+    remapped = peft_parameter_targets(spec, setup.lora.targets)
+    if not remapped or (tracing and setup.lora.dropout == 0):
+        return
+    attention = ",".join(lin.name for lin in spec.attention_linears)
+    named = setup.lora.targets if isinstance(setup.lora.targets, str) else ",".join(remapped)
+    if tracing:
+        raise NotModelledError(
+            f"peft 0.21 turns --lora-targets {named} on {spec.family} into adapters on the 3D expert parameters "
+            "(lora.ParamWrapper), which refuses lora_dropout != 0: trace it with --lora-dropout 0"
+        )
+    raise NotModelledError(
+        f"LoRA on {spec.family} experts is not modelled: peft 0.21 turns --lora-targets {named} into adapters on "
+        "the 3D expert parameters and the router (target_parameters, lora.ParamWrapper, which also requires "
+        f"--lora-dropout 0; `vramplan trace` measures it); target the attention instead, e.g. --lora-targets "
+        f"{attention}"
+    )
+
+
+# Strategies whose lm_head weight is whole on each GPU when liger reads `lm_head.weight` directly.
+_TRACED_STRATEGIES = (Strategy.SINGLE, Strategy.DDP)
+
+
+def refuse_unmodelled_fused(setup: TrainingSetup) -> None:
+    """Traced: one GPU (or a DDP replica, which runs the same step)."""
+    if setup.strategy not in _TRACED_STRATEGIES:
+        raise NotModelledError(f"--loss fused with --strategy {setup.strategy.value} is not modelled yet")
+
+
+# liger_kernel/transformers/monkey_patch.py apply_liger_kernel_to_{llama,mistral,qwen2,qwen3}: RMSNorm, SwiGLU MLP
+# and RoPE patched as these rules count them.
+LIGER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def refuse_unmodelled_liger(family: str, setup: TrainingSetup) -> None:
+    """--liger is traced for these families on one GPU."""
+    if family not in LIGER_FAMILIES:
+        raise NotModelledError(f"--liger is modelled for {', '.join(LIGER_FAMILIES)}, not {family}")
+    if setup.strategy is not Strategy.SINGLE:
+        raise NotModelledError(f"--liger is modelled on one GPU, not with --strategy {setup.strategy.value}")
+
+
+# torchtune builders vramplan models: models/llama3_1, llama3_2 (family llama) and models/qwen2.
+SUPPORTED_FAMILIES = ("llama", "qwen2")
+
+
+def refuse_unmodelled_family(spec: ModelSpec) -> None:
+    if spec.family not in SUPPORTED_FAMILIES or spec.is_moe or spec.mla is not None:
+        raise NotModelledError(
+            f"--stack torchtune: the {spec.family} family is not modelled (torchtune builders for llama and qwen2)"
+        )
+
+
+# The fused AdamW (torch/optim/adamw.py _fused_adamw) and the foreach one are modelled by components/optimizer.py.
+MODELLED_OPTIMIZERS = (Optimizer.ADAMW_FUSED, Optimizer.ADAMW)
+
+
+def refuse_unmodelled_torchtune(spec: ModelSpec, setup: TrainingSetup) -> None:
+    refuse_unmodelled_family(spec)
+    if setup.precision is not Precision.BF16:
+        raise NotModelledError(
+            f"--stack torchtune trains in pure bf16; --precision {setup.precision.value} is not modelled"
+        )
+    if setup.optimizer not in MODELLED_OPTIMIZERS:
+        raise NotModelledError(
+            f"--stack torchtune with --optimizer {setup.optimizer.value} is not modelled; use adamw-fused or adamw"
+        )
+    if setup.strategy is not Strategy.SINGLE:
+        raise NotModelledError("--stack torchtune is modelled for the single-device recipes only")
+    if setup.packing or setup.liger or setup.attn is not Attention.SDPA:
+        raise NotModelledError("--stack torchtune with --packing, --liger or --attn other than sdpa is not modelled")
+    if setup.activation_offload and not setup.gradient_checkpointing:
+        raise NotModelledError("torchtune refuses enable_activation_offloading without activation checkpointing")
+    if setup.lora is not None:
+        lora_plan(setup)
