@@ -139,7 +139,7 @@ def test_deepspeed_json_autos_are_the_ones_hf_trainer_fills(strategy, offload):
     assert filled.config["train_micro_batch_size_per_gpu"] == 2
     zero = filled.config["zero_optimization"]
     hidden = SPEC.hidden_size
-    # the bucket sizes the estimate assumes (estimate/parallel.py) are the ones the Trainer writes
+    # the bucket sizes the estimate assumes (estimate/strategies/zero.py) are the ones the Trainer writes
     assert zero["reduce_bucket_size"] == HF_REDUCE_BUCKET_PER_HIDDEN_SQ * hidden * hidden
     if strategy == "zero3":
         assert zero["stage3_prefetch_bucket_size"] == int(HF_PREFETCH_BUCKET_TENTHS_HIDDEN_SQ / 10 * hidden * hidden)

@@ -106,7 +106,7 @@ def _model_state_bytes(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]
     """(parameter bytes a rank gathers or holds whole, gradient bytes it reduces) for the whole model."""
     weights = weight_memory(spec, setup)
     if setup.strategy in DEEPSPEED_STRATEGIES and setup.method is not Method.QLORA:
-        # DeepSpeed casts the module to 16-bit and reduces 16-bit gradients (estimate/parallel.py _deepspeed).
+        # DeepSpeed casts the module to 16-bit and reduces 16-bit gradients (estimate/strategies/zero.py).
         return weights.total_params * HALF_BYTES, weights.trainable_params * HALF_BYTES
     return weights.base_bytes + weights.adapter_bytes, weights.trainable_params * trainable_bytes_per_param(setup)
 

@@ -2,7 +2,7 @@
 
 - `deepspeed_config`: a DeepSpeed JSON for ZeRO stage 1/2/3 with HF-Trainer "auto" values
   (transformers/integrations/deepspeed.py HfTrainerDeepSpeedConfig fills them from TrainingArguments and the
-  model's hidden size: the bucket sizes the estimate assumes, estimate/parallel.py HF_* constants).
+  model's hidden size: the bucket sizes the estimate assumes, estimate/strategies/zero.py HF_* constants).
 - `accelerate_config`: an `accelerate launch --config_file` YAML (accelerate/commands/config/config_args.py
   ClusterConfig) for FSDP2, DeepSpeed, DDP (MULTI_GPU) or one GPU.
 - `trainer_fsdp_arguments`: TrainingArguments keywords for FSDP2 (transformers/training_args.py
@@ -19,7 +19,7 @@ from vramplan.training import DEEPSPEED_STRATEGIES, FSDP_STRATEGIES, Offload, Pr
 EMIT_FORMATS = ("deepspeed", "fsdp", "accelerate")
 
 # The decoder layer class of each family: transformers/models/<family>/modeling_<family>.py (5.x); FSDP wraps
-# each one (TRANSFORMER_BASED_WRAP), as estimate/parallel.py _fsdp models.
+# each one (TRANSFORMER_BASED_WRAP), as estimate/strategies/fsdp.py models.
 DECODER_LAYER_CLASS = {
     "llama": "LlamaDecoderLayer",
     "mistral": "MistralDecoderLayer",
@@ -76,7 +76,7 @@ def deepspeed_config(setup: TrainingSetup) -> dict:
         "bf16": {"enabled": setup.precision in (Precision.BF16, Precision.BF16_MIXED)},
         "fp16": {"enabled": setup.precision is Precision.FP16_MIXED},
         "zero_optimization": zero,
-        # AdamW with fp32 master weights and states, as estimate/parallel.py _deepspeed models; under
+        # AdamW with fp32 master weights and states, as estimate/strategies/zero.py models; under
         # offload_optimizer DeepSpeed runs it as DeepSpeedCPUAdam.
         "optimizer": {"type": "AdamW",
                       "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
