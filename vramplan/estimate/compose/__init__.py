@@ -7,9 +7,7 @@ peak.py turns phase peaks into the Estimate.
 
 from __future__ import annotations
 
-from vramplan.estimate.compose.device_map import estimate_device_map
 from vramplan.estimate.compose.hf import estimate_hf
-from vramplan.estimate.compose.torchtune import estimate_torchtune
 from vramplan.estimate.scope import refuse_unmodelled
 from vramplan.models.catalog import ResolvedModel
 from vramplan.result import Estimate
@@ -18,9 +16,13 @@ from vramplan.training import Stack, Strategy, TrainingSetup
 
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     """One GPU's memory for one training step of `model` under `setup`."""
-    if setup.stack is Stack.TORCHTUNE:
+    if setup.stack is Stack.TORCHTUNE:  # imported when used: the cold start of an HF estimate skips them
+        from vramplan.estimate.compose.torchtune import estimate_torchtune
+
         return estimate_torchtune(model, setup)
     refuse_unmodelled(model.spec, setup)
     if setup.strategy is Strategy.DEVICE_MAP:
+        from vramplan.estimate.compose.device_map import estimate_device_map
+
         return estimate_device_map(model, setup)
     return estimate_hf(model, setup)

@@ -8,11 +8,8 @@ cases against FSDP2 traced on CPU with a fake process group.
 
 from __future__ import annotations
 
-from vramplan.estimate.strategies.ddp import ddp_states
-from vramplan.estimate.strategies.fsdp import fsdp_states
 from vramplan.estimate.strategies.single import single_gpu_states
 from vramplan.estimate.strategies.states import RankStates
-from vramplan.estimate.strategies.zero import deepspeed_states
 from vramplan.models.spec import ModelSpec
 from vramplan.training import DEEPSPEED_STRATEGIES, FSDP_STRATEGIES, Strategy, TrainingSetup
 
@@ -23,10 +20,17 @@ def rank_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
     strategy = setup.strategy
     if strategy in (Strategy.SINGLE, Strategy.DEVICE_MAP):
         return single
+    # each strategy's module is imported when used, so a one-GPU estimate's cold start skips them
     if strategy is Strategy.DDP:
+        from vramplan.estimate.strategies.ddp import ddp_states
+
         return ddp_states(single, setup)
     if strategy in DEEPSPEED_STRATEGIES:
+        from vramplan.estimate.strategies.zero import deepspeed_states
+
         return deepspeed_states(spec, setup, single)
     if strategy in FSDP_STRATEGIES:
+        from vramplan.estimate.strategies.fsdp import fsdp_states
+
         return fsdp_states(spec, setup)
     raise AssertionError(strategy)
