@@ -26,12 +26,12 @@ LOGITS_LOSS = "logits_loss"
 AUTOCAST_WEIGHT_COPIES = "autocast_weight_copies"
 IN_FLIGHT = "in_flight"
 GRADIENT_PARTITION = "gradient_partition"
+TEMPORARIES = "temporaries"  # also the estimate's: torchtune's backward (vramplan/estimate/torchtune.py)
 ESTIMATE_COMPONENTS = (WEIGHTS, LORA_ADAPTERS, GRADIENTS, OPTIMIZER_STATES, OPTIMIZER_TEMPORARIES, ACTIVATIONS,
-                       LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT, GRADIENT_PARTITION)
+                       LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT, GRADIENT_PARTITION, TEMPORARIES)
 
-# The trace's categories (vramplan/measure/livebytes.py and fsdp.py name them).
+# The trace's categories (vramplan/measure/livebytes.py and fsdp/tracker.py name them).
 PARAMETERS = "parameters"
-TEMPORARIES = "temporaries"
 SHARDED_PARAMETERS = "sharded_parameters"
 REPLICATED_TENSORS = "replicated_tensors"
 UNSHARDED_PARAMETERS = "unsharded_parameters"
@@ -48,7 +48,7 @@ COMPARED_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "optimizer states": ((OPTIMIZER_STATES,), (OPTIMIZER_STATES,)),
     "the step (activations, gradients, logits, temporaries, in flight)": (
         (GRADIENTS, OPTIMIZER_TEMPORARIES, ACTIVATIONS, LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT,
-         GRADIENT_PARTITION),
+         GRADIENT_PARTITION, TEMPORARIES),
         (GRADIENTS, ACTIVATIONS, TEMPORARIES, UNSHARDED_PARAMETERS, ALL_GATHER_BUFFERS, UNSHARDED_GRADIENTS,
          REDUCE_SCATTER_BUFFERS),
     ),

@@ -34,7 +34,8 @@ CASES = [
 @pytest.mark.parametrize("name, options", CASES)
 def test_fake_trace_equals_real_trace(name, options):
     config = resolve_model(str(CONFIGS / f"{name}.json")).config
-    setup = resolve_setup(**{"batch_size": 2, "seq_len": 256, **options})
+    options = dict(options)
+    setup = resolve_setup(options.pop("method"), **{"batch_size": 2, "seq_len": 256, **options})
     fake = trace_training_step(config, setup, fake=True, warmup="optimizer")
     real = trace_training_step(config, setup, fake=False, warmup="step")
     assert fake.peak_allocated_bytes == real.peak_allocated_bytes

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 
 from vramplan.errors import NotModelledError
-from vramplan.measure.liger_loss import _NoLaunch, _rewritten
+from vramplan.measure.liger_loss import NoLaunch, rewritten
 
 # transformers' model types whose liger apply function patches RMSNorm, SwiGLU and RoPE the way the rules count.
 LIGER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -88,10 +88,10 @@ def liger_kernels_as_noops():
 
     for op, names in _KERNELS.items():
         for name in names:
-            swap(modules[op], name, _NoLaunch(name, launches))
+            swap(modules[op], name, NoLaunch(name, launches))
     swap(modules["swiglu"], "_should_tile", lambda n_cols: False)  # Blackwell-only tiling; an H100 takes rows
     rms = modules["rms_norm"]
-    swap(rms, "rms_norm_backward", _rewritten(rms, dict(vars(rms)), "rms_norm_backward", _AS_ON_CUDA))
+    swap(rms, "rms_norm_backward", rewritten(rms, dict(vars(rms)), "rms_norm_backward", _AS_ON_CUDA))
     try:
         yield launches
     finally:

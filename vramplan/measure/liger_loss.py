@@ -53,7 +53,7 @@ _AS_ON_CUDA = {
 }
 
 
-class _NoLaunch:
+class NoLaunch:
     """A Triton kernel whose launch (`kernel[grid](...)`) does nothing but note its grid: the kernel only writes
     into buffers torch already allocated."""
 
@@ -79,7 +79,9 @@ def _equals_one(grad_output, one):
     return False if _is_fake(grad_output) else torch.equal(grad_output, one)
 
 
-def _rewritten(module, namespace: dict, name: str, table: dict = _AS_ON_CUDA):
+def rewritten(module, namespace: dict, name: str, table: dict = _AS_ON_CUDA):
+    """liger's function `name` of `module`, its source text edited by `table[name]`'s (old, new) pairs and compiled
+    in `namespace`; raises NotModelledError when liger's source no longer holds a text to replace."""
     source = textwrap.dedent(inspect.getsource(getattr(module, name)))
     for old, new in table[name]:
         if old not in source:
@@ -96,9 +98,9 @@ def liger_ops_without_kernels():
     from liger_kernel.ops import fused_linear_cross_entropy as flce
 
     launches: list[tuple[str, tuple]] = []
-    kernels = {name: _NoLaunch(name, launches) for name in ("liger_cross_entropy_kernel", "element_mul_kernel")}
+    kernels = {name: NoLaunch(name, launches) for name in ("liger_cross_entropy_kernel", "element_mul_kernel")}
     namespace = {**vars(flce), "_item": _item, "_equals_one": _equals_one, **kernels}
-    patched = {name: _rewritten(flce, namespace, name) for name in _AS_ON_CUDA}
+    patched = {name: rewritten(flce, namespace, name) for name in _AS_ON_CUDA}
     originals = {name: getattr(flce, name) for name in patched}
     for name, function in patched.items():
         setattr(flce, name, function)

@@ -20,17 +20,19 @@ from typing import Any
 import torch
 
 from vramplan.errors import NotModelledError
-from vramplan.measure.hf_step import (
+from vramplan.measure.cuda_paths import dropout_as_on_cuda
+from vramplan.measure.fake_step import (
     StepTrace,
-    _attribute_modules,
-    _by_module,
-    _cuda_dropout,
-    _fake_mode,
-    _owner_of_parameters,
-    _tag_optimizer_states,
-    step_phases,
+    attribute_modules,
+    create_optimizer_states,
+    fake_mode,
+    measure_steady_step,
+    parameter_owners,
+    removing,
+    tag_gradients,
+    tag_optimizer_states,
 )
-from vramplan.measure.livebytes import GRADIENTS, PARAMETERS, LiveBytesTracker
+from vramplan.measure.livebytes import PARAMETERS, LiveBytesTracker
 from vramplan.measure.torchtune_build import (
     build_meta_model,
     is_nf4,
@@ -83,19 +85,17 @@ def trace_torchtune_step(
     """
     refuse_untraceable_torchtune(setup)
     torch.manual_seed(seed)
-    fake_mode = _fake_mode() if fake else contextlib.nullcontext()
+    mode = fake_mode() if fake else contextlib.nullcontext()
     model = build_meta_model(config, family, setup, device="meta" if fake else "cpu")
     if fake:
-        materialise_fake(model, fake_mode)
+        materialise_fake(model, mode)
     loss_fn = _loss_fn(model, setup)
     params = [p for p in model.parameters() if p.requires_grad]
-    owners = _owner_of_parameters(model)
+    owners = parameter_owners(model)
     tracker = LiveBytesTracker(skip_matmul_arithmetic=not fake)
-    hooks = [
-        p.register_post_accumulate_grad_hook(lambda p: tracker.tag(p.grad, GRADIENTS, owners.get(id(p), "(model)")))
-        for p in params
-    ]
+    hooks = tag_gradients(params, tracker, owners)
     optimizers = _optimizers(params, setup)
+    distinct = list({id(o): o for o in optimizers.values()}.values())
     if setup.optimizer_in_backward:
         hooks += [p.register_post_accumulate_grad_hook(_step_in_backward(optimizers[id(p)])) for p in params]
     offload = None
@@ -104,32 +104,28 @@ def trace_torchtune_step(
 
         offload = EmulatedOffload()
         hooks += keep_output_head(model)
-    try:
-        with fake_mode, _dropout_as_on_cuda(), _attribute_modules(model, tracker), tracker:
-            _track_model(model, tracker, owners)
-            tracker.set_phase("warmup")
-            _warm_up(params, optimizers)
-            for optimizer in {id(o): o for o in optimizers.values()}.values():
-                _tag_optimizer_states(optimizer, tracker, owners)
-            tracker.set_phase("idle")
-            tracker.reset_peak()
-            # the batch (tokens, labels) and the recipe's self.ignore_labels_cache, counted as temporaries
-            tokens = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
-            labels = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
-            ignore_cache = torch.full((setup.batch_size, 1), IGNORE_INDEX)
-            _training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload)
-            tracker.finish()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    phases = step_phases(tracker)
-    return TorchtuneStepTrace(
-        peak_allocated_bytes=tracker.peak_bytes,
-        peak_phase=tracker.peak_phase,
-        categories=tracker.peak.by_category(),
-        phases=phases,
-        by_module=_by_module(tracker.peak),
-        idle_bytes=tracker.live_bytes,
+
+    def warm_up() -> None:
+        create_optimizer_states(params, distinct)
+        for optimizer in distinct:
+            tag_optimizer_states(optimizer, tracker, owners)
+
+    batch: list[torch.Tensor] = []  # held until the trace returns, so idle_bytes counts it
+
+    def step() -> None:
+        # the batch (tokens, labels) and the recipe's self.ignore_labels_cache, counted as temporaries
+        batch[:] = [
+            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
+            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
+            torch.full((setup.batch_size, 1), IGNORE_INDEX),
+        ]
+        _training_step(model, loss_fn, *batch, optimizers, setup, tracker, offload)
+
+    with removing(hooks), mode, dropout_as_on_cuda(), attribute_modules(model, tracker), tracker:
+        _track_model(model, tracker, owners)
+        measure_steady_step(tracker, warm_up, step)
+    return TorchtuneStepTrace.from_tracker(
+        tracker,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in params),
         host_bytes=offload.host_peak_bytes if offload is not None else 0,
@@ -196,15 +192,6 @@ def _step_in_backward(optimizer):
     return optim_step
 
 
-def _warm_up(params, optimizers) -> None:
-    """Give every trainable parameter a gradient and step once, so the states exist before the counted step."""
-    for param in params:
-        param.grad = torch.zeros_like(param)
-    for optimizer in {id(o): o for o in optimizers.values()}.values():
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
 def _track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:
     for param in model.parameters():
         owner = owners.get(id(param), "(model)")
@@ -213,16 +200,3 @@ def _track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> No
         else:
             tracker.tag(param, PARAMETERS, owner)
     tracker.track_all(model.buffers(), PARAMETERS)
-
-
-@contextlib.contextmanager
-def _dropout_as_on_cuda():
-    """LoRA dropout as CUDA runs it (bool mask), see hf_step._cuda_dropout."""
-    functional = torch.nn.functional
-    original = functional.dropout
-    functional.dropout = _cuda_dropout
-    try:
-        yield
-    finally:
-        functional.dropout = original
-

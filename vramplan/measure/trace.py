@@ -1,18 +1,20 @@
 """`vramplan trace`: the real training step of the real model code, counted byte by byte on CPU.
 
-The step runs under FakeTensorMode (no memory, any model size) through `hf_step`; the result has the same shape
-as an Estimate (components by category, per-phase peaks, the peak and its phase) so the two compare directly.
+The step runs under FakeTensorMode (no memory, any model size) through a recipe on `fake_step` (`hf_step`,
+`torchtune_step`, `fsdp`); the result has the same shape as an Estimate (components by category, per-phase peaks,
+the peak and its phase) so the two compare directly.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
-
 from vramplan.errors import NotModelledError, require_extra
-from vramplan.result import ModulePeak, PhasePeak, Trace  # noqa: F401 - re-exported for the trace recipes
+from vramplan.result import PhasePeak, Trace
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Loss, Optimizer, Precision, Stack, Strategy, TrainingSetup
+from vramplan.training import Loss, Method, Optimizer, Precision, Stack, Strategy, TrainingSetup
+from vramplan.versions import untested_versions, untested_warning
 
 # What the trace does so that it answers for a CUDA run, and what stays different (shown with every trace).
 GPU_CORRECTIONS = (
@@ -61,12 +63,41 @@ def refuse_untraceable(setup: TrainingSetup) -> None:
         )
 
 
+def traced_libraries(setup: TrainingSetup) -> tuple[str, ...]:
+    """The distributions whose code the trace of `setup` runs (the names in vramplan.versions.TESTED_VERSIONS)."""
+    if setup.stack is Stack.TORCHTUNE:
+        return ("torch", "torchtune", "torchao")
+    libraries = ["torch", "transformers", "accelerate"]
+    if setup.method is not Method.FULL:
+        libraries.append("peft")
+    fsdp = setup.strategy is not Strategy.SINGLE  # fsdp.tracker patches bitsandbytes' FSDP hook in every run
+    if fsdp or setup.method is Method.QLORA or setup.optimizer is Optimizer.ADAMW_8BIT:
+        libraries.append("bitsandbytes")
+    if setup.liger or setup.loss is Loss.FUSED:
+        libraries.append("liger-kernel")
+    return tuple(libraries)
+
+
+_warned: set[str] = set()  # lines already written by this process (`vramplan validate` traces many setups)
+
+
+def warn_untested_libraries(setup: TrainingSetup) -> None:
+    """One stderr line, once per process, when a library the trace of `setup` runs is outside its tested range."""
+    untested = untested_versions(traced_libraries(setup))
+    line = untested_warning(untested) if untested else None
+    if line is not None and line not in _warned:
+        _warned.add(line)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     """Run one warm-up optimizer step and one measured training step of `model` under `setup`, on fake tensors."""
     refuse_untraceable(setup)
-    from vramplan.estimate.moe import refuse_unmodelled_moe
+    from vramplan.estimate.scope import refuse_unmodelled_moe
 
     refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
+    warn_untested_libraries(setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
     if setup.stack is Stack.TORCHTUNE:
@@ -121,7 +152,7 @@ FSDP_NOTES = (
 
 def _trace_fsdp(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
-    from vramplan.estimate.parallel import shard_group_size
+    from vramplan.estimate.strategies.states import shard_group_size
     from vramplan.measure.fsdp import trace_fsdp_step
 
     started = time.perf_counter()

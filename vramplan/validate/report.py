@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vramplan.result import COMPARED_GROUPS
 from vramplan.validate.measured import MeasuredScore
-from vramplan.validate.score import CaseResult, Summary
+from vramplan.validate.score import (
+    TARGET_MAX_ABS_ERROR,
+    TARGET_MEDIAN_ABS_ERROR,
+    CaseResult,
+    Summary,
+    group_column,
+)
 
 GIB = 1024**3
+# CaseResult's dict fields: flattened into columns per group (the components stay in the JSON).
+_NESTED_FIELDS = {"estimate_components", "trace_components", "estimate_groups", "trace_groups", "group_errors"}
 
 
 def matrix_frame(results: list[CaseResult]):
+    """One row per case; each compared group gets flat columns <group>_estimate_bytes, _trace_bytes, _error(_pct)."""
     import pandas as pd
 
-    frame = pd.DataFrame([result.model_dump() for result in results])
+    frame = pd.DataFrame([result.model_dump(exclude=_NESTED_FIELDS) for result in results])
     frame["estimate_gib"] = frame["estimate_bytes"] / GIB
     frame["trace_gib"] = frame["trace_bytes"] / GIB
     frame["error_pct"] = 100 * frame["error"]
+    for group in COMPARED_GROUPS:
+        stem = group_column(group)
+        frame[f"{stem}_estimate_bytes"] = [result.estimate_groups[group] for result in results]
+        frame[f"{stem}_trace_bytes"] = [result.trace_groups[group] for result in results]
+        frame[f"{stem}_error"] = [result.group_errors[group] for result in results]
+        frame[f"{stem}_error_pct"] = 100 * frame[f"{stem}_error"]
     return frame
 
 
@@ -31,7 +47,9 @@ def measured_frame(scores: list[MeasuredScore]):
 
 
 def matrix_table_text(frame) -> str:
+    """The cases, with each group's error as a % of the trace's peak (at the trace's peak phase)."""
     columns = ["id", "estimate_gib", "trace_gib", "error_pct", "estimate_phase", "trace_phase"]
+    columns += [f"{group_column(group)}_error_pct" for group in COMPARED_GROUPS]
     return frame[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}")
 
 
@@ -41,12 +59,20 @@ def measured_table_text(frame) -> str:
 
 
 def summary_text(summary: Summary) -> str:
-    return (
+    target = f"median <= {100 * TARGET_MEDIAN_ABS_ERROR:g}%, max <= {100 * TARGET_MAX_ABS_ERROR:g}%"
+    lines = [
         f"{summary.cases} cases: median |error| {100 * summary.median_abs_error:.2f}%, "
         f"max |error| {100 * summary.max_abs_error:.2f}% ({summary.worst_case}), "
         f"worst under-estimate {100 * summary.worst_under_estimate:.2f}%; "
-        f"target (median <= 2%, max <= 5%) {'met' if summary.meets_target else 'NOT met'}"
-    )
+        f"target ({target}, the total and each group) {'met' if summary.meets_target else 'NOT met'}",
+        "per group, as a share of the trace's peak at its peak phase:",
+    ]
+    lines += [
+        f"  {group_column(group)}: median |error| {100 * median:.2f}%, max |error| "
+        f"{100 * summary.group_max_abs_error[group]:.2f}% ({summary.group_worst_case[group]})"
+        for group, median in summary.group_median_abs_error.items()
+    ]
+    return "\n".join(lines)
 
 
 def write_matrix_outputs(frame, out: Path) -> list[Path]:

@@ -1,0 +1,209 @@
+"""Rank 0's FSDP2 training step over a fake process group of N ranks, counted byte by byte (a recipe on
+`fake_step`): the model sharded by accelerate (`fsdp.shard`), its allocations filed by `fsdp.tracker`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from vramplan.measure.cuda_paths import as_on_gpu
+from vramplan.measure.fake_step import (
+    PhaseBytes,
+    Warmup,
+    attribute_modules,
+    create_optimizer_states,
+    fake_mode,
+    measure_steady_step,
+    module_name,
+    removing,
+    step_phases,
+    tag_optimizer_states,
+)
+from vramplan.measure.fsdp.shard import FsdpUnit, build_sharded, describe_units
+from vramplan.measure.fsdp.tracker import (
+    REPLICATED_TENSORS,
+    SHARDED_PARAMETERS,
+    FsdpLiveBytesTracker,
+    fsdp_categories,
+    gathered_units,
+    instrument_fsdp,
+    local_tensor,
+)
+from vramplan.measure.hf_step import quiet_libraries
+from vramplan.measure.livebytes import ACTIVATIONS, GRADIENTS
+from vramplan.training import TrainingSetup
+
+
+class FsdpStepTrace(BaseModel):
+    """Rank 0's live-bytes peaks of one steady-state FSDP2 training step over `world_size` ranks."""
+
+    world_size: int
+    reshard_after_forward: bool
+    offload_params: bool
+    peak_allocated_bytes: int
+    peak_phase: str
+    components: dict[str, int]
+    phases: list[PhaseBytes]
+    gathered_at_peak: dict[str, dict[str, int]]
+    most_gathered: dict[str, dict[str, int]]
+    units: list[FsdpUnit]
+    mixed_precision: dict[str, str | None]
+    gradient_dtypes: list[str]
+    idle_bytes: int
+    total_params: int
+    trainable_params: int
+
+
+def trace_fsdp_step(config: dict[str, Any], setup: TrainingSetup, world_size: int, *,
+                    reshard_after_forward: bool = True, offload_params: bool = False) -> FsdpStepTrace:
+    """Rank 0's peak live bytes of one steady-state FSDP2 step over `world_size` ranks, in a fresh process.
+
+    The child is `python -m vramplan.measure.fsdp`: the fake process group is process-global, and a fresh
+    interpreter needs no `if __name__ == "__main__"` guard from the caller (unlike multiprocessing's spawn).
+    """
+    request = dict(config=config, setup=setup.model_dump(mode="json"), world_size=world_size,
+                   reshard_after_forward=reshard_after_forward, offload_params=offload_params)
+    with tempfile.TemporaryDirectory() as folder:
+        answer = Path(folder) / "trace.json"
+        child = subprocess.run(
+            [sys.executable, "-m", "vramplan.measure.fsdp", str(answer)], input=json.dumps(request), text=True,
+            capture_output=True,
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"the FSDP trace over {world_size} ranks failed:\n{child.stderr[-4000:]}")
+        return FsdpStepTrace.model_validate_json(answer.read_text())
+
+
+def answer_request(answer: str) -> None:
+    """The child's side of `trace_fsdp_step`: the request on stdin, the trace written to the file `answer`."""
+    request = json.loads(sys.stdin.read())
+    trace = trace_fsdp_step_in_process(
+        request["config"], TrainingSetup.model_validate(request["setup"]), request["world_size"],
+        reshard_after_forward=request["reshard_after_forward"], offload_params=request["offload_params"],
+    )
+    Path(answer).write_text(trace.model_dump_json())
+
+
+def trace_fsdp_step_in_process(
+    config: dict[str, Any], setup: TrainingSetup, world_size: int, *, reshard_after_forward: bool = True,
+    offload_params: bool = False, warmup: Warmup = "optimizer",
+) -> FsdpStepTrace:
+    """`trace_fsdp_step` in this process: starts (and afterwards destroys) a fake process group of `world_size`.
+
+    `warmup` as in `hf_step.trace_training_step`: "optimizer" creates the optimizer states with one step on zero
+    gradients, "step" runs a whole training step first (FSDP's first all-gathers included).
+    """
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("a process group already exists in this process; use trace_fsdp_step")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        with quiet_libraries():
+            return _trace(config, setup, world_size, reshard_after_forward, offload_params, warmup)
+    finally:
+        dist.destroy_process_group()
+
+
+def _trace(config, setup, world_size, reshard_after_forward, offload_params, warmup) -> FsdpStepTrace:
+    from vramplan.measure.build import make_optimizer
+
+    mode = fake_mode()
+    model, policy, total_params, quant_states = build_sharded(
+        config, setup, world_size, reshard_after_forward, offload_params, mode
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    owners = {id(p): module_name(name.rsplit(".", 1)[0]) for name, p in model.named_parameters()}
+    tracker = FsdpLiveBytesTracker(host_phases=("warmup", "optimizer") if offload_params else ())
+    gradient_dtypes: set[str] = set()
+
+    def on_sharded_grad(param):  # FSDP2 runs these hooks itself, in foreach_reduce
+        gradient_dtypes.add(str(param.grad.dtype).removeprefix("torch."))
+        if offload_params:
+            tracker.to_host(local_tensor(param.grad))
+        else:
+            tracker.tag(local_tensor(param.grad), GRADIENTS, owners.get(id(param), "(model)"))
+
+    hooks = [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
+    optimizer = make_optimizer(params, setup.optimizer)
+
+    def training_step(input_ids) -> None:
+        tracker.set_phase("forward")
+        loss = model(input_ids=input_ids, labels=input_ids).loss  # Trainer adds no autocast under FSDP2
+        tracker.set_phase("backward")
+        loss.backward()
+        del loss
+        tracker.set_phase("optimizer")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tracker.set_phase("idle")
+
+    def warm_up() -> None:
+        if warmup == "step":
+            training_step(input_ids)
+        else:
+            create_optimizer_states(params, [optimizer])
+        if not offload_params:
+            tag_optimizer_states(optimizer, tracker, owners, unwrap=local_tensor)
+
+    with removing(hooks), mode, as_on_gpu(), attribute_modules(model, tracker), tracker, instrument_fsdp(tracker):
+        tracker.set_phase("idle")  # nothing below is a parameter unless tagged so
+        input_ids = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
+        tracker.tag(input_ids, ACTIVATIONS, "(inputs)")
+        _track_model_state(model, tracker, owners, quant_states, offload_params)
+        measure_steady_step(tracker, warm_up, lambda: training_step(input_ids))
+    return FsdpStepTrace(
+        world_size=world_size,
+        reshard_after_forward=reshard_after_forward,
+        offload_params=offload_params,
+        **_peaks(tracker),
+        units=describe_units(model),
+        mixed_precision=_policy_dtypes(policy),
+        gradient_dtypes=sorted(gradient_dtypes),
+        idle_bytes=tracker.live_bytes,
+        total_params=total_params,
+        trainable_params=sum(p.numel() for p in params),
+    )
+
+
+def _policy_dtypes(policy) -> dict[str, str | None]:
+    """MixedPrecisionPolicy's dtypes by name ('bfloat16'), None where it keeps the parameter's own."""
+    return {
+        key: None if value is None else str(value).removeprefix("torch.")
+        for key, value in (("param_dtype", policy.param_dtype), ("reduce_dtype", policy.reduce_dtype),
+                           ("output_dtype", policy.output_dtype))
+    }
+
+
+def _peaks(tracker: FsdpLiveBytesTracker) -> dict[str, Any]:
+    phases = step_phases(tracker, fsdp_categories)
+    measured = {phase.phase: tracker.phase_snapshots[phase.phase] for phase in phases}
+    return dict(
+        peak_allocated_bytes=tracker.peak_bytes,
+        peak_phase=tracker.peak_phase,
+        components=fsdp_categories(tracker.peak),
+        phases=phases,
+        gathered_at_peak={phase: gathered_units(snapshot.by_owner) for phase, snapshot in measured.items()},
+        most_gathered={phase: units for phase, units in tracker.most_gathered.items() if phase in measured},
+    )
+
+
+def _track_model_state(model, tracker, owners, quant_states, offload_params) -> None:
+    """Sharded parameters (host-resident under CPU offload), and the unsharded buffers and QuantStates."""
+    for param in model.parameters():
+        if offload_params:
+            tracker.to_host(local_tensor(param))
+        else:
+            tracker.tag(local_tensor(param), SHARDED_PARAMETERS, owners.get(id(param), "(model)"))
+    tracker.track_all(model.buffers(), REPLICATED_TENSORS)
+    for name, tensors in quant_states:
+        tracker.track_all(tensors, REPLICATED_TENSORS, name)
