@@ -26,7 +26,7 @@ LOGITS_LOSS = "logits_loss"
 AUTOCAST_WEIGHT_COPIES = "autocast_weight_copies"
 IN_FLIGHT = "in_flight"
 GRADIENT_PARTITION = "gradient_partition"
-TEMPORARIES = "temporaries"  # also the estimate's: torchtune's backward (vramplan/estimate/torchtune.py)
+TEMPORARIES = "temporaries"  # also the estimate's: torchtune's backward (vramplan/estimate/compose/torchtune.py)
 ESTIMATE_COMPONENTS = (WEIGHTS, LORA_ADAPTERS, GRADIENTS, OPTIMIZER_STATES, OPTIMIZER_TEMPORARIES, ACTIVATIONS,
                        LOGITS_LOSS, AUTOCAST_WEIGHT_COPIES, IN_FLIGHT, GRADIENT_PARTITION, TEMPORARIES)
 
