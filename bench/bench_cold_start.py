@@ -5,9 +5,9 @@ fitcheck reads config.json from the Hub; with no network here, the same config (
 placed in a private HF cache and both tools run with HF_HUB_OFFLINE=1. Install fitcheck in its own venv first:
 
     python -m venv /tmp/fitcheck-venv && /tmp/fitcheck-venv/bin/pip install fitcheck-llm==0.3.1
-    python bench/bench_cold_start.py --fitcheck /tmp/fitcheck-venv/bin/fitcheck --runs 20
+    python bench/bench_cold_start.py --fitcheck /tmp/fitcheck-venv/bin/fitcheck --runs 20 [--json]
 
-Prints medians, p90s and the ratio of medians as JSON. `--importtime` also prints the slowest imports of one
+Both print their default table (or, with --json, their JSON). Prints medians, p90s and the ratio of medians as JSON. `--importtime` also prints the slowest imports of one
 vramplan run (python -X importtime).
 """
 
@@ -44,6 +44,25 @@ def offline_hf_home() -> Path:
     return home
 
 
+def installed_vramplan(work: Path) -> str:
+    """vramplan as a user gets it: the wheel built from this checkout, installed with its core dependencies (at
+    CI's pinned versions) into a fresh venv, where pip compiles it as it does for any package."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(work / "dist"), str(REPO)],
+                   check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
+    wheel = next((work / "dist").glob("vramplan-*.whl"))
+    subprocess.run([str(work / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c",
+                    str(REPO / ".ci" / "constraints.txt"), str(wheel)], check=True)
+    return str(work / "venv" / "bin" / "vramplan")
+
+
+def _compiled_checkout() -> str:
+    """This checkout's editable install, compiled first (pip compiles installed packages; this environment sets
+    PYTHONDONTWRITEBYTECODE, which would otherwise recompile vramplan on every run)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "vramplan")], check=True)
+    return str(Path(sys.executable).parent / "vramplan")
+
+
 def wall_seconds(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, cwd=REPO, env=env, check=False)
@@ -64,14 +83,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--fitcheck", default=shutil.which("fitcheck"), help="path to fitcheck-llm's `fitcheck`")
     parser.add_argument("--importtime", action="store_true")
+    parser.add_argument("--json", action="store_true", help="both tools' JSON output instead of their tables")
+    parser.add_argument("--editable", action="store_true",
+                        help="time this checkout's editable install instead of the wheel installed in a fresh venv")
     args = parser.parse_args()
     if not args.fitcheck:
         raise SystemExit("fitcheck-llm not found: see this script's docstring")
     home = offline_hf_home()
+    work = Path(tempfile.mkdtemp(prefix="bench-wheel-"))
+    executable = installed_vramplan(work) if not args.editable else _compiled_checkout()
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    vramplan = [str(Path(sys.executable).parent / "vramplan"), "estimate", "--model", "70b", "--method", "qlora",
-                "--format", "json"]
-    fitcheck = [args.fitcheck, REPO_ID, "--qlora", "--json"]
+    # Each tool's default output (a table), as a user types it; --json for the JSON of both.
+    json_flags = (["--format", "json"], ["--json"]) if args.json else ([], [])
+    vramplan = [executable, "estimate", "--model", "70b", "--method", "qlora",
+                *json_flags[0]]
+    fitcheck = [args.fitcheck, REPO_ID, "--qlora", *json_flags[1]]
     for command in (vramplan, fitcheck):  # warm the OS file cache
         wall_seconds(command, env)
     ours, theirs = [], []
@@ -82,13 +108,15 @@ def main() -> None:
               "ratio_of_medians": round(statistics.median(ours) / statistics.median(theirs), 2)}
     print(json.dumps(result, indent=2))
     if args.importtime:
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "vramplan", *vramplan[1:]],
+        python = str(Path(executable).parent / "python")
+        done = subprocess.run([python, "-X", "importtime", "-m", "vramplan", *vramplan[1:]],
                               capture_output=True, text=True, cwd=REPO, env=env, check=True)
         rows = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")][1:]
         rows.sort(key=lambda row: -int(row[0].split(":")[1]))
         for row in rows[:15]:
             print(f"{int(row[0].split(':')[1]) / 1000:7.1f} ms self {int(row[1]) / 1000:7.1f} ms cumulative {row[2]}")
     shutil.rmtree(home)
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

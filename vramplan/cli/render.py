@@ -51,38 +51,32 @@ def emit_json_document(document, kind: str) -> None:
 
 
 def emit_estimate(estimate) -> None:
-    from rich.table import Table
+    """The estimate as a table and its notes, in plain text (no rich import on the estimate's cold start)."""
+    from vramplan.cli.boxes import box_table
 
-    console = make_console()
-    table = Table(title=f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}")
-    table.add_column("component")
-    table.add_column("GiB", justify="right")
-    for name, nbytes in estimate.components.items():
-        if nbytes == 0:
-            continue  # the JSON keeps every component; the table shows the ones that hold memory
-        table.add_row(COMPONENT_LABELS.get(name, name), f"{gib(nbytes):.2f}")
-    table.add_section()
-    table.add_row("peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}")
-    table.add_row("peak reserved (caching allocator)", f"{gib(estimate.peak_reserved_bytes):.2f}")
+    components = [[COMPONENT_LABELS.get(name, name), f"{gib(nbytes):.2f}"]
+                  for name, nbytes in estimate.components.items()
+                  if nbytes]  # the JSON keeps every component; the table shows the ones that hold memory
     device_label = "device (nvidia-smi: + CUDA context, paged state" + (", NCCL)" if estimate.nccl_bytes else ")")
-    table.add_row(device_label, f"{gib(estimate.device_bytes):.2f}")
-    console.print(table)
+    totals = [["peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}"],
+              ["peak reserved (caching allocator)", f"{gib(estimate.peak_reserved_bytes):.2f}"],
+              [device_label, f"{gib(estimate.device_bytes):.2f}"]]
+    title = f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}"
+    lines = [box_table(title, ["component", "GiB"], [components, totals], right={1}).rstrip("\n")]
     if estimate.setup.world_size > 1 or estimate.setup.strategy.value != "single":
-        console.print(f"per GPU, on each of {estimate.setup.world_size} GPUs ({estimate.setup.strategy.value})")
+        lines.append(f"per GPU, on each of {estimate.setup.world_size} GPUs ({estimate.setup.strategy.value})")
     if estimate.host_bytes:
         machine = estimate.host_bytes * estimate.setup.gpus
-        console.print(f"host RAM for offloaded states: {gib(estimate.host_bytes):.2f} GiB per GPU, "
-                      f"{gib(machine):.2f} GiB per node of {estimate.setup.gpus} GPUs")
+        lines.append(f"host RAM for offloaded states: {gib(estimate.host_bytes):.2f} GiB per GPU, "
+                     f"{gib(machine):.2f} GiB per node of {estimate.setup.gpus} GPUs")
     phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in estimate.phases)
-    console.print(f"phase peaks (GiB): {phases}")
-    console.print(
-        f"parameters: {estimate.trainable_params:,} trainable of {estimate.total_params:,} "
-        f"({100 * estimate.trainable_params / estimate.total_params:.2f}%)"
-    )
-    console.print("assumptions:")
-    for line in estimate.assumptions:
-        console.print(f"  - {line}", highlight=False, soft_wrap=True)
-    console.print("1 GiB = 2^30 bytes", style="dim")
+    lines.append(f"phase peaks (GiB): {phases}")
+    lines.append(f"parameters: {estimate.trainable_params:,} trainable of {estimate.total_params:,} "
+                 f"({100 * estimate.trainable_params / estimate.total_params:.2f}%)")
+    lines.append("assumptions:")
+    lines.extend(f"  - {line}" for line in estimate.assumptions)
+    lines.append("1 GiB = 2^30 bytes")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def emit_trace(trace, top_modules: int = 0) -> None:
