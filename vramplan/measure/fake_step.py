@@ -143,6 +143,20 @@ def create_optimizer_states(params, optimizers: Iterable) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
+def run_phases(tracker: LiveBytesTracker, forward: Callable[[], Any], optimizer) -> None:
+    """One training step as the tracker files it: `forward` (returns the loss; its own tensors freed when it
+    returns), backward, the optimizer step and zero_grad(set_to_none=True), then idle."""
+    tracker.set_phase("forward")
+    loss = forward()
+    tracker.set_phase("backward")
+    loss.backward()
+    del loss
+    tracker.set_phase("optimizer")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tracker.set_phase("idle")
+
+
 def measure_steady_step(tracker: LiveBytesTracker, warm_up: Callable[[], None], step: Callable[[], None]) -> None:
     """Run `warm_up` (it creates and tags the optimizer states), start the peak over at idle, run `step`."""
     tracker.set_phase("warmup")

@@ -27,6 +27,7 @@ from vramplan.measure.fake_step import (
     fake_mode,
     logical_numel,
     measure_steady_step,
+    run_phases,
     parameter_owners,
     quant_state_tensors,
     removing,
@@ -85,23 +86,17 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     )
     hooks = tag_gradients(params, tracker, owners)
 
-    def training_step(input_ids) -> None:
-        tracker.set_phase("forward")
+    def forward(input_ids):
         with autocast:
             extra = {"position_ids": _packed_positions(input_ids)} if setup.packing else {}
             outputs = model(input_ids=input_ids, labels=input_ids, **extra)
         if setup.autocast:
             # accelerate's prepare_model wraps forward in convert_outputs_to_fp32 (Trainer with bf16/fp16=True).
             outputs = convert_to_fp32(outputs)
-        loss = outputs.loss
-        del outputs
-        tracker.set_phase("backward")
-        loss.backward()
-        del loss
-        tracker.set_phase("optimizer")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tracker.set_phase("idle")
+        return outputs.loss  # `outputs` (its logits) is freed as this returns, before backward
+
+    def training_step(input_ids) -> None:
+        run_phases(tracker, lambda: forward(input_ids), optimizer)
 
     def warm_up() -> None:
         if warmup == "step":

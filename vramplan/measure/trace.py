@@ -127,17 +127,19 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     return _as_trace(model, setup, step, notes, started)
 
 
-def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float) -> Trace:
+def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float, *,
+              components: dict[str, int] | None = None, by_module: list | None = None) -> Trace:
+    """The Trace of a traced step (its own categories and by-module rows unless given)."""
     return Trace(
         model=model,
         setup=setup,
         total_params=step.total_params,
         trainable_params=step.trainable_params,
         peak_phase=step.peak_phase,
-        components=step.categories,
+        components=step.categories if components is None else components,
         phases=[PhasePeak(phase=phase.phase, components=phase.categories) for phase in step.phases],
         peak_allocated_bytes=step.peak_allocated_bytes,
-        by_module=step.by_module,
+        by_module=step.by_module if by_module is None else by_module,
         gpu_corrections=notes,
         trace_seconds=round(time.perf_counter() - started, 2),
     )
@@ -158,16 +160,5 @@ def _trace_fsdp(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     started = time.perf_counter()
     step = trace_fsdp_step(model.config, setup, shard_group_size(setup),
                            offload_params=setup.offload.value == "params")
-    return Trace(
-        model=model,
-        setup=setup,
-        total_params=step.total_params,
-        trainable_params=step.trainable_params,
-        peak_phase=step.peak_phase,
-        components=step.components,
-        phases=[PhasePeak(phase=phase.phase, components=phase.categories) for phase in step.phases],
-        peak_allocated_bytes=step.peak_allocated_bytes,
-        by_module=[],
-        gpu_corrections=[*FSDP_NOTES, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE],
-        trace_seconds=round(time.perf_counter() - started, 2),
-    )
+    return _as_trace(model, setup, step, [*FSDP_NOTES, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE], started,
+                     components=step.components, by_module=[])

@@ -22,6 +22,7 @@ from vramplan.measure.fake_step import (
     create_optimizer_states,
     fake_mode,
     measure_steady_step,
+    run_phases,
     module_name,
     removing,
     step_phases,
@@ -137,15 +138,8 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
     optimizer = make_optimizer(params, setup.optimizer)
 
     def training_step(input_ids) -> None:
-        tracker.set_phase("forward")
-        loss = model(input_ids=input_ids, labels=input_ids).loss  # Trainer adds no autocast under FSDP2
-        tracker.set_phase("backward")
-        loss.backward()
-        del loss
-        tracker.set_phase("optimizer")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tracker.set_phase("idle")
+        # Trainer adds no autocast under FSDP2
+        run_phases(tracker, lambda: model(input_ids=input_ids, labels=input_ids).loss, optimizer)
 
     def warm_up() -> None:
         if warmup == "step":
