@@ -105,17 +105,45 @@ def resolve_setup(method: Method | str, options: RunOptions | None = None, /, **
 
 
 def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
-    precision, optimizer, batch_size, seq_len = run.precision, run.optimizer, run.batch_size, run.seq_len
-    gradient_checkpointing, stack, loss, attn = run.gradient_checkpointing, run.stack, run.loss, run.attn
-    lora_rank, lora_targets, lora_dropout = run.lora_rank, run.lora_targets, run.lora_dropout
-    double_quant, kbit_prep, liger, packing = run.double_quant, run.kbit_prep, run.liger, run.packing
-    optimizer_in_backward, activation_offload = run.optimizer_in_backward, run.activation_offload
-    gpus, nodes, strategy, offload = run.gpus, run.nodes, run.strategy, run.offload
     method = _enum(Method, method, "method")
-    stack = _enum(Stack, stack, "stack") if stack is not None else Stack.HF
+    stack = _enum(Stack, run.stack, "stack") if run.stack is not None else Stack.HF
     preset = preset_for(stack)
-    lora_given = any(v is not None for v in (lora_rank, lora_targets, lora_dropout))
-    quant_given = any(v is not None for v in (double_quant, kbit_prep))
+    lora, quant = _adapters(method, run, preset)
+    gpus = 1 if run.gpus is None else _positive(run.gpus, "--gpus")
+    nodes = 1 if run.nodes is None else _positive(run.nodes, "--nodes")
+    strategy = _enum(Strategy, run.strategy, "strategy") if run.strategy is not None else None
+    offload = _enum(Offload, run.offload, "offload") if run.offload is not None else Offload.NONE
+    optimizer = _enum(Optimizer, run.optimizer, "optimizer") if run.optimizer is not None else preset.optimizer
+    strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
+    switches = _check_stack_switches(
+        stack,
+        strategy,
+        loss=_enum(Loss, run.loss, "loss") if run.loss is not None else preset.loss,
+        attn=_enum(Attention, run.attn, "attn") if run.attn is not None else preset.attn,
+        liger=bool(run.liger),
+        packing=preset.packing if run.packing is None else run.packing,
+        optimizer_in_backward=bool(run.optimizer_in_backward),
+        activation_offload=bool(run.activation_offload),
+    )
+    if run.gradient_checkpointing is None:
+        checkpointing = preset.checkpointing_full if method is Method.FULL else preset.checkpointing_adapters
+    else:
+        checkpointing = run.gradient_checkpointing
+    precision = _enum(Precision, run.precision, "precision") if run.precision is not None else Precision.BF16
+    return TrainingSetup(
+        method=method, precision=precision, optimizer=optimizer,
+        batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else DEFAULT_BATCH_SIZE,
+        seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else DEFAULT_SEQ_LEN,
+        gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
+        offload=offload, stack=stack, **switches,
+    )
+
+
+def _adapters(method: Method, run: RunOptions, preset) -> tuple[LoraSettings | None, QuantSettings | None]:
+    """The LoRA and 4-bit settings of the run (preset defaults for the ones not given), or a UsageError for LoRA or
+    QLoRA options given to a method that has none."""
+    lora_given = any(v is not None for v in (run.lora_rank, run.lora_targets, run.lora_dropout))
+    quant_given = any(v is not None for v in (run.double_quant, run.kbit_prep))
     if method is Method.FULL and (lora_given or quant_given):
         raise UsageError("LoRA/QLoRA options (--lora-*, --double-quant, --kbit-prep) need --method lora or qlora")
     if method is Method.LORA and quant_given:
@@ -123,53 +151,15 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
     lora = None
     if method is not Method.FULL:
         lora = LoraSettings(
-            rank=_positive(lora_rank, "--lora-rank") if lora_rank is not None else preset.lora_rank,
-            targets=parse_lora_targets(lora_targets if lora_targets is not None else preset.lora_targets),
-            dropout=_dropout(lora_dropout) if lora_dropout is not None else preset.lora_dropout,
+            rank=_positive(run.lora_rank, "--lora-rank") if run.lora_rank is not None else preset.lora_rank,
+            targets=parse_lora_targets(run.lora_targets if run.lora_targets is not None else preset.lora_targets),
+            dropout=_dropout(run.lora_dropout) if run.lora_dropout is not None else preset.lora_dropout,
         )
     quant = None
     if method is Method.QLORA:
-        quant = QuantSettings(
-            double_quant=True if double_quant is None else double_quant,
-            kbit_prep=True if kbit_prep is None else kbit_prep,
-        )
-    gpus = 1 if gpus is None else _positive(gpus, "--gpus")
-    nodes = 1 if nodes is None else _positive(nodes, "--nodes")
-    strategy = _enum(Strategy, strategy, "strategy") if strategy is not None else None
-    offload = _enum(Offload, offload, "offload") if offload is not None else Offload.NONE
-    optimizer = _enum(Optimizer, optimizer, "optimizer") if optimizer is not None else preset.optimizer
-    strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
-    switches = _check_stack_switches(
-        stack,
-        strategy,
-        loss=_enum(Loss, loss, "loss") if loss is not None else preset.loss,
-        attn=_enum(Attention, attn, "attn") if attn is not None else preset.attn,
-        liger=bool(liger),
-        packing=preset.packing if packing is None else packing,
-        optimizer_in_backward=bool(optimizer_in_backward),
-        activation_offload=bool(activation_offload),
-    )
-    if gradient_checkpointing is None:
-        full = method is Method.FULL
-        checkpointing = preset.checkpointing_full if full else preset.checkpointing_adapters
-    else:
-        checkpointing = gradient_checkpointing
-    return TrainingSetup(
-        method=method,
-        precision=_enum(Precision, precision, "precision") if precision is not None else Precision.BF16,
-        optimizer=optimizer,
-        batch_size=_positive(batch_size, "--batch-size") if batch_size is not None else DEFAULT_BATCH_SIZE,
-        seq_len=_positive(seq_len, "--seq-len") if seq_len is not None else DEFAULT_SEQ_LEN,
-        gradient_checkpointing=checkpointing,
-        lora=lora,
-        quant=quant,
-        gpus=gpus,
-        nodes=nodes,
-        strategy=strategy,
-        offload=offload,
-        stack=stack,
-        **switches,
-    )
+        quant = QuantSettings(double_quant=True if run.double_quant is None else run.double_quant,
+                              kbit_prep=True if run.kbit_prep is None else run.kbit_prep)
+    return lora, quant
 
 
 def _check_strategy(

@@ -54,19 +54,8 @@ def plan_command(
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
         suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False)
-    if emit is not None and plan.options:
-        from vramplan.cli.emit import emit_configs
-        from vramplan.hardware.plan import chosen_setup
-
-        cheapest = next((option for option in plan.options if option.cheapest), plan.options[0])
-        try:
-            printed = emit_configs(emit, chosen_setup(plan, cheapest), result.model.spec, emit_to)
-        except UsageError as err:
-            raise UsageError(f"the cheapest option, {cheapest.id}, runs {cheapest.strategy}: {err}") from None
-        if printed:
-            return  # the config of the cheapest option went to stdout, in place of the plan
-    elif emit_to is not None:
-        raise UsageError("--emit-to needs --emit deepspeed|fsdp|accelerate")
+    if _emit_cheapest(plan, result, emit, emit_to):
+        return  # the config of the cheapest option went to stdout, in place of the plan
     commands = [paste_command("plan", s.flags) for s in suggestions]
     if fmt == "json":
         document = plan.model_dump(mode="json")
@@ -76,3 +65,21 @@ def plan_command(
         emit_plan(plan, list(zip(suggestions, commands)), top)
     if not plan.options:
         raise typer.Exit(3)
+
+
+def _emit_cheapest(plan, result, emit: str | None, emit_to: str | None) -> bool:
+    """--emit: the launcher config of the cheapest option; True when it went to stdout in place of the plan."""
+    from vramplan.errors import UsageError
+
+    if emit is None or not plan.options:
+        if emit_to is not None and emit is None:
+            raise UsageError("--emit-to needs --emit deepspeed|fsdp|accelerate")
+        return False
+    from vramplan.cli.emit import emit_configs
+    from vramplan.hardware.plan import chosen_setup
+
+    cheapest = next((option for option in plan.options if option.cheapest), plan.options[0])
+    try:
+        return emit_configs(emit, chosen_setup(plan, cheapest), result.model.spec, emit_to)
+    except UsageError as err:
+        raise UsageError(f"the cheapest option, {cheapest.id}, runs {cheapest.strategy}: {err}") from None

@@ -74,23 +74,28 @@ def validate_command(
         sections += [f"{name} (error = (estimate - measured) / measured):", report.measured_table_text(frame)]
         sections.append("wrote " + ", ".join(map(str, files)))
     if measurements is not None:
-        from vramplan.validate.calibrate import calibrate, read_probe_records
-
-        fitted = calibrate(read_probe_records(measurements))
-        document["calibration"] = [row.model_dump() for row in fitted]
-        if fitted:
-            lines = [f"calibration per GPU ({fitted[0].method}):"]
-            for row in fitted:
-                context = "?" if row.cuda_context_bytes is None else f"{row.cuda_context_bytes / 2**20:.0f} MiB"
-                slack = "?" if row.reserved_slack_fraction is None else f"{100 * row.reserved_slack_fraction:.1f}%"
-                lines.append(f"  {row.gpu}: {row.probes} probes, CUDA context {context}, reserved slack {slack}")
-            sections.append("\n".join(lines))
+        _calibration(measurements, document, sections)
     if not document and not sections:
         raise UsageError("nothing to validate: give a --subset, --case, --measurements or --published")
     if fmt == "json":
         emit_json_document(document, "validate")
     else:
         sys.stdout.write("\n\n".join(sections) + "\n")
+
+
+def _calibration(measurements, document: dict, sections: list[str]) -> None:
+    """The CUDA context and allocator slack fitted per GPU from the probe files, into the document and the text."""
+    from vramplan.validate.calibrate import calibrate, read_probe_records
+
+    fitted = calibrate(read_probe_records(measurements))
+    document["calibration"] = [row.model_dump() for row in fitted]
+    if fitted:
+        lines = [f"calibration per GPU ({fitted[0].method}):"]
+        for row in fitted:
+            context = "?" if row.cuda_context_bytes is None else f"{row.cuda_context_bytes / 2**20:.0f} MiB"
+            slack = "?" if row.reserved_slack_fraction is None else f"{100 * row.reserved_slack_fraction:.1f}%"
+            lines.append(f"  {row.gpu}: {row.probes} probes, CUDA context {context}, reserved slack {slack}")
+        sections.append("\n".join(lines))
 
 
 def _measured_sources(measurements, published, mapping, load_probe_files, load_published):
