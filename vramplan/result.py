@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from vramplan.allocator.caching import ReplayResult
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import TrainingSetup
 
@@ -107,6 +108,10 @@ class Trace(StepPeak):
     by_module: list[ModulePeak]
     gpu_corrections: list[str]
     trace_seconds: float
+    # The step's allocations and frees replayed through the CUDA caching allocator (vramplan/allocator/caching.py):
+    # what max_memory_reserved would show, one stream assumed.
+    peak_reserved_bytes: int | None = None
+    allocator_replay: ReplayResult | None = None
 
 
 def compared_groups(components: dict[str, int], *, traced: bool) -> dict[str, int]:

@@ -37,11 +37,11 @@ class AllocatorConfig(BaseModel):
 
 
 class ReplayResult(BaseModel):
-    peak_allocated_bytes: int  # the largest sum of live blocks (rounded sizes), as max_memory_allocated
+    peak_allocated_bytes: int  # the largest sum of live blocks (block sizes, as torch's allocated_bytes counts them)
     peak_reserved_bytes: int  # the largest sum of segments, as max_memory_reserved
-    fragmentation_at_peak_bytes: int  # reserved - allocated when reserved peaked
-    largest_free_block_at_peak_bytes: int
-    segments_at_peak: int
+    fragmentation_at_peak_bytes: int  # reserved - allocated at the allocated peak: cached, unused
+    largest_free_block_at_peak_bytes: int  # the largest cached block at the allocated peak
+    segments_at_peak: int  # segments held at the allocated peak
     oom: bool  # the stream could not be served within the capacity, even after freeing the cache
     oom_at: int | None = None  # index of the allocation that failed
 
@@ -232,31 +232,46 @@ class CachingAllocator:
                     self._release_block(block)
         return True
 
-    def largest_free_block(self) -> int:
-        return max((key[1] for keys in self.pools.values() for key in keys), default=0)
+    def largest_free_block(self, stream: int = 0) -> int:
+        """The largest cached block of `stream` (the pools are sorted by stream, then size)."""
+        sizes = []
+        for keys in self.pools.values():
+            at = bisect.bisect_left(keys, (stream + 1, -1, -1, -1)) - 1
+            if at >= 0 and keys[at][0] == stream:
+                sizes.append(keys[at][1])
+        return max(sizes, default=0)
 
 
 def replay(events: list[tuple[str, int, int]], config: AllocatorConfig = AllocatorConfig(),
            capacity_bytes: int | None = None) -> ReplayResult:
-    """Replay `events`, each ("alloc", id, bytes) or ("free", id, 0), through the allocator."""
+    """Replay `events`, each ("alloc", id, bytes), ("free", id, 0) or ("reset", 0, 0), through the allocator. The
+    peaks count from the last reset, as torch.cuda.reset_peak_memory_stats makes them: the current figures."""
     allocator = CachingAllocator(config, capacity_bytes)
     live: dict[int, _Block] = {}
-    peak_allocated = peak_reserved = fragmentation = largest = segments = 0
+    peak = {"allocated": 0, "reserved": 0, "fragmentation": 0, "largest": 0, "segments": 0}
+
+    def at_allocated_peak() -> None:
+        peak.update(allocated=allocator.allocated, fragmentation=allocator.reserved - allocator.allocated,
+                    largest=allocator.largest_free_block(), segments=allocator.segments)
+
+    def result(oom_at: int | None = None) -> ReplayResult:
+        return ReplayResult(peak_allocated_bytes=peak["allocated"], peak_reserved_bytes=peak["reserved"],
+                            fragmentation_at_peak_bytes=peak["fragmentation"],
+                            largest_free_block_at_peak_bytes=peak["largest"], segments_at_peak=peak["segments"],
+                            oom=oom_at is not None, oom_at=oom_at)
+
     for index, (action, tensor, nbytes) in enumerate(events):
         if action == "free":
             allocator.free(live.pop(tensor))
-            continue
-        block = allocator.malloc(nbytes)
-        if block is None:
-            return ReplayResult(peak_allocated_bytes=peak_allocated, peak_reserved_bytes=peak_reserved,
-                                fragmentation_at_peak_bytes=fragmentation, largest_free_block_at_peak_bytes=largest,
-                                segments_at_peak=segments, oom=True, oom_at=index)
-        live[tensor] = block
-        peak_allocated = max(peak_allocated, allocator.allocated)
-        if allocator.reserved > peak_reserved:
-            peak_reserved, segments = allocator.reserved, allocator.segments
-            fragmentation = allocator.reserved - allocator.allocated
-            largest = allocator.largest_free_block()
-    return ReplayResult(peak_allocated_bytes=peak_allocated, peak_reserved_bytes=peak_reserved,
-                        fragmentation_at_peak_bytes=fragmentation, largest_free_block_at_peak_bytes=largest,
-                        segments_at_peak=segments, oom=False)
+        elif action == "reset":  # the peaks start over at the current figures
+            at_allocated_peak()
+            peak["reserved"] = allocator.reserved
+        else:
+            block = allocator.malloc(nbytes)
+            if block is None:
+                return result(oom_at=index)
+            live[tensor] = block
+            peak["reserved"] = max(peak["reserved"], allocator.reserved)
+            if allocator.allocated > peak["allocated"]:
+                at_allocated_peak()
+    return result()

@@ -92,6 +92,11 @@ def emit_trace(trace, top_modules: int = 0) -> None:
     table.add_section()
     peak = gib(trace.peak_allocated_bytes)
     table.add_row("peak allocated (live tensors, as torch max_memory_allocated)", f"{peak:.2f}")
+    if trace.allocator_replay is not None:
+        replayed = trace.allocator_replay
+        table.add_row("peak reserved (the step replayed through the caching allocator)",
+                      f"{gib(replayed.peak_reserved_bytes):.2f}")
+        table.add_row("  cached but unused at the allocated peak", f"{gib(replayed.fragmentation_at_peak_bytes):.2f}")
     console.print(table)
     phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in trace.phases)
     console.print(f"phase peaks (GiB): {phases}")

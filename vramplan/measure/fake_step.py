@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from vramplan.measure.livebytes import CATEGORIES, GRADIENTS, OPTIMIZER_STATES, LiveBytesTracker, Snapshot
+from vramplan.allocator.caching import ReplayResult, replay
 from vramplan.result import PHASES, ModulePeak
 
 # `step`: a whole training step first (what a GPU probe does); `optimizer`: every trainable parameter gets a zero
@@ -44,11 +45,13 @@ class StepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
+    allocator_replay: ReplayResult | None = None  # the step's allocations replayed through the caching allocator
 
     @classmethod
     def from_tracker(cls, tracker: LiveBytesTracker, *, total_params: int, trainable_params: int, **extra: Any):
         """The measured step's peak, its phases and modules, once `measure_steady_step` has run."""
         return cls(
+            allocator_replay=replay(tracker.events),
             peak_allocated_bytes=tracker.peak_bytes,
             peak_phase=tracker.peak_phase,
             categories=tracker.peak.by_category(),

@@ -95,6 +95,10 @@ class LiveBytesTracker(TorchDispatchMode):
     peak: Snapshot = field(default_factory=Snapshot)
     phase_snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _records: dict[int, tuple[int, str, str]] = field(default_factory=dict)
+    # The ordered allocations and frees, for a replay through the caching allocator (vramplan/allocator):
+    # ("alloc", serial, bytes), ("free", serial, 0), and ("reset", 0, 0) where the measured step starts.
+    events: list[tuple[str, int, int]] = field(default_factory=list)
+    _serials: dict[int, int] = field(default_factory=dict)
     _live_by_owner: dict[tuple[str, str], int] = field(default_factory=dict)
     _peak_stale: bool = False
     _phase_stale: bool = False
@@ -111,6 +115,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self._refresh_snapshots()
+        self.events.append(("reset", 0, 0))
         self.peak_bytes = self.live_bytes
         self.peak_phase = self.phase
         self.phase_peaks = {}
@@ -131,9 +136,12 @@ class LiveBytesTracker(TorchDispatchMode):
             owner = (module or self._current_module(), category or self._current_category())
             self._records[key] = (nbytes, owner[1], owner[0])
             weakref.finalize(storage, self._release, key)
+            self._record_alloc(key, storage.nbytes())
             self._grow(nbytes, owner)
-        elif known[0] != nbytes:  # resize_ on an existing storage
+        elif known[0] != nbytes:  # resize_ on an existing storage: the allocator frees the block, allocates anew
             self._records[key] = (nbytes, known[1], known[2])
+            self._record_free(key)
+            self._record_alloc(key, storage.nbytes())
             self._grow(nbytes - known[0], (known[2], known[1]))
 
     def track_all(self, tensors, category: str | None = None, module: str | None = None) -> None:
@@ -198,10 +206,22 @@ class LiveBytesTracker(TorchDispatchMode):
             self.peak_phase = self.phase
             self._peak_stale = True
 
+    def _record_alloc(self, key: int, nbytes: int) -> None:
+        if nbytes:
+            serial = len(self.events)
+            self._serials[key] = serial
+            self.events.append(("alloc", serial, nbytes))
+
+    def _record_free(self, key: int) -> None:
+        serial = self._serials.pop(key, None)
+        if serial is not None:
+            self.events.append(("free", serial, 0))
+
     def _release(self, key: int) -> None:
         record = self._records.pop(key, None)
         if record is None:
             return
+        self._record_free(key)
         self._refresh_snapshots()
         nbytes, category, module = record
         self.live_bytes -= nbytes

@@ -130,7 +130,10 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
 def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float, *,
               components: dict[str, int] | None = None, by_module: list | None = None) -> Trace:
     """The Trace of a traced step (its own categories and by-module rows unless given)."""
+    replayed = getattr(step, "allocator_replay", None)
     return Trace(
+        peak_reserved_bytes=None if replayed is None else replayed.peak_reserved_bytes,
+        allocator_replay=replayed,
         model=model,
         setup=setup,
         total_params=step.total_params,

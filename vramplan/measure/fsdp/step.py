@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from vramplan.allocator.caching import ReplayResult, replay
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     PhaseBytes,
@@ -61,6 +62,7 @@ class FsdpStepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
+    allocator_replay: ReplayResult | None = None  # rank 0's allocations replayed through the caching allocator
 
 
 def trace_fsdp_step(config: dict[str, Any], setup: TrainingSetup, world_size: int, *,
@@ -166,6 +168,7 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
         idle_bytes=tracker.live_bytes,
         total_params=total_params,
         trainable_params=sum(p.numel() for p in params),
+        allocator_replay=replay(tracker.events),
     )
 
 

@@ -86,6 +86,8 @@ class FsdpLiveBytesTracker(LiveBytesTracker):
         nbytes = cuda_block_bytes(storage.nbytes())
         if known is not None and known[0] != nbytes:
             self._records[id(storage)] = (nbytes, known[1], known[2])
+            self._record_free(id(storage))  # the allocator frees the old block and allocates the new size
+            self._record_alloc(id(storage), storage.nbytes())
             self._grow(nbytes - known[0], (known[2], known[1]))
 
     def note_gathered(self) -> None:
@@ -117,6 +119,7 @@ class FsdpLiveBytesTracker(LiveBytesTracker):
         record = self._records.pop(key, None)
         if record is not None:
             self._refresh_snapshots()
+            self._record_free(key)
             self.live_bytes -= record[0]
             self._add_owner((record[2], record[1]), -record[0])
         else:
