@@ -10,15 +10,11 @@ from vramplan.units import DEFAULT_HEADROOM, parse_count, parse_fraction  # noqa
 
 
 def complete_models(incomplete: str) -> list[str]:
-    """Shell completion for --model: catalog ids and size aliases."""
-    from vramplan.models.catalog import load_catalog
+    """Shell completion for --model: catalog ids and size aliases (from the catalog's index)."""
+    from vramplan.models.catalog import catalog_index
 
-    names = set()
-    for record in load_catalog().values():
-        names.add(record.id)
-        if record.size_alias:
-            names.add(record.size_alias)
-    return sorted(name for name in names if name.startswith(incomplete))
+    index = catalog_index()
+    return sorted(name for name in {*index["ids"], *index["aliases"]} if name.startswith(incomplete))
 
 
 def complete_gpus(incomplete: str) -> list[str]:

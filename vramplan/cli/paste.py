@@ -18,13 +18,24 @@ _APP: list = []
 _DROPPED_WITH = {"--gpus": ("--devices",)}
 
 
+# The spelling table of each command of the recorded app, built once however many suggestions a run prints.
+_SPELLINGS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
+
+
 def record_argv(argv: list[str] | None, app) -> None:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     _APP[:] = [app]
+    _SPELLINGS.clear()
 
 
 def _option_spellings(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     """Each spelling of each option of the command -> (all its spellings, whether it takes a value)."""
+    if command_name not in _SPELLINGS:
+        _SPELLINGS[command_name] = _spellings_of(command_name)
+    return _SPELLINGS[command_name]
+
+
+def _spellings_of(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     import typer
 
     command = typer.main.get_command(_APP[0])

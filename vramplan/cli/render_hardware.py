@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vramplan.cli.imported import UNMODELLED_PREFIX
 from vramplan.cli.render import make_console
 from vramplan.cli.tables import Column, whole_cell_table
 from vramplan.units import gib
@@ -198,6 +199,6 @@ def emit_verdict(verdict, commands: list[str]) -> None:
                   style="bold")
     for note in verdict.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True, style="dim")
-    for line in (a for a in estimate.assumptions if a.startswith("NOT MODELLED")):
+    for line in (a for a in estimate.assumptions if a.startswith(UNMODELLED_PREFIX)):
         console.print(line, highlight=False, soft_wrap=True, style="bold", markup=False)
     _emit_suggestions(console, list(zip(verdict.suggestions, commands)))

@@ -68,14 +68,7 @@ class ResolvedModel(BaseModel):
 @lru_cache(maxsize=1)
 def load_catalog() -> dict[str, CatalogModel]:
     """Every catalog record by id; ids equal file stems, and aliases are unique."""
-    records: dict[str, CatalogModel] = {}
-    for file in sorted(CATALOG_DIR.glob("*.toml")):
-        with file.open("rb") as handle:
-            record = CatalogModel(**tomllib.load(handle))
-        if record.id != file.stem:
-            raise ModelConfigError(f"catalog file {file.name} has id {record.id!r}")
-        records[record.id] = record
-    return records
+    return {file.stem: load_record(file.stem) for file in sorted(CATALOG_DIR.glob("*.toml"))}
 
 
 @lru_cache(maxsize=1)

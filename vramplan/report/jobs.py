@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from vramplan.tomlfile import RunRecord, parse_record, read_toml
+from vramplan.units import DEFAULT_HEADROOM
 
 
 class Job(RunRecord):
@@ -18,7 +19,7 @@ class Job(RunRecord):
 class ReportAssumptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    headroom: str = "10%"
+    headroom: str = f"{DEFAULT_HEADROOM:.0%}"  # the default check, fit and plan keep
     mfu: float = Field(default=0.40, gt=0, le=1)
     amortise_years: float = Field(default=3.0, gt=0)
     kwh_price: float = Field(default=0.15, ge=0)
