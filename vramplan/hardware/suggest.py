@@ -86,6 +86,8 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
     for change, changes in _variants(estimate.setup, max_gpus):
         if not layouts and changes.keys() & {"gpus", "nodes", "strategy"}:
             continue
+        if "gpus" in changes and any(s.fits for s in sharding):
+            continue  # the fewest GPUs that fit is found: more are not estimated
         try:
             needed = estimate_request(request.changed(changes)).device_bytes
         except VramplanError:
