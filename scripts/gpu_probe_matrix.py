@@ -76,8 +76,10 @@ def main() -> int:
             continue
         begun = time.monotonic()
         try:
+            # On a GPU every probe also records the allocator's history and replays it (vramplan/allocator/snapshot.py).
+            snapshot = None if cpu else options.out / "snapshots" / f"{number:02d}-{model}-{method}.pickle"
             record = run_probe(resolve_model(model), resolve_setup(method, **probe_options), steps=options.steps,
-                               device=device, options=probe_options)
+                               device=device, options=probe_options, snapshot=snapshot)
         except Exception as err:  # noqa: BLE001 - one failing probe must not stop the matrix
             print(json.dumps({"failed": f"{model} {method} {probe_options}", "error": repr(err)[:300]}), flush=True)
             continue
@@ -86,7 +88,8 @@ def main() -> int:
         done += 1
         print(json.dumps({"n": number, "id": record.id, "status": record.status,
                           "allocated": record.max_memory_allocated,
-                          "estimate": record.estimate["peak_allocated_bytes"], "seconds": round(last, 1)}),
+                          "estimate": record.estimate["peak_allocated_bytes"], "reserved": record.max_memory_reserved,
+                          "replayed_reserved": record.replayed_peak_reserved, "seconds": round(last, 1)}),
               flush=True)
     print(json.dumps({"probes": len(probes), "done": done, "skipped": skipped, "file": str(path),
                       "seconds": round(time.monotonic() - started, 1)}), flush=True)

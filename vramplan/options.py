@@ -60,6 +60,9 @@ class RunOptions(BaseModel):
         "torchtune optimizer_in_bwd", switch="--optimizer-in-backward/--no-optimizer-in-backward")
     activation_offload: bool | None = _option(
         "saved activations in host memory", switch="--activation-offload/--no-activation-offload")
+    alloc_conf: str | None = _option(
+        "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
+        "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
     nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
     strategy: str | None = _option(

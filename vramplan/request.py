@@ -64,3 +64,11 @@ def estimate_request(request: RunRequest) -> Estimate:
     result = estimate_memory(resolved, setup)
     assumptions = describe_assumptions(resolved, setup, [*request.notes, *chosen, *result.strategy_notes])
     return result.model_copy(update={"assumptions": assumptions})
+
+
+def trace_request(request: RunRequest):
+    """The traced step of a run (needs the probe extra): what `trace` and `check --exact` measure."""
+    from vramplan.measure.trace import trace_memory
+
+    resolved, setup, _ = resolve_request(request)
+    return trace_memory(resolved, setup)

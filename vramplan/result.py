@@ -8,7 +8,7 @@ the total (two wrong terms can no longer cancel).
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
 from vramplan.allocator.caching import ReplayResult
 from vramplan.models.catalog import ResolvedModel
@@ -108,10 +108,15 @@ class Trace(StepPeak):
     by_module: list[ModulePeak]
     gpu_corrections: list[str]
     trace_seconds: float
-    # The step's allocations and frees replayed through the CUDA caching allocator (vramplan/allocator/caching.py):
-    # what max_memory_reserved would show, one stream assumed.
+    # The step's allocations and frees replayed through the CUDA caching allocator (vramplan/allocator/caching.py)
+    # under the run's allocator settings: what max_memory_reserved would show.
     peak_reserved_bytes: int | None = None
     allocator_replay: ReplayResult | None = None
+    # The ordered allocations and frees themselves (not written out): `check --exact` replays them at a capacity.
+    _allocation_events: list = PrivateAttr(default_factory=list)
+
+    def allocation_events(self) -> list[tuple]:
+        return self._allocation_events
 
 
 def compared_groups(components: dict[str, int], *, traced: bool) -> dict[str, int]:

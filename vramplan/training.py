@@ -20,6 +20,8 @@ from vramplan.choices import (  # noqa: F401 - the choices are part of this modu
     Stack,
     Strategy,
 )
+from vramplan.allocator.caching import AllocatorConfig
+from vramplan.allocator.config import parse_alloc_conf
 from vramplan.errors import NotModelledError, UsageError
 from vramplan.options import DEFAULT_BATCH_SIZE, DEFAULT_SEQ_LEN, RunOptions
 from vramplan.presets import preset_for
@@ -69,6 +71,7 @@ class TrainingSetup(BaseModel):
     attn: Attention = Attention.SDPA
     optimizer_in_backward: bool = False  # each parameter stepped (and its gradient freed) as its gradient arrives
     activation_offload: bool = False  # saved activations moved to host memory during forward
+    allocator: AllocatorConfig = AllocatorConfig()  # the job's PYTORCH_ALLOC_CONF
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -135,7 +138,7 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else DEFAULT_BATCH_SIZE,
         seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else DEFAULT_SEQ_LEN,
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
-        offload=offload, stack=stack, **switches,
+        offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf), **switches,
     )
 
 

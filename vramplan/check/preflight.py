@@ -37,6 +37,9 @@ class Verdict(BaseModel):
     fits: bool
     suggestions: list[Suggestion]
     notes: list[str]
+    fits_gpu_count: bool = True  # the job's GPUs per node are there
+    # What decided it: the estimate's closed-form reserve (an upper end) or, with --exact, the allocator replay.
+    basis: str = "estimate: closed-form allocator reserve (an upper end; check --exact replays the traced step)"
 
     @property
     def exit_code(self) -> int:
@@ -139,4 +142,4 @@ def _verdict(source, estimate, verdicts, headroom, driver, cuda, notes, request,
     if not fits and request is not None:
         suggestions = suggest_changes(estimate, min(v.usable_bytes for v in verdicts), request, max_gpus)
     return Verdict(source=source, estimate=estimate, driver_version=driver, cuda_version=cuda, headroom=headroom,
-                   gpus=verdicts, fits=fits, suggestions=suggestions, notes=notes)
+                   gpus=verdicts, fits=fits, suggestions=suggestions, notes=notes, fits_gpu_count=enough_gpus)

@@ -17,6 +17,7 @@ def check_command(
     devices: o.Devices = None,
     gpu: o.GpuTarget = None,
     nvml_recording: o.NvmlRecording = None,
+    exact: o.Exact = False,
     fmt: o.Format = "table",
 ) -> None:
     """Pre-flight: does the job fit on the local GPUs (NVML) or on catalog GPUs? Exit 0 fits, 3 not, 4 cannot check,
@@ -47,6 +48,11 @@ def check_command(
     else:
         nvml = RecordedNvml.from_file(Path(nvml_recording)) if nvml_recording else None
         verdict = check_local(result, indices, run.headroom, nvml, request=request)
+    if exact:
+        from vramplan.check.exact import exact_verdict
+        from vramplan.request import trace_request
+
+        verdict = exact_verdict(verdict, trace_request(request))
     commands = [paste_command("check", s.flags) for s in verdict.suggestions]
     if fmt == "json":
         document = verdict.model_dump(mode="json")

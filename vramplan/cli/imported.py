@@ -25,7 +25,8 @@ def merge_config_file(run: RunInput) -> RunRequest:
     if from_file is None:
         if model is None:
             raise UsageError("missing option --model (or --from FILE with a training config that names the model)")
-        return RunRequest(model=model, method=method or DEFAULT_METHOD, options=run.options)
+        return _with_environment_alloc_conf(RunRequest(model=model, method=method or DEFAULT_METHOD,
+                                                       options=run.options))
     from vramplan.importers import load_run_config
 
     imported = load_run_config(Path(from_file))
@@ -40,5 +41,28 @@ def merge_config_file(run: RunInput) -> RunRequest:
     for line in imported.unmodelled:
         sys.stderr.write(f"vramplan: note: {from_file}: not modelled: {line}\n")
     notes = (*imported.assumptions, *(UNMODELLED_PREFIX + line for line in imported.unmodelled))
-    return RunRequest(model=chosen_model, method=method or imported.method or DEFAULT_METHOD,
-                      options=run.options.over(imported.options), notes=notes)
+    return _with_environment_alloc_conf(RunRequest(
+        model=chosen_model, method=method or imported.method or DEFAULT_METHOD,
+        options=run.options.over(imported.options), notes=notes))
+
+
+def _with_environment_alloc_conf(request: RunRequest) -> RunRequest:
+    """Without --alloc-conf, the allocator settings the job would inherit from this shell (PYTORCH_ALLOC_CONF, else
+    PYTORCH_CUDA_ALLOC_CONF, as torch reads them), said in the answer's assumptions."""
+    from vramplan.allocator.config import alloc_conf_from_environment
+
+    found = alloc_conf_from_environment()
+    if request.options.alloc_conf is not None or found is None:
+        return request
+    name, value = found
+    from vramplan.allocator.config import parse_alloc_conf
+    from vramplan.errors import VramplanError
+
+    try:
+        parse_alloc_conf(value)
+    except VramplanError as err:
+        raise type(err)(f"${name} (the job's allocator settings, from this shell): {err} (pass --alloc-conf to "
+                        "size the job with other settings)") from None
+    return request.model_copy(update={
+        "options": request.options.replace(alloc_conf=value),
+        "notes": (*request.notes, f"allocator settings from ${name}: {value} (--alloc-conf overrides)")})

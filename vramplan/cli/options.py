@@ -133,3 +133,9 @@ NvmlRecording = Annotated[
     Optional[str],
     typer.Option("--nvml-recording", hidden=True, help="Replay recorded NVML answers (tests, demos)."),
 ]
+Exact = Annotated[
+    bool,
+    typer.Option("--exact", help="Trace the step (CPU, fake tensors; needs vramplan[probe]) and replay its "
+                                 "allocations through the CUDA caching allocator at each GPU's free memory, instead "
+                                 "of the closed-form reserve rule."),
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,6 +19,10 @@ def probe_command(
     device: Annotated[str, typer.Option("--device", help="auto | cuda | cpu. auto and cuda need a CUDA GPU (exit 4 "
                                                          "without one); cpu runs small configs on the CPU.")] = "auto",
     out: Annotated[str, typer.Option("--out", help="Folder for <gpu>-<date>.jsonl.")] = "validation/measurements",
+    snapshot: Annotated[Optional[str], typer.Option(
+        "--snapshot", help="Record the CUDA caching allocator's history (torch.cuda.memory._record_memory_history) "
+                           "to this pickle and replay it through vramplan's allocator model, segment by segment."
+    )] = None,
     fmt: o.Format = "table",
 ) -> None:
     """Run a few real training steps (random weights) on the GPU and append the measured peaks as one JSON line.
@@ -42,8 +46,10 @@ def probe_command(
         sys.stderr.write(f"vramplan: probe: {stage}\n")
         sys.stderr.flush()
 
+    if snapshot is not None and device == "cpu":
+        raise UsageError("--snapshot records the CUDA caching allocator: it needs --device cuda")
     record = run_probe(resolved, setup, steps=steps, device=device, options=request.options.given(),
-                       progress=progress)
+                       progress=progress, snapshot=Path(snapshot) if snapshot else None)
     path = measurement_file(Path(out), record.gpu)
     append_jsonl(path, record)
     if fmt == "json":

@@ -59,7 +59,7 @@ def emit_estimate(estimate) -> None:
                   if nbytes]  # the JSON keeps every component; the table shows the ones that hold memory
     device_label = "device (nvidia-smi: + CUDA context, paged state" + (", NCCL)" if estimate.nccl_bytes else ")")
     totals = [["peak allocated (torch max_memory_allocated)", f"{gib(estimate.peak_allocated_bytes):.2f}"],
-              ["peak reserved (caching allocator)", f"{gib(estimate.peak_reserved_bytes):.2f}"],
+              ["peak reserved (caching allocator, upper end)", f"{gib(estimate.peak_reserved_bytes):.2f}"],
               [device_label, f"{gib(estimate.device_bytes):.2f}"]]
     title = f"{estimate.model.name}: {estimate.setup.method.value}, peak in {estimate.peak_phase}"
     lines = [box_table(title, ["component", "GiB"], [components, totals], right={1}).rstrip("\n")]
@@ -98,6 +98,11 @@ def emit_trace(trace, top_modules: int = 0) -> None:
                       f"{gib(replayed.peak_reserved_bytes):.2f}")
         table.add_row("  cached but unused at the allocated peak", f"{gib(replayed.fragmentation_at_peak_bytes):.2f}")
     console.print(table)
+    if trace.allocator_replay is not None:
+        from vramplan.allocator.config import describe
+
+        console.print(f"allocator: PYTORCH_ALLOC_CONF {describe(trace.setup.allocator)}; "
+                      f"{trace.allocator_replay.streams} CUDA stream(s)", highlight=False)
     phases = "  ".join(f"{p.phase} {gib(p.total_bytes):.2f}" for p in trace.phases)
     console.print(f"phase peaks (GiB): {phases}")
     console.print(

@@ -184,7 +184,8 @@ def emit_verdict(verdict, commands: list[str]) -> None:
     console = _console()
     estimate = verdict.estimate
     where = "this machine" if verdict.source == "local" else "a catalog GPU"
-    console.print(f"{estimate.model.name}, {estimate.setup.method.value}: needs {gib(estimate.device_bytes):.2f} GiB "
+    needed = max((gpu.needed_bytes for gpu in verdict.gpus), default=estimate.device_bytes)
+    console.print(f"{estimate.model.name}, {estimate.setup.method.value}: needs {gib(needed):.2f} GiB "
                   f"per GPU; checking {where}" + (f" (driver {verdict.driver_version}, CUDA {verdict.cuda_version})"
                                                   if verdict.driver_version else ""), highlight=False)
     table = Table()

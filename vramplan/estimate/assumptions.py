@@ -49,7 +49,7 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
-    return lines
+    return [*lines, *device_lines(setup)]
 
 
 _STACK_TEXT = {
@@ -68,7 +68,22 @@ def _torchtune_lines(model: ResolvedModel, setup: TrainingSetup, estimate_notes)
     ]
     lines += _lora_lines(setup, "bf16 adapters")
     return [*lines, *estimate_notes,
-            "steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)"]
+            "steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)",
+            *device_lines(setup)]
+
+
+def device_lines(setup: TrainingSetup) -> list[str]:
+    """What the device figure adds to the allocated peak, and where each figure is an upper end."""
+    from vramplan.allocator.config import describe
+    from vramplan.estimate.runtime import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
+
+    return [
+        f"allocator: PYTORCH_ALLOC_CONF {describe(setup.allocator)}; reserved = allocated + cuBLAS workspaces "
+        f"({CUBLAS_WORKSPACE_BYTES // 2**20} MiB, Hopper's 2 x 32 MiB) + fragmentation from the rule derived from "
+        "replays of traced steps: an upper end (check --exact replays this job's own traced step)",
+        f"device: reserved + CUDA context {CUDA_CONTEXT_BYTES // 2**20} MiB (upper end; no per-GPU figure is "
+        "sourced) + NCCL + paged optimizer state",
+    ]
 
 
 def _lora_lines(setup: TrainingSetup, adapters: str) -> list[str]:

@@ -45,6 +45,10 @@ def option_flags(changes: dict[str, Any]) -> list[str]:
 
 def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
     variants: list[tuple[str, dict[str, Any]]] = []
+    if not setup.allocator.expandable_segments:
+        # The allocator's slack: one growing segment per stream instead of a segment per large request.
+        variants.append(("run with PYTORCH_ALLOC_CONF=expandable_segments:True (less allocator slack)",
+                         {"alloc_conf": _with_expandable(setup.allocator)}))
     if setup.method is Method.QLORA and setup.quant.kbit_prep:
         # peft's prepare_model_for_kbit_training upcasts every non-4-bit parameter (an MoE's 3D experts included)
         variants.append(("skip k-bit preparation (non-4-bit weights stay 16-bit)", {"kbit_prep": False}))
@@ -70,6 +74,14 @@ def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
         for count in (c for c in SHARD_GPU_COUNTS if c <= max_gpus):
             variants.append((f"more GPUs: FSDP over {count} GPUs (per GPU)", {"gpus": count, "strategy": "fsdp"}))
     return variants
+
+
+def _with_expandable(config) -> str:
+    """The job's allocator settings with expandable segments on."""
+    from vramplan.allocator.config import describe
+
+    current = describe(config)
+    return "expandable_segments:True" if current == "torch defaults" else current + ",expandable_segments:True"
 
 
 def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,

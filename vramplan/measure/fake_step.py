@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from vramplan.measure.livebytes import CATEGORIES, GRADIENTS, OPTIMIZER_STATES, LiveBytesTracker, Snapshot
-from vramplan.allocator.caching import ReplayResult, replay
 from vramplan.result import PHASES, ModulePeak
 
 # `step`: a whole training step first (what a GPU probe does); `optimizer`: every trainable parameter gets a zero
@@ -45,13 +44,16 @@ class StepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
-    allocator_replay: ReplayResult | None = None  # the step's allocations replayed through the caching allocator
+    # The step's allocations and frees in order, ("alloc", id, bytes, stream, phase, module) / ("free", id, 0, 0) /
+    # ("reset", 0, 0, 0): what `trace` replays through the caching allocator (vramplan/allocator/caching.py).
+    allocation_events: list[tuple[str, int, int, int] | tuple[str, int, int, int, str, str]] = Field(
+        default_factory=list, repr=False)
 
     @classmethod
     def from_tracker(cls, tracker: LiveBytesTracker, *, total_params: int, trainable_params: int, **extra: Any):
         """The measured step's peak, its phases and modules, once `measure_steady_step` has run."""
         return cls(
-            allocator_replay=replay(tracker.events),
+            allocation_events=tracker.events,
             peak_allocated_bytes=tracker.peak_bytes,
             peak_phase=tracker.peak_phase,
             categories=tracker.peak.by_category(),

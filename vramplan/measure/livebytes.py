@@ -42,6 +42,7 @@ _PHASE_CATEGORY = {
     "idle": TEMPORARIES,
 }
 UNATTRIBUTED = "(no module)"
+_DEFAULT_CPU_STREAM = torch.cpu.current_stream()  # torch/cpu/__init__.py _default_cpu_stream
 
 
 def cuda_block_bytes(nbytes: int) -> int:
@@ -97,8 +98,9 @@ class LiveBytesTracker(TorchDispatchMode):
     _records: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     # The ordered allocations and frees, for a replay through the caching allocator (vramplan/allocator):
     # ("alloc", serial, bytes), ("free", serial, 0), and ("reset", 0, 0) where the measured step starts.
-    events: list[tuple[str, int, int]] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)  # ("alloc", id, bytes, stream, phase, module), ("free", id, 0, 0), ("reset", 0, 0, 0)
     _serials: dict[int, int] = field(default_factory=dict)
+    _streams: dict[int, int] = field(default_factory=dict)  # id of a side stream: its index
     _live_by_owner: dict[tuple[str, str], int] = field(default_factory=dict)
     _peak_stale: bool = False
     _phase_stale: bool = False
@@ -115,7 +117,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self._refresh_snapshots()
-        self.events.append(("reset", 0, 0))
+        self.events.append(("reset", 0, 0, 0))
         self.peak_bytes = self.live_bytes
         self.peak_phase = self.phase
         self.phase_peaks = {}
@@ -210,12 +212,21 @@ class LiveBytesTracker(TorchDispatchMode):
         if nbytes:
             serial = len(self.events)
             self._serials[key] = serial
-            self.events.append(("alloc", serial, nbytes))
+            self.events.append(("alloc", serial, nbytes, self._stream_index(), self.phase, self._current_module()))
+
+    def _stream_index(self) -> int:
+        """Which stream the allocation is made on: 0 for the default stream, then 1, 2, ... in order of first use.
+        On CPU, torch.cpu.stream(s) sets what torch.cpu.current_stream() returns, so FSDP2's all-gather and
+        reduce-scatter streams (device-agnostic code) are seen as on CUDA."""
+        stream = torch.cpu.current_stream()
+        if stream is _DEFAULT_CPU_STREAM:
+            return 0
+        return self._streams.setdefault(id(stream), len(self._streams) + 1)
 
     def _record_free(self, key: int) -> None:
         serial = self._serials.pop(key, None)
         if serial is not None:
-            self.events.append(("free", serial, 0))
+            self.events.append(("free", serial, 0, 0))
 
     def _release(self, key: int) -> None:
         record = self._records.pop(key, None)

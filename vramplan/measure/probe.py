@@ -50,6 +50,12 @@ class ProbeRecord(BaseModel):
     versions: dict[str, str]
     measured_at: str
     error: str = ""
+    # With a snapshot: the allocator's recorded history (torch.cuda.memory._record_memory_history) replayed through
+    # vramplan/allocator/caching.py (vramplan/allocator/snapshot.py), and the file it was saved to.
+    snapshot_file: str | None = None
+    replayed_peak_reserved: int | None = None
+    recorded_peak_reserved: int | None = None
+    segments_match: bool | None = None
 
 
 def append_jsonl(path: Path, record: BaseModel) -> None:
@@ -154,7 +160,7 @@ def _step(model, optimizer, input_ids, setup: TrainingSetup, on_phase) -> None:
 
 def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, device: str = "auto",
               options: dict[str, Any] | None = None, probe_id: str | None = None,
-              progress: Callable[[str], None] = lambda _: None) -> ProbeRecord:
+              progress: Callable[[str], None] = lambda _: None, snapshot: Path | None = None) -> ProbeRecord:
     """Warm-up step, then `steps` measured steps; the peaks are the maximum over the measured steps.
 
     `device="auto"` means the GPU: without CUDA it raises CannotCheckError rather than running a long CPU step;
@@ -184,7 +190,35 @@ def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, 
         progress("cpu: building the model and running one real training step (warm-up included)")
         return _cpu_probe(resolved, setup, base)
     with quiet_libraries():
-        return _cuda_probe(resolved, setup, steps, base, progress)
+        if snapshot is None:
+            return _cuda_probe(resolved, setup, steps, base, progress)
+        return _with_snapshot(snapshot, setup, lambda: _cuda_probe(resolved, setup, steps, base, progress))
+
+
+# Entries the allocator keeps of its history while recording (torch.cuda.memory._record_memory_history).
+SNAPSHOT_MAX_ENTRIES = 2_000_000
+
+
+def _with_snapshot(path: Path, setup: TrainingSetup, probe: Callable[[], ProbeRecord]) -> ProbeRecord:
+    """Record the allocator's history from an empty cache through the probe, save the snapshot (a pickle, as
+    torch's memory_viz reads it) and replay its requests through the simulation."""
+    import pickle
+
+    from vramplan.allocator.snapshot import compare_snapshot
+
+    torch.cuda.empty_cache()
+    torch.cuda.memory._record_memory_history(max_entries=SNAPSHOT_MAX_ENTRIES, stacks="python")
+    try:
+        record = probe()
+        recorded = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(recorded))
+    compared = compare_snapshot(recorded, setup.allocator, torch.cuda.current_device())
+    return record.model_copy(update={
+        "snapshot_file": str(path), "replayed_peak_reserved": compared.replayed_peak_reserved_bytes,
+        "recorded_peak_reserved": compared.recorded_peak_reserved_bytes, "segments_match": compared.segments_match})
 
 
 # Share of the host's available memory a CPU probe may take (its real tensors live in RAM; the rest is headroom for
@@ -192,12 +226,25 @@ def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, 
 CPU_PROBE_MEMORY_SHARE = 0.5
 
 
+def host_available_bytes() -> int:
+    """Memory the host can give a new process: MemAvailable (free plus reclaimable page cache, /proc/meminfo) where
+    Linux reports it, else the free pages alone."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def refuse_large_cpu_probe(peak_bytes: int, available_bytes: int | None = None) -> None:
     """A CPU probe runs real tensors in RAM: refuse one whose estimated peak would not fit in a share of it."""
     from vramplan.errors import UsageError
 
     if available_bytes is None:
-        available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        available_bytes = host_available_bytes()
     if peak_bytes > available_bytes * CPU_PROBE_MEMORY_SHARE:
         raise UsageError(f"--device cpu: this run's estimated peak ({peak_bytes / 2**30:.1f} GiB) is over "
                          f"{CPU_PROBE_MEMORY_SHARE:.0%} of the host's available memory "
@@ -218,6 +265,11 @@ def _cpu_probe(resolved: ResolvedModel, setup: TrainingSetup, base: dict) -> Pro
 
 def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base: dict,
                 progress: Callable[[str], None]) -> ProbeRecord:
+    from vramplan.allocator.caching import AllocatorConfig
+    from vramplan.allocator.config import describe
+
+    if setup.allocator != AllocatorConfig():  # --alloc-conf: the real allocator runs with the settings modelled
+        torch.cuda.memory._set_allocator_settings(describe(setup.allocator))
     index = torch.cuda.current_device()
     gpu = torch.cuda.get_device_name(index)
     nvml = _NvmlPeak(index)

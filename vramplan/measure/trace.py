@@ -27,7 +27,9 @@ GPU_CORRECTIONS = (
     "math fallback with its s x s scores",
 )
 NOT_IN_TRACE = (
-    "cuBLAS/cuBLASLt workspaces, the caching allocator's slack and the CUDA context are not tensors of the step",
+    "cuBLAS/cuBLASLt workspaces and the CUDA context are not tensors of the step; the caching allocator's slack is "
+    "the step's allocations replayed in steady state (vramplan/allocator/caching.py, one pass to build the cache, "
+    "one measured)",
 )
 FUSED_LOSS_NOTE = (
     "--loss fused: liger-kernel's fused linear cross-entropy runs its own Python (every torch allocation); its "
@@ -130,9 +132,11 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
 def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float, *,
               components: dict[str, int] | None = None, by_module: list | None = None) -> Trace:
     """The Trace of a traced step (its own categories and by-module rows unless given)."""
-    replayed = getattr(step, "allocator_replay", None)
-    return Trace(
-        peak_reserved_bytes=None if replayed is None else replayed.peak_reserved_bytes,
+    from vramplan.allocator.caching import replay_steady_step
+
+    replayed = replay_steady_step(step.allocation_events, setup.allocator)
+    result = Trace(
+        peak_reserved_bytes=replayed.peak_reserved_bytes,
         allocator_replay=replayed,
         model=model,
         setup=setup,
@@ -146,6 +150,8 @@ def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str]
         gpu_corrections=notes,
         trace_seconds=round(time.perf_counter() - started, 2),
     )
+    result._allocation_events = step.allocation_events
+    return result
 
 
 FSDP_NOTES = (

@@ -29,7 +29,7 @@ def estimate_from_phases(
     adds (CUDA context, managed paged state, NCCL)."""
     peak = max(phases, key=lambda p: p.total_bytes)
     allocated = peak.total_bytes
-    reserved = reserved_bytes(allocated)
+    reserved = reserved_bytes(model.spec, setup, phases, total_params)
     return Estimate(
         model=model,
         setup=setup,

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from vramplan.allocator.caching import ReplayResult, replay
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     PhaseBytes,
@@ -62,7 +61,9 @@ class FsdpStepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
-    allocator_replay: ReplayResult | None = None  # rank 0's allocations replayed through the caching allocator
+    # Rank 0's allocations and frees in order (as StepTrace.allocation_events).
+    allocation_events: list[tuple[str, int, int, int] | tuple[str, int, int, int, str, str]] = Field(
+        default_factory=list, repr=False)
 
 
 def trace_fsdp_step(config: dict[str, Any], setup: TrainingSetup, world_size: int, *,
@@ -168,7 +169,7 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
         idle_bytes=tracker.live_bytes,
         total_params=total_params,
         trainable_params=sum(p.numel() for p in params),
-        allocator_replay=replay(tracker.events),
+        allocation_events=tracker.events,
     )
 
 
