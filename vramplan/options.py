@@ -66,8 +66,8 @@ class RunOptions(BaseModel):
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
     nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
     strategy: str | None = _option(
-        "single | ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | device-map [default: single; needed with "
-        "several GPUs]", layout=True)
+        "single | ddp | zero1 | zero2 | zero3 | fsdp (= fsdp2) | fsdp-hybrid | device-map; fsdp1 is refused "
+        "[default: single; needed with several GPUs]", layout=True)
     offload: str | None = _option("none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]",
                                   layout=True)
 

@@ -15,7 +15,7 @@ from vramplan.estimate.assumptions import describe_assumptions
 from vramplan.models.catalog import ResolvedModel, resolve_model
 from vramplan.options import RunOptions
 from vramplan.result import Estimate
-from vramplan.training import TrainingSetup, resolve_setup
+from vramplan.training import Strategy, TrainingSetup, resolve_setup
 
 DEFAULT_METHOD = "lora"
 
@@ -63,7 +63,19 @@ def estimate_request(request: RunRequest) -> Estimate:
     resolved, setup, chosen = resolve_request(request)
     result = estimate_memory(resolved, setup)
     assumptions = describe_assumptions(resolved, setup, [*request.notes, *chosen, *result.strategy_notes])
+    if setup.world_size > 1 and setup.strategy is not Strategy.DEVICE_MAP:
+        assumptions.append(_scaling(resolved, setup, result))
     return result.model_copy(update={"assumptions": assumptions})
+
+
+def _scaling(resolved: ResolvedModel, setup: TrainingSetup, spread: Estimate) -> str:
+    """What the GPUs change per GPU against the same run on one GPU (vramplan/estimate/scaling.py)."""
+    from vramplan.estimate.scaling import scaling_line
+    from vramplan.training import Offload
+
+    single_setup = setup.model_copy(update={"gpus": 1, "nodes": 1, "strategy": Strategy.SINGLE,
+                                            "offload": Offload.NONE})
+    return scaling_line(estimate_memory(resolved, single_setup), spread)
 
 
 def trace_request(request: RunRequest):

@@ -114,7 +114,7 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
     lora, quant = _adapters(method, run, preset)
     gpus = 1 if run.gpus is None else _positive(run.gpus, "--gpus")
     nodes = 1 if run.nodes is None else _positive(run.nodes, "--nodes")
-    strategy = _enum(Strategy, run.strategy, "strategy") if run.strategy is not None else None
+    strategy = _strategy(run.strategy) if run.strategy is not None else None
     offload = _enum(Offload, run.offload, "offload") if run.offload is not None else Offload.NONE
     optimizer = _enum(Optimizer, run.optimizer, "optimizer") if run.optimizer is not None else preset.optimizer
     strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
@@ -241,6 +241,20 @@ def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Lite
     if not names:
         raise UsageError("--lora-targets is empty; give all-linear or names such as q_proj,v_proj")
     return tuple(dict.fromkeys(names))
+
+
+# FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel: flat parameters per wrapped unit, its own mixed-precision
+# and prefetch rules) is a different engine from the FSDP2 `fully_shard` vramplan models; it is refused, never
+# answered as FSDP2. `fsdp2` names the modelled engine explicitly.
+FSDP1_REFUSAL = ("--strategy fsdp1: FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled; vramplan "
+                 "models FSDP2 (fully_shard, as accelerate's fsdp2_prepare_model wraps it): --strategy fsdp2, or "
+                 "fsdp_version: 2 in the accelerate / Trainer config")
+
+
+def _strategy(value: str) -> Strategy:
+    if value == "fsdp1":
+        raise NotModelledError(FSDP1_REFUSAL)
+    return _enum(Strategy, "fsdp" if value == "fsdp2" else value, "strategy")
 
 
 def _enum(kind, value, option: str):

@@ -20,9 +20,11 @@ def test_the_modelled_keys():
     assert describe(AllocatorConfig()) == "torch defaults"
 
 
-@pytest.mark.parametrize("text", ["expandable_segments", "expandable_segments:maybe", "max_split_size_mb:10",
-                                  "max_split_size_mb:big", "roundup_power2_divisions:3",
-                                  "garbage_collection_threshold:1.5", "no_such_key:1"])
+@pytest.mark.parametrize("text", ["expandable_segments", "expandable_segments:maybe", "expandable_segments:true",
+                                  "max_split_size_mb:10", "max_split_size_mb:big", "max_split_size_mb:20.5",
+                                  "roundup_power2_divisions:3", "roundup_power2_divisions:0",
+                                  "garbage_collection_threshold:1.5", "per_process_memory_fraction:0",
+                                  "backend:foo", "no_such_key:1"])
 def test_malformed_settings_are_one_line_usage_errors(text):
     with pytest.raises(UsageError) as raised:
         parse_alloc_conf(text)

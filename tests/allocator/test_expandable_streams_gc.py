@@ -53,15 +53,18 @@ def test_garbage_collection_frees_old_cached_blocks_above_the_threshold():
     """garbage_collect_cached_blocks (only with a memory fraction): above threshold x fraction, unsplit cached large
     blocks at least as old as the average are freed before a new segment is allocated."""
     events = [("alloc", 1, 30 * MIB), ("alloc", 2, 30 * MIB), ("free", 1, 0), ("free", 2, 0), ("alloc", 3, 50 * MIB)]
+    fraction = AllocatorConfig(garbage_collection_threshold=0.25, per_process_memory_fraction=1.0)
     assert replay(events, capacity_bytes=200 * MIB).peak_reserved_bytes == 110 * MIB
-    collected = replay(events, AllocatorConfig(garbage_collection_threshold=0.25), capacity_bytes=200 * MIB)
+    collected = replay(events, fraction, capacity_bytes=200 * MIB)
     assert collected.peak_reserved_bytes == 60 * MIB  # the peak before the collection
-    allocator = CachingAllocator(AllocatorConfig(garbage_collection_threshold=0.25), capacity_bytes=200 * MIB)
+    no_fraction = AllocatorConfig(garbage_collection_threshold=0.25)  # torch collects only with a fraction set
+    assert replay(events, no_fraction, capacity_bytes=200 * MIB).peak_reserved_bytes == 110 * MIB
+    allocator = CachingAllocator(fraction, capacity_bytes=200 * MIB)
     for block in [allocator.malloc(30 * MIB), allocator.malloc(30 * MIB)]:
         allocator.free(block)
     allocator.malloc(50 * MIB)
     assert allocator.reserved == 50 * MIB
-    unlimited = CachingAllocator(AllocatorConfig(garbage_collection_threshold=0.25))  # no fraction: no collection
+    unlimited = CachingAllocator(fraction)  # no capacity: no fraction of it, no collection
     for block in [unlimited.malloc(30 * MIB), unlimited.malloc(30 * MIB)]:
         unlimited.free(block)
     unlimited.malloc(50 * MIB)

@@ -14,7 +14,8 @@ def test_the_step_runs_twice_from_the_live_tensors():
               ("free", 2, 0, 0), ("alloc", 4, 5 * MIB, 0), ("alloc", 5, 12 * MIB, 0), ("free", 4, 0, 0)]
     steady = steady_step_events(events)
     assert steady[:3] == [("alloc", 1, 30 * MIB, 0), ("alloc", 2, 12 * MIB, 0), ("reset", 0, 0, 0)]
-    second = steady[3 + 4:]
+    assert steady[3 + 4] == ("steady", 0, 0, 0)
+    second = steady[3 + 4 + 1:]
     assert second == [("free", 5, 0, 0), ("alloc", 10, 5 * MIB, 0), ("alloc", 11, 12 * MIB, 0), ("free", 10, 0, 0)]
     # Pass 1: the 5 MiB request splits the freed 12 MiB gradient block, so the new gradient takes a 12 MiB segment;
     # pass 2 reuses both. The warm-up's 50 MiB segment is not there; a plain replay keeps it.

@@ -47,7 +47,10 @@ class AllocatorConfig(BaseModel):
     max_split_size: int | None = None  # max_split_size_mb in bytes; None: unlimited (the default)
     roundup_power2_divisions: int = 0  # 0 or 1: off (the default)
     expandable_segments: bool = False
-    garbage_collection_threshold: float = 0.0  # acts only with a memory fraction (a capacity), as in torch
+    garbage_collection_threshold: float = 0.0  # acts only with a memory fraction, as in torch
+    # set_per_process_memory_fraction / per_process_memory_fraction: the allocator's own limit, a share of the
+    # capacity (torch's `set_fraction`, `allowed_memory_maximum`); None: no fraction set (the default)
+    per_process_memory_fraction: float | None = None
     max_non_split_rounding: int = K_LARGE_BUFFER  # max_non_split_rounding_mb: how far over an oversize request
 
 
@@ -127,11 +130,14 @@ def page_size(small: bool) -> int:
 
 class CachingAllocator:
     """One device's caching allocator; `capacity_bytes` is what cudaMalloc may hand out in all (None: unlimited).
-    A capacity with `garbage_collection_threshold` set acts as torch's memory fraction (`set_fraction`)."""
+    With `per_process_memory_fraction` the allocator's limit is that share of the capacity, and only then does
+    `garbage_collection_threshold` act (torch's `set_fraction`)."""
 
     def __init__(self, config: AllocatorConfig = AllocatorConfig(), capacity_bytes: int | None = None):
         self.config = config
-        self.capacity = capacity_bytes
+        fraction = config.per_process_memory_fraction
+        self.fraction_limit = None if fraction is None or capacity_bytes is None else int(fraction * capacity_bytes)
+        self.capacity = capacity_bytes if self.fraction_limit is None else min(capacity_bytes, self.fraction_limit)
         self.pools: dict[bool, list[tuple]] = {True: [], False: []}  # small?: sorted keys of free mapped blocks
         self.free_by_key: dict[tuple, _Block] = {}
         self.unmapped: dict[bool, list[tuple]] = {True: [], False: []}  # small?: address keys of unmapped blocks
@@ -369,9 +375,9 @@ class CachingAllocator:
         """`garbage_collect_cached_blocks`, with a memory fraction set: above threshold x fraction, free unsplit
         cached large blocks at least as old as the average (by get_free_block calls since cached), until under."""
         threshold = self.config.garbage_collection_threshold
-        if threshold <= 0 or self.capacity is None:
+        if threshold <= 0 or self.fraction_limit is None:
             return
-        limit = int(threshold * self.capacity)
+        limit = int(threshold * self.fraction_limit)
         if self.reserved <= limit:
             return
         target, reclaimed = self.reserved - limit, 0
@@ -438,8 +444,10 @@ class CachingAllocator:
 
 def replay(events: list[Event], config: AllocatorConfig = AllocatorConfig(),
            capacity_bytes: int | None = None) -> ReplayResult:
-    """Replay `events`, each ("alloc", id, bytes[, stream]), ("free", id, 0[, stream]) or ("reset", 0, 0), through
-    the allocator. The peaks count from the last reset, as torch.cuda.reset_peak_memory_stats makes them."""
+    """Replay `events`, each ("alloc", id, bytes[, stream, ...]), ("free", id, 0[, stream]), ("reset", 0, 0) or
+    ("steady", 0, 0) through the allocator. The peaks count from the last reset, as
+    torch.cuda.reset_peak_memory_stats makes them; after "steady" the allocated peak and the figures at it are
+    taken again (the steady pass of `steady_step_events`), the reserved peak kept."""
     allocator = CachingAllocator(config, capacity_bytes)
     live: dict[int, _Block] = {}
     streams: set[int] = {0}
@@ -462,6 +470,8 @@ def replay(events: list[Event], config: AllocatorConfig = AllocatorConfig(),
         elif action == "reset":  # the peaks start over at the current figures
             at_allocated_peak()
             peak["reserved"] = allocator.reserved
+        elif action == "steady":  # the figures at the allocated peak are the steady pass's (reserved keeps its peak)
+            at_allocated_peak()
         else:
             stream = event[3] if len(event) > 3 else 0
             streams.add(stream)
@@ -516,7 +526,7 @@ def steady_step_events(events: list[Event]) -> list[Event]:
                     second.append((kind, earlier.pop(0), *event[2:]))
             else:
                 second.append((kind, ident + offset, *event[2:]))
-    return [*packed, ("reset", 0, 0, 0), *step, *second]
+    return [*packed, ("reset", 0, 0, 0), *step, ("steady", 0, 0, 0), *second]
 
 
 def replay_steady_step(events: list[Event], config: AllocatorConfig = AllocatorConfig(),

@@ -1,7 +1,7 @@
 """The allocator settings of a run: PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF, parsed as torch parses them.
 
-c10/core/AllocatorConfig.cpp (`AllocatorConfig::instance`) reads PYTORCH_ALLOC_CONF, else the older
-PYTORCH_CUDA_ALLOC_CONF; `parseArgs` takes comma-separated `key:value` pairs. The keys that change device memory are
+c10/core/AllocatorConfig.cpp (`AllocatorConfig::instance`, torch 2.9 and later) reads PYTORCH_ALLOC_CONF, else the
+older PYTORCH_CUDA_ALLOC_CONF (the only one before 2.9); `parseArgs` takes comma-separated `key:value` pairs. The keys that change device memory are
 modelled (vramplan/allocator/caching.py); host-side keys are accepted and change nothing here; the rest are refused.
 """
 
@@ -53,21 +53,21 @@ def parse_alloc_conf(text: str | None) -> AllocatorConfig:
 def _setting(key: str, value: str, text: str) -> dict:
     where = f"--alloc-conf {text!r}"
     if key == "expandable_segments":
-        if value.lower() not in _TRUE:
+        if value not in ("True", "False"):  # parseExpandableSegments: exactly "True" or "False"
             raise UsageError(f"{where}: expandable_segments takes True or False")
-        return {"expandable_segments": _TRUE[value.lower()]}
+        return {"expandable_segments": value == "True"}
     if key in ("max_split_size_mb", "max_non_split_rounding_mb"):
-        megabytes = _number(value, where, key)
-        if megabytes <= 20:  # c10/core/AllocatorConfig.cpp: "CachingAllocator option ... too small, must be > 20"
-            raise UsageError(f"{where}: {key} must be more than 20")
+        megabytes = _integer(value, where, key)
+        if megabytes < 20:  # c10/core/AllocatorConfig.cpp parseMaxSplitSize: at least kLargeBuffer (20 MiB)
+            raise UsageError(f"{where}: {key} must be at least 20")
         target = "max_split_size" if key == "max_split_size_mb" else "max_non_split_rounding"
-        return {target: int(megabytes) * MIB}
+        return {target: megabytes * MIB}
     if key == "roundup_power2_divisions":
         if value.startswith("["):
             raise NotModelledError(f"{where}: per-size roundup_power2_divisions lists are not modelled; give one "
                                    "number")
-        divisions = int(_number(value, where, key))
-        if divisions and divisions & (divisions - 1):
+        divisions = _integer(value, where, key)
+        if divisions < 1 or divisions & (divisions - 1):
             raise UsageError(f"{where}: roundup_power2_divisions must be a power of 2")
         return {"roundup_power2_divisions": divisions}
     if key == "garbage_collection_threshold":
@@ -75,15 +75,29 @@ def _setting(key: str, value: str, text: str) -> dict:
         if not 0 < threshold < 1:
             raise UsageError(f"{where}: garbage_collection_threshold must be between 0 and 1")
         return {"garbage_collection_threshold": threshold}
+    if key == "per_process_memory_fraction":
+        fraction = _number(value, where, key)
+        if not 0 < fraction <= 1:
+            raise UsageError(f"{where}: per_process_memory_fraction must be in (0, 1]")
+        return {"per_process_memory_fraction": fraction}
     if key == "backend":
+        if value == "cudaMallocAsync":
+            raise NotModelledError(f"{where}: backend cudaMallocAsync is not modelled; only the native caching "
+                                   "allocator is")
         if value != "native":
-            raise NotModelledError(f"{where}: backend {value} (cudaMallocAsync) is not modelled; only the native "
-                                   "caching allocator is")
+            raise UsageError(f"{where}: backend is native or cudaMallocAsync")
         return {}
     if key in HOST_ONLY_KEYS:
         return {}
     raise UsageError(f"{where}: unknown key {key!r} (the keys are expandable_segments, max_split_size_mb, "
-                     "max_non_split_rounding_mb, roundup_power2_divisions, garbage_collection_threshold, backend)")
+                     "max_non_split_rounding_mb, roundup_power2_divisions, garbage_collection_threshold, "
+                     "per_process_memory_fraction, backend)")
+
+
+def _integer(value: str, where: str, key: str) -> int:
+    if not value.isdigit():
+        raise UsageError(f"{where}: {key} takes a whole number, not {value!r}")
+    return int(value)
 
 
 def _number(value: str, where: str, key: str) -> float:
@@ -109,4 +123,6 @@ def describe(config: AllocatorConfig) -> str:
         parts.append(f"roundup_power2_divisions:{config.roundup_power2_divisions}")
     if config.garbage_collection_threshold:
         parts.append(f"garbage_collection_threshold:{config.garbage_collection_threshold:g}")
+    if config.per_process_memory_fraction is not None:
+        parts.append(f"per_process_memory_fraction:{config.per_process_memory_fraction:g}")
     return ",".join(parts) or "torch defaults"

@@ -25,6 +25,8 @@ def outside_allocator_bytes(estimate: Estimate) -> int:
 def exact_verdict(verdict: Verdict, traced: Trace) -> Verdict:
     """`verdict` (the closed-form one) decided again by replaying `traced` at each GPU's usable memory."""
     events = traced.allocation_events()
+    if not events:
+        raise RuntimeError("the traced step recorded no allocations: nothing to replay")
     setup = traced.setup
     fixed = outside_allocator_bytes(verdict.estimate)
     unlimited = replay_steady_step(events, setup.allocator)
@@ -40,7 +42,7 @@ def exact_verdict(verdict: Verdict, traced: Trace) -> Verdict:
         gpus.append(gpu.model_copy(update={"needed_bytes": needed, "margin_bytes": gpu.usable_bytes - needed,
                                            "fits": fits}))
     fits = all(g.fits for g in gpus) and verdict.fits_gpu_count
-    if not fits and not setup.allocator.expandable_segments:
+    if not fits and verdict.fits_gpu_count and not setup.allocator.expandable_segments:
         expandable = setup.allocator.model_copy(update={"expandable_segments": True})
         if all(not replay_steady_step(events, expandable, g.usable_bytes - fixed).oom for g in gpus):
             notes.append("with PYTORCH_ALLOC_CONF=expandable_segments:True the replayed step fits "

@@ -43,6 +43,14 @@ def check_command(
             raise UsageError(f"--devices {devices} runs {len(indices)} ranks: say how the run is spread, "
                              "--strategy ddp|zero1|zero2|zero3|fsdp|fsdp-hybrid|device-map")
     result = estimate_request(request)
+    if gpu is None and not run.accept_unmodelled:  # this machine launches the job: its stack is the job's
+        from vramplan.errors import NotModelledError
+        from vramplan.estimate.stack_versions import installed_layout_mismatch
+
+        mismatch = installed_layout_mismatch(result.model.spec, result.setup)
+        if mismatch:
+            raise NotModelledError(f"{mismatch}: the verdict would be a guess; pass --accept-unmodelled to get it "
+                                   "anyway")
     if gpu is not None:
         verdict = check_catalog(result, gpu, run.headroom, run.catalog, request=request)
     else:

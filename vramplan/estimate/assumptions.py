@@ -49,7 +49,7 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
-    return [*lines, *device_lines(setup)]
+    return [*lines, *device_lines(setup), *version_lines(model, setup)]
 
 
 _STACK_TEXT = {
@@ -69,7 +69,15 @@ def _torchtune_lines(model: ResolvedModel, setup: TrainingSetup, estimate_notes)
     lines += _lora_lines(setup, "bf16 adapters")
     return [*lines, *estimate_notes,
             "steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)",
-            *device_lines(setup)]
+            *device_lines(setup), *version_lines(model, setup)]
+
+
+def version_lines(model: ResolvedModel, setup: TrainingSetup) -> list[str]:
+    """The library versions modelled, and an installed stack that builds the model differently."""
+    from vramplan.estimate.stack_versions import installed_layout_mismatch, modelled_versions_line
+
+    mismatch = installed_layout_mismatch(model.spec, setup)
+    return [modelled_versions_line(setup), *([f"NOT MODELLED (installed stack): {mismatch}"] if mismatch else [])]
 
 
 def device_lines(setup: TrainingSetup) -> list[str]:

@@ -112,7 +112,7 @@ def fsdp_stream_slack(spec: ModelSpec, setup: TrainingSetup, total_params: int) 
     """FSDP2's collective buffers cached in side-stream pools, in unsharded decoder layers of bf16 weights."""
     if setup.strategy not in (Strategy.FSDP, Strategy.FSDP_HYBRID) or setup.world_size == 1:
         return 0.0
-    layer_bytes = total_params * 2 / spec.num_layers
+    layer_bytes = total_params * (4 if setup.precision is Precision.FP32 else 2) / spec.num_layers
     full = setup.method is Method.FULL
     return FSDP_LAYERS_CACHED[(full, setup.allocator.expandable_segments)] * layer_bytes
 

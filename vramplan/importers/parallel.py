@@ -154,7 +154,12 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
         builder.set("strategy", "fsdp", key, fsdp if fsdp else "set")
     version = config.get("version")
     if version is not None and str(version) == "1":
-        builder.note(f"{config_key}.fsdp_version: 1 -> modelled as FSDP2 fully_shard (same per-GPU shards)")
+        builder.not_modelled(f"{config_key}.fsdp_version", version,
+                             "FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled, only FSDP2: its "
+                             "dtypes and gather buffers differ; set fsdp_version: 2 to size the FSDP2 run")
+    elif version is None:
+        builder.assume(f"{config_key}.fsdp_version unset: FSDP2, as transformers 5's Trainer defaults it "
+                     "(training_args.py fsdp_config.get('version', 2)); an accelerate config without it runs FSDP1")
     if "offload" in words or truthy(config.get("offload_params", False)):
         builder.set("offload", "params", key if "offload" in words else f"{config_key}.offload_params", True)
     if "activation_checkpointing" in config:
