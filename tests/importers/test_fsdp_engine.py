@@ -61,3 +61,58 @@ def test_every_answer_names_the_library_versions_it_models():
                for line in estimate("8b", "lora").assumptions)
     assert any("torchtune" in line for line in estimate("8b", "lora", stack="torchtune").assumptions
                if line.startswith("libraries modelled"))
+
+
+ACCELERATE = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP", "mixed_precision": "bf16",
+              "num_machines": 1, "num_processes": 8, "machine_rank": 0, "use_cpu": False,
+              "fsdp_config": {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "fsdp_sharding_strategy": "FULL_SHARD",
+                              "fsdp_offload_params": False, "fsdp_use_orig_params": True}}
+
+
+def _accelerate(tmp_path, **changes):
+    import yaml
+
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump({**ACCELERATE, **changes}))
+    return path
+
+
+def test_an_accelerate_config_without_fsdp_version_is_fsdp1(tmp_path):
+    from vramplan.importers import load_run_config
+
+    run = load_run_config(_accelerate(tmp_path))
+    assert run.format == "accelerate" and run.options.gpus == 8
+    assert any(line.startswith("fsdp_config.fsdp_version=unset (1)") for line in run.unmodelled)
+
+
+def test_an_accelerate_fsdp2_config(tmp_path):
+    from vramplan.importers import load_run_config
+
+    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_version": 2, "fsdp_activation_checkpointing": True,
+            "fsdp_offload_params": True}
+    run = load_run_config(_accelerate(tmp_path, fsdp_config=fsdp, num_machines=2, num_processes=16))
+    assert not run.unmodelled
+    assert (run.options.strategy, run.options.gpus, run.options.nodes, run.options.offload) == ("fsdp", 8, 2, "params")
+    assert run.options.gradient_checkpointing is True
+
+
+@pytest.mark.parametrize(("changes", "strategy", "offload"), [
+    ({"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 3, "offload_param_device": "cpu",
+                                                            "offload_optimizer_device": "cpu"}}, "zero3", "params"),
+    ({"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": 2, "offload_optimizer_device": "cpu"}},
+     "zero2", "optimizer"),
+    ({"distributed_type": "MULTI_GPU"}, "ddp", None),
+])
+def test_accelerate_layouts(tmp_path, changes, strategy, offload):
+    from vramplan.importers import load_run_config
+
+    run = load_run_config(_accelerate(tmp_path, **changes))
+    assert (run.options.strategy, run.options.offload) == (strategy, offload) and not run.unmodelled
+
+
+def test_accelerate_engines_vramplan_does_not_model_are_named(tmp_path):
+    from vramplan.importers import load_run_config
+
+    run = load_run_config(_accelerate(tmp_path, distributed_type="MEGATRON_LM", new_knob=1))
+    assert any(line.startswith("distributed_type=MEGATRON_LM") for line in run.unmodelled)
+    assert any(line.startswith("new_knob=1") for line in run.unmodelled)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from vramplan.errors import UsageError
 from vramplan.importers.axolotl import read_axolotl
+from vramplan.importers.accelerate_config import looks_like_accelerate, read_accelerate
 from vramplan.importers.deepspeed import read_deepspeed
 from vramplan.importers.hf import read_trl
 from vramplan.importers.llama_factory import read_llama_factory
@@ -27,6 +28,7 @@ READERS: dict[str, Callable[..., RunBuilder]] = {
     "torchtune": read_torchtune,
     "trl": read_trl,
     "deepspeed": lambda raw, path: read_deepspeed(raw),
+    "accelerate": read_accelerate,
 }
 ALIASES = {"llamafactory": "llama-factory", "llama_factory": "llama-factory", "hf": "trl", "transformers": "trl",
            "ds": "deepspeed"}
@@ -77,6 +79,8 @@ def detect_format(raw: dict[str, Any]) -> str | None:
         return "axolotl"
     if "zero_optimization" in raw or "train_micro_batch_size_per_gpu" in raw:
         return "deepspeed"
+    if looks_like_accelerate(raw):
+        return "accelerate"
     hf_keys = ("per_device_train_batch_size", "max_seq_length", "max_length", "packing", "use_peft",
                "gradient_checkpointing", "optim", "output_dir")
     if any(k in raw for k in hf_keys):

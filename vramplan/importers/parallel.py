@@ -133,8 +133,12 @@ FSDP_QUIET = frozenset({
 })
 
 
-def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] | None, config_key: str) -> None:
-    """TrainingArguments-style `fsdp` words and `fsdp_config` -> strategy fsdp/fsdp-hybrid, offload, checkpointing."""
+def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] | None, config_key: str,
+              unset_version: int = 2) -> None:
+    """TrainingArguments-style `fsdp` words and `fsdp_config` -> strategy fsdp/fsdp-hybrid, offload, checkpointing.
+
+    `unset_version`: the FSDP version when the config does not say (2 for transformers 5's Trainer; 1 for an
+    accelerate config file, accelerate's FullyShardedDataParallelPlugin default)."""
     words = [word.lower() for word in _fsdp_words(key, fsdp)]
     if isinstance(config, str):  # TrainingArguments.fsdp_config may name a JSON file
         builder.not_modelled(config_key, config, "fsdp_config given as a file: not read; its settings not modelled")
@@ -153,7 +157,11 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
     else:
         builder.set("strategy", "fsdp", key, fsdp if fsdp else "set")
     version = config.get("version")
-    if version is not None and str(version) == "1":
+    if version is None and unset_version == 1:
+        builder.not_modelled(f"{config_key}.fsdp_version", "unset (1)",
+                             "accelerate's FullyShardedDataParallelPlugin defaults to FSDP1 (FullyShardedDataParallel), "
+                             "not modelled; set fsdp_version: 2 to size the FSDP2 run")
+    elif version is not None and str(version) == "1":
         builder.not_modelled(f"{config_key}.fsdp_version", version,
                              "FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled, only FSDP2: its "
                              "dtypes and gather buffers differ; set fsdp_version: 2 to size the FSDP2 run")

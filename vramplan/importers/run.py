@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from vramplan.errors import UsageError
 from vramplan.options import RunOptions
 
-Format = Literal["axolotl", "llama-factory", "torchtune", "trl", "deepspeed"]
-FORMATS: tuple[str, ...] = ("axolotl", "llama-factory", "torchtune", "trl", "deepspeed")
+Format = Literal["axolotl", "llama-factory", "torchtune", "trl", "deepspeed", "accelerate"]
+FORMATS: tuple[str, ...] = ("axolotl", "llama-factory", "torchtune", "trl", "deepspeed", "accelerate")
 
 # The options a reader may set: RunOptions' fields (vramplan/options.py), declared once there.
 OPTION_NAMES = tuple(RunOptions.model_fields)
