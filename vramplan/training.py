@@ -72,6 +72,7 @@ class TrainingSetup(BaseModel):
     optimizer_in_backward: bool = False  # each parameter stepped (and its gradient freed) as its gradient arrives
     activation_offload: bool = False  # saved activations moved to host memory during forward
     allocator: AllocatorConfig = AllocatorConfig()  # the job's PYTORCH_ALLOC_CONF
+    transformers: Literal[4, 5] = 5  # the transformers major whose modelling code builds the model
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -138,7 +139,8 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else DEFAULT_BATCH_SIZE,
         seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else DEFAULT_SEQ_LEN,
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
-        offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf), **switches,
+        offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
+        transformers=_transformers_major(run.transformers), **switches,
     )
 
 
@@ -249,6 +251,16 @@ def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Lite
 FSDP1_REFUSAL = ("--strategy fsdp1: FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled; vramplan "
                  "models FSDP2 (fully_shard, as accelerate's fsdp2_prepare_model wraps it): --strategy fsdp2, or "
                  "fsdp_version: 2 in the accelerate / Trainer config")
+
+
+def _transformers_major(value: str | None) -> int:
+    """--transformers 4, 5 or a version such as 4.46.3: its major; 5 when not given."""
+    if value is None:
+        return 5
+    major = value.strip().split(".")[0]
+    if major not in ("4", "5"):
+        raise UsageError(f"--transformers {value!r}: give 4 or 5 (the major version)")
+    return int(major)
 
 
 def _strategy(value: str) -> Strategy:

@@ -23,6 +23,11 @@ _UNMODELLED_SWITCHES = {
 
 def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
     """Combinations without a traced rule are refused rather than guessed."""
+    if setup.transformers == 4:
+        raise NotModelledError(
+            "--transformers 4 is not estimated yet: the rules are traced on transformers 5 (for an MoE model, 4.x "
+            "builds each expert as an nn.Linear, quantized under QLoRA); `vramplan trace --transformers 4` traces "
+            "4.x's Mixtral expert layout")
     refuse_unmodelled_moe(spec, setup)
     if setup.loss is Loss.FUSED:
         refuse_unmodelled_fused(setup)

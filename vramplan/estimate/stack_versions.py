@@ -31,9 +31,10 @@ def installed_layout_mismatch(spec: ModelSpec, setup: TrainingSetup) -> str | No
     installed = installed_version("transformers")
     if installed is None or not installed.split(".")[0].isdigit():
         return None
-    if int(installed.split(".")[0]) >= FIRST_GROUPED_EXPERTS_MAJOR:
+    if int(installed.split(".")[0]) >= FIRST_GROUPED_EXPERTS_MAJOR or setup.transformers < FIRST_GROUPED_EXPERTS_MAJOR:
         return None
     effect = ("bitsandbytes quantizes them to 4 bits" if setup.method is Method.QLORA
               else "LoRA all-linear adapts each of them" if setup.method is Method.LORA else "their states differ")
     return (f"installed transformers {installed} builds this model's experts as one nn.Linear each ({effect}); "
-            "vramplan models transformers 5's grouped 3-D experts")
+            "vramplan models transformers 5's grouped 3-D experts (`vramplan trace --transformers 4` traces 4.x's "
+            "Mixtral layout)")

@@ -121,6 +121,10 @@ def build_fake_model(
         model = transformers.AutoModelForCausalLM.from_config(
             hf_config, dtype=dtype, attn_implementation=attention_implementation(setup)
         )
+        if setup.transformers == 4:  # 4.x's per-expert nn.Linear layout, before bitsandbytes and peft see it
+            from vramplan.measure.moe_v4 import use_v4_experts
+
+            use_v4_experts(model)
     if setup.method is Method.QLORA:
         from transformers.quantizers import AutoHfQuantizer
 

@@ -46,6 +46,13 @@ UNTRACEABLE_OPTIMIZERS = {
 }
 
 
+V4_TRACE_NOTE = (
+    "--transformers 4: each Mixtral MoE block rebuilt in 4.x's layout (vramplan/measure/moe_v4.py: an nn.Linear "
+    "router and per-expert nn.Linear w1/w2/w3, so bitsandbytes quantizes them; the expert loop with balanced "
+    "routing), vramplan's statement of 4.x's code run on the installed transformers 5"
+)
+
+
 def refuse_untraceable(setup: TrainingSetup) -> None:
     fsdp_one_mesh = setup.strategy is Strategy.FSDP or (setup.strategy is Strategy.FSDP_HYBRID and setup.nodes == 1)
     if setup.strategy is not Strategy.SINGLE and not fsdp_one_mesh:
@@ -98,7 +105,12 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     refuse_untraceable(setup)
     from vramplan.estimate.scope import refuse_unmodelled_moe
 
-    refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
+    if setup.transformers == 4:
+        if model.spec.family != "mixtral" or setup.strategy is not Strategy.SINGLE or setup.stack is Stack.TORCHTUNE:
+            raise NotModelledError("--transformers 4 is traced for Mixtral on one GPU (HF stack) only: other models' "
+                                   "4.x code is not rebuilt here")
+    else:
+        refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
     warn_untested_libraries(setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
@@ -120,6 +132,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     started = time.perf_counter()
     step = trace_training_step(model.config, setup)
     notes = [*GPU_CORRECTIONS, *NOT_IN_TRACE]
+    if setup.transformers == 4:
+        notes.append(V4_TRACE_NOTE)
     if setup.loss is Loss.FUSED:
         notes.append(FUSED_LOSS_NOTE)
     if setup.liger:

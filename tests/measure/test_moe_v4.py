@@ -1,0 +1,38 @@
+"""--transformers 4: Mixtral traced in 4.x's per-expert nn.Linear layout (vramplan/measure/moe_v4.py)."""
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+
+from pathlib import Path  # noqa: E402
+
+from vramplan.api import estimate, trace  # noqa: E402
+from vramplan.errors import NotModelledError  # noqa: E402
+from vramplan.measure.moe_v4 import balanced_rows  # noqa: E402
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "validation" / "configs" / "tiny-mixtral.json")
+OPTIONS = dict(batch_size=2, seq_len=512, lora_targets="q_proj,k_proj,v_proj,o_proj")
+
+
+def test_balanced_routing_covers_every_token_choice():
+    assert balanced_rows(1000, 2, 8) == [250] * 8
+    assert sum(balanced_rows(1001, 2, 8)) == 2002 and max(balanced_rows(1001, 2, 8)) - min(balanced_rows(1001, 2, 8)) == 1
+
+
+def test_v4_experts_are_quantized_nn_linear_modules():
+    """4.x: each expert's w1/w2/w3 is an nn.Linear that bitsandbytes quantizes, so the parameters shrink; v5's 3-D
+    experts stay 16-bit and k-bit preparation upcasts them to fp32."""
+    v4 = trace(CONFIG, "qlora", transformers="4", **OPTIONS)
+    v5 = trace(CONFIG, "qlora", **OPTIONS)
+    assert v4.setup.transformers == 4 and any("4.x's layout" in note for note in v4.gpu_corrections)
+    assert v4.components["parameters"] < v5.components["parameters"] / 2
+    assert {"w1", "w2", "w3"} <= {row.module.rsplit(".", 1)[-1] for row in v4.by_module if ".experts.*." in row.module}
+
+
+def test_the_estimate_refuses_v4_and_points_to_the_trace():
+    with pytest.raises(NotModelledError, match="trace --transformers 4"):
+        estimate("mixtral-8x7b", "qlora", transformers="4")
+    with pytest.raises(NotModelledError, match="Mixtral"):
+        trace("validation/configs/tiny-qwen3-moe.json", "qlora", transformers="4")
