@@ -31,8 +31,17 @@ def test_v4_experts_are_quantized_nn_linear_modules():
     assert {"w1", "w2", "w3"} <= {row.module.rsplit(".", 1)[-1] for row in v4.by_module if ".experts.*." in row.module}
 
 
-def test_the_estimate_refuses_v4_and_points_to_the_trace():
-    with pytest.raises(NotModelledError, match="trace --transformers 4"):
-        estimate("mixtral-8x7b", "qlora", transformers="4")
+def test_the_estimate_models_v4_mixtral_and_refuses_the_rest():
+    """Mixtral QLoRA in 4.x's layout is a fifth of the v5 figure (experts 4-bit), within the matrix's v4 cases;
+    other models, LoRA on the expert linears, full fine-tuning and several GPUs are refused, never guessed."""
+    v4 = estimate("mixtral-8x7b", "qlora", transformers="4", lora_targets="q_proj,k_proj,v_proj,o_proj")
+    v5 = estimate("mixtral-8x7b", "qlora", lora_targets="q_proj,k_proj,v_proj,o_proj")
+    assert v4.peak_allocated_bytes < v5.peak_allocated_bytes / 4
+    assert any("--transformers 4" in line for line in v4.assumptions)
+    for model, method, options in [("qwen3-30b-a3b", "qlora", {}), ("mixtral-8x7b", "full", {}),
+                                   ("mixtral-8x7b", "qlora", {"lora_targets": "all-linear"}),
+                                   ("mixtral-8x7b", "qlora", {"gpus": 2, "strategy": "fsdp"})]:
+        with pytest.raises(NotModelledError, match="--transformers 4"):
+            estimate(model, method, transformers="4", **options)
     with pytest.raises(NotModelledError, match="Mixtral"):
         trace("validation/configs/tiny-qwen3-moe.json", "qlora", transformers="4")

@@ -125,6 +125,7 @@ class _Storage:
     adapted: Callable[[int], tuple[LinearShape, ...]]  # layer -> its LoRA-adapted linears
     rank: int  # LoRA rank (0 without LoRA)
     output_adapter: bool = False  # torchtune apply_lora_to_output
+    v4_experts: bool = False  # transformers 4.x: router and experts are nn.Linear modules
 
     def dense(self, shape: tuple[int, ...], width: int | None = None, name: str = "") -> ParamTensor:
         """A parameter that is not a layer linear's weight (stored `width` wide, default the dense width)."""
@@ -146,6 +147,7 @@ def model_units(spec: ModelSpec, setup: TrainingSetup) -> list[Unit]:
         adapter_width=FP32_BYTES, trains_base=setup.method is Method.FULL,
         quantized=frozenset(spec.linear_names) if qlora else frozenset(), quant_state=quant_state,
         adapted=lambda layer: peft_adapted_linears(spec, setup, layer), rank=setup.lora.rank if setup.lora else 0,
+        v4_experts=setup.transformers == 4 and spec.moe is not None,
     )
     return _units(spec, storage)
 
@@ -206,8 +208,12 @@ def _layer_unit(spec: ModelSpec, storage: _Storage, moe: bool, layers: tuple[int
         # `_keep_in_fp32_modules_strict`).
         router_width = FP32_BYTES if spec.moe.router_fp32 else storage.dense_width
         weight, *bias = spec.router_tensor_shapes()
-        tensors += [storage.dense(weight, router_width)] + [storage.dense(shape) for shape in bias]
-        tensors += [storage.dense(shape, name=name) for shape, name in zip(spec.expert_tensor_shapes(), EXPERT_NAMES)]
+        if storage.v4_experts:
+            tensors, extra = _v4_router_and_experts(spec, storage, tensors, extra)
+        else:
+            tensors += [storage.dense(weight, router_width)] + [storage.dense(shape) for shape in bias]
+            tensors += [storage.dense(shape, name=name)
+                        for shape, name in zip(spec.expert_tensor_shapes(), EXPERT_NAMES)]
         if spec.moe.router_fp32:
             extra += tensor_bytes(spec.moe.num_experts * FP32_BYTES)
     for lin in spec.linears_of(layer):
@@ -222,6 +228,27 @@ def _layer_unit(spec: ModelSpec, storage: _Storage, moe: bool, layers: tuple[int
         tensors += _adapter_tensors(lin, storage)
     name = MOE_LAYER if moe else DENSE_LAYER
     return Unit(name=name, tensors=tensors, layers=layers, extra_bytes=extra)
+
+
+def _v4_router_and_experts(spec: ModelSpec, storage: _Storage, tensors: list[ParamTensor],
+                           extra: int) -> tuple[list[ParamTensor], int]:
+    """transformers 4.x Mixtral: the router and every expert's w1/w3/w2 are nn.Linear modules, so the 4-bit loader
+    quantizes them under QLoRA (and k-bit preparation leaves them 4-bit); otherwise they are stored as layer
+    linears."""
+    h, inter = spec.hidden_size, spec.moe.expert_intermediate_size
+    linears = [LinearShape(name="gate", in_features=h, out_features=spec.moe.num_experts, bias=False)]
+    for expert in range(spec.moe.num_experts):
+        linears += [LinearShape(name=f"experts.{expert}.{name}", in_features=i, out_features=o, bias=False)
+                    for name, i, o in (("w1", h, inter), ("w3", h, inter), ("w2", inter, h))]
+    for lin in linears:
+        shape = (lin.out_features, lin.in_features)
+        if storage.quantized:
+            tensors.append(ParamTensor(shape=shape, width=HALF_BYTES, trainable=False, quantized=True, name=lin.name))
+            extra += storage.quant_state(lin)
+        else:
+            tensors.append(ParamTensor(shape=shape, width=storage.linear_width, trainable=storage.trains_base,
+                                       name=lin.name))
+    return tensors, extra
 
 
 def _adapter_tensors(lin: LinearShape, storage: _Storage) -> list[ParamTensor]:

@@ -24,10 +24,7 @@ _UNMODELLED_SWITCHES = {
 def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
     """Combinations without a traced rule are refused rather than guessed."""
     if setup.transformers == 4:
-        raise NotModelledError(
-            "--transformers 4 is not estimated yet: the rules are traced on transformers 5 (for an MoE model, 4.x "
-            "builds each expert as an nn.Linear, quantized under QLoRA); `vramplan trace --transformers 4` traces "
-            "4.x's Mixtral expert layout")
+        refuse_unmodelled_v4(spec, setup)
     refuse_unmodelled_moe(spec, setup)
     if setup.loss is Loss.FUSED:
         refuse_unmodelled_fused(setup)
@@ -41,6 +38,22 @@ def refuse_unmodelled(spec: ModelSpec, setup: TrainingSetup) -> None:
             "gemma2 trains with eager attention in transformers (it has no SDPA path), which keeps the s x s "
             "attention scores; that path is not modelled yet"
         )
+
+
+def refuse_unmodelled_v4(spec: ModelSpec, setup: TrainingSetup) -> None:
+    """--transformers 4 is modelled where it is traced: Mixtral, LoRA or QLoRA on the attention, one GPU, HF stack
+    (vramplan/measure/moe_v4.py). Dense models' 4.x code (its loss, its attention) is not rebuilt, so refused."""
+    from vramplan.training import Method, Stack, Strategy
+
+    where = ("--transformers 4 is modelled for Mixtral with LoRA/QLoRA on the attention projections, on one GPU "
+             "(HF stack): ")
+    if spec.family != "mixtral":
+        raise NotModelledError(where + f"{spec.family}'s 4.x code is not rebuilt")
+    if setup.method is Method.FULL or setup.strategy is not Strategy.SINGLE or setup.stack is not Stack.HF:
+        raise NotModelledError(where + "this run is not")
+    targets = setup.lora.targets
+    if targets == "all-linear" or any(t.startswith(("w1", "w2", "w3", "gate", "experts")) for t in targets):
+        raise NotModelledError(where + "LoRA on 4.x's expert or router linears is not modelled")
 
 
 def refuse_unmodelled_moe(spec: ModelSpec, setup, tracing: bool = False) -> None:

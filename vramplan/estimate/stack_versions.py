@@ -21,7 +21,11 @@ FIRST_GROUPED_EXPERTS_MAJOR = 5
 
 def modelled_versions_line(setup: TrainingSetup) -> str:
     libraries = TORCHTUNE_LIBRARIES if setup.stack is Stack.TORCHTUNE else HF_LIBRARIES
-    return "libraries modelled (traced): " + ", ".join(f"{name} {TESTED_VERSIONS[name]}" for name in libraries)
+    line = "libraries modelled (traced): " + ", ".join(f"{name} {TESTED_VERSIONS[name]}" for name in libraries)
+    if setup.transformers == 4:
+        line += ("; --transformers 4: the MoE block in 4.x's layout (router and experts nn.Linear, 4-bit under QLoRA), "
+                 "rebuilt by vramplan/measure/moe_v4.py and traced on the transformers above")
+    return line
 
 
 def installed_layout_mismatch(spec: ModelSpec, setup: TrainingSetup) -> str | None:
@@ -36,5 +40,4 @@ def installed_layout_mismatch(spec: ModelSpec, setup: TrainingSetup) -> str | No
     effect = ("bitsandbytes quantizes them to 4 bits" if setup.method is Method.QLORA
               else "LoRA all-linear adapts each of them" if setup.method is Method.LORA else "their states differ")
     return (f"installed transformers {installed} builds this model's experts as one nn.Linear each ({effect}); "
-            "vramplan models transformers 5's grouped 3-D experts (`vramplan trace --transformers 4` traces 4.x's "
-            "Mixtral layout)")
+            "vramplan models transformers 5's grouped 3-D experts unless --transformers 4 (Mixtral)")

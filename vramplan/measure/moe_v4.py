@@ -78,6 +78,7 @@ def use_v4_experts(model) -> int:
     swapped = 0
     for layer in model.model.layers:
         if type(layer.mlp).__name__ == "MixtralSparseMoeBlock":
-            layer.mlp = PerExpertMoeBlock(model.config)
+            dtype = next(layer.mlp.parameters()).dtype  # the load dtype from_config gave the v5 block
+            layer.mlp = PerExpertMoeBlock(model.config).to(dtype)
             swapped += 1
     return swapped

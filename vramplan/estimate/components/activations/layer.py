@@ -9,6 +9,7 @@ from vramplan.estimate.components.activations.flow import Flow, default_layer, d
 from vramplan.estimate.components.activations.mlp import swiglu_saved
 from vramplan.estimate.components.activations.moe import (
     experts_saved_bytes,
+    v4_experts_saved_bytes,
     router_saved_bytes,
     shared_gate_saved_bytes,
 )
@@ -102,7 +103,10 @@ def moe_block_saved(spec: ModelSpec, setup: TrainingSetup, flow: Flow, tokens: i
         # DeepseekV3TopkRouter: F.linear(x.type(float32), weight) under autocast saves a compute-dtype copy of x
         # for the router weight's gradient.
         saved.append(tensor_bytes(tokens * spec.hidden_size * flow.compute))
-    saved += experts_saved_bytes(spec, tokens, flow.residual, flow.compute, flow.weights_train)
+    if setup.transformers == 4:
+        saved += v4_experts_saved_bytes(spec, tokens, flow.residual)
+    else:
+        saved += experts_saved_bytes(spec, tokens, flow.residual, flow.compute, flow.weights_train)
     if spec.moe.shared_intermediate_size:
         adapted = adapted_names(spec, setup, layer)
         shared = tuple(lin for lin in spec.moe_block_linears if lin.name != "shared_expert_gate")

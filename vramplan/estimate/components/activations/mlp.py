@@ -13,6 +13,8 @@ from vramplan.estimate.components.activations.moe import (
     experts_backward_in_flight_bytes,
     experts_forward_transient_bytes,
     routed_rows,
+    v4_experts_backward_in_flight_bytes,
+    v4_experts_forward_transient_bytes,
 )
 from vramplan.estimate.dtypes import FP32_BYTES, tensor_bytes, weight_bytes_per_param
 from vramplan.models.spec import LinearShape, ModelSpec
@@ -130,6 +132,8 @@ def _unsaved_residual(spec: ModelSpec, tokens: int, flow: Flow) -> int:
 def _moe_forward_transient(spec: ModelSpec, setup: TrainingSetup, tokens: int, flow: Flow) -> int:
     # An fp32 residual is itself the tensor the post-attention norm saves, counted there (as in _mlp_locals).
     frame = 1 if flow.residual == FP32_BYTES else 2
+    if setup.transformers == 4:
+        return v4_experts_forward_transient_bytes(spec, tokens, flow.residual, flow.residual, frame)
     return experts_forward_transient_bytes(spec, tokens, flow.residual, flow.residual, frame)
 
 
@@ -150,6 +154,8 @@ def mlp_backward(spec: ModelSpec, setup: TrainingSetup, tokens: int, layer: int 
     if spec.is_moe_layer(default_layer(spec) if layer is None else layer):
         released = tensor_bytes(routed_rows(spec, tokens) * spec.moe.expert_intermediate_size * flow.residual)
         in_flight = experts_backward_in_flight_bytes(spec, tokens, flow.residual, flow.residual)
+        if setup.transformers == 4:
+            in_flight = v4_experts_backward_in_flight_bytes(spec, tokens, flow.residual, flow.residual)
         return MlpBackward(released_bytes=released if flow.weights_train else 0, in_flight_bytes=in_flight)
     inter = tokens * spec.intermediate_size
     mlp = flow.linear_out

@@ -116,3 +116,43 @@ def experts_backward_in_flight_bytes(spec: ModelSpec, tokens: int, expert_width:
     rows = routed_rows(spec, tokens)
     inter = spec.moe.expert_intermediate_size
     return 3 * tensor_bytes(rows * inter * expert_width) + tensor_bytes(tokens * spec.hidden_size * residual)
+
+
+# --- transformers 4.x's Mixtral layout (--transformers 4; traced by vramplan/measure/moe_v4.py) -------------------
+
+def v4_expert_rows(spec: ModelSpec, tokens: int) -> list[int]:
+    """Rows each expert's loop iteration processes with balanced routing (tokens x top-k / experts)."""
+    base, rest = divmod(tokens * spec.moe.experts_per_token, spec.moe.num_experts)
+    return [base + (1 if i < rest else 0) for i in range(spec.moe.num_experts)]
+
+
+def v4_experts_saved_bytes(spec: ModelSpec, tokens: int, width: int) -> list[int]:
+    """What 4.x's expert loop keeps for backward, per expert (frozen experts: LoRA or QLoRA): the gather's and the
+    routing-weight index's int64 indices, act(w1 x) saves w1's output, the multiply saves act and w3's output
+    ([rows, I] each), the routing weights' slice [rows, 1], and [rows, H] twice (the expert's output, saved by the
+    routing multiply, and the gathered rows), as the saved-tensor hooks of the traced block list them."""
+    h, inter = spec.hidden_size, spec.moe.expert_intermediate_size
+    saved: list[int] = []
+    for rows in v4_expert_rows(spec, tokens):
+        saved += [2 * tensor_bytes(rows * INT64_BYTES), 3 * tensor_bytes(rows * inter * width),
+                  tensor_bytes(rows * width), 2 * tensor_bytes(rows * h * width)]
+    return saved
+
+
+def v4_experts_forward_transient_bytes(spec: ModelSpec, tokens: int, width: int, residual: int,
+                                       frame_tensors: int) -> int:
+    """Unsaved tensors alive at 4.x's largest expert moment: the block's input frame, the `final` accumulator
+    [T, H] and one expert's SwiGLU product [rows, I] with w2's output [rows, H]."""
+    rows = max(v4_expert_rows(spec, tokens))
+    h, inter = spec.hidden_size, spec.moe.expert_intermediate_size
+    frame = frame_tensors * tensor_bytes(tokens * h * residual)
+    return frame + tensor_bytes(tokens * h * width) + tensor_bytes(rows * inter * width) + tensor_bytes(
+        rows * h * width)
+
+
+def v4_experts_backward_in_flight_bytes(spec: ModelSpec, tokens: int, width: int, residual: int) -> int:
+    """One expert's SwiGLU backward: d(product), d(act), d(w3 out), [rows, I] each, and the layer output's
+    gradient [T, H]."""
+    rows = max(v4_expert_rows(spec, tokens))
+    return 3 * tensor_bytes(rows * spec.moe.expert_intermediate_size * width) + tensor_bytes(
+        tokens * spec.hidden_size * residual)
