@@ -62,7 +62,7 @@ class RunOptions(BaseModel):
         "saved activations in host memory", switch="--activation-offload/--no-activation-offload")
     transformers: str | None = _option(
         "4 | 5: the transformers major whose model code the run uses. 4 builds MoE experts as nn.Linear each "
-        "(modelled for Mixtral with LoRA/QLoRA on the attention) [default: 5]")
+        "(modelled for Mixtral and Qwen3-MoE with LoRA/QLoRA on the attention) [default: 5]")
     alloc_conf: str | None = _option(
         "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
         "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")

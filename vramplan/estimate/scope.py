@@ -45,9 +45,9 @@ def refuse_unmodelled_v4(spec: ModelSpec, setup: TrainingSetup) -> None:
     (vramplan/measure/moe_v4.py). Dense models' 4.x code (its loss, its attention) is not rebuilt, so refused."""
     from vramplan.training import Method, Stack, Strategy
 
-    where = ("--transformers 4 is modelled for Mixtral with LoRA/QLoRA on the attention projections, on one GPU "
-             "(HF stack): ")
-    if spec.family != "mixtral":
+    where = ("--transformers 4 is modelled for Mixtral and Qwen3-MoE with LoRA/QLoRA on the attention projections, "
+             "on one GPU (HF stack): ")
+    if spec.family not in ("mixtral", "qwen3_moe"):  # vramplan/measure/moe_v4.py V4_FAMILIES
         raise NotModelledError(where + f"{spec.family}'s 4.x code is not rebuilt")
     if setup.method is Method.FULL or setup.strategy is not Strategy.SINGLE or setup.stack is not Stack.HF:
         raise NotModelledError(where + "this run is not")

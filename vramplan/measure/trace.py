@@ -47,7 +47,7 @@ UNTRACEABLE_OPTIMIZERS = {
 
 
 V4_TRACE_NOTE = (
-    "--transformers 4: each Mixtral MoE block rebuilt in 4.x's layout (vramplan/measure/moe_v4.py: an nn.Linear "
+    "--transformers 4: each MoE block rebuilt in 4.x's layout (vramplan/measure/moe_v4.py: an nn.Linear "
     "router and per-expert nn.Linear w1/w2/w3, so bitsandbytes quantizes them; the expert loop with balanced "
     "routing), vramplan's statement of 4.x's code run on the installed transformers 5"
 )
@@ -106,9 +106,12 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     from vramplan.estimate.scope import refuse_unmodelled_moe
 
     if setup.transformers == 4:
-        if model.spec.family != "mixtral" or setup.strategy is not Strategy.SINGLE or setup.stack is Stack.TORCHTUNE:
-            raise NotModelledError("--transformers 4 is traced for Mixtral on one GPU (HF stack) only: other models' "
-                                   "4.x code is not rebuilt here")
+        from vramplan.measure.moe_v4 import V4_FAMILIES
+
+        single_hf = setup.strategy is Strategy.SINGLE and setup.stack is not Stack.TORCHTUNE
+        if model.spec.family not in V4_FAMILIES or not single_hf:
+            raise NotModelledError("--transformers 4 is traced for Mixtral and Qwen3-MoE on one GPU (HF stack) only: "
+                                   "other models' 4.x code is not rebuilt here")
     else:
         refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
     warn_untested_libraries(setup)
