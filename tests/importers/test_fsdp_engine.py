@@ -116,3 +116,18 @@ def test_accelerate_engines_vramplan_does_not_model_are_named(tmp_path):
     run = load_run_config(_accelerate(tmp_path, distributed_type="MEGATRON_LM", new_knob=1))
     assert any(line.startswith("distributed_type=MEGATRON_LM") for line in run.unmodelled)
     assert any(line.startswith("new_knob=1") for line in run.unmodelled)
+
+
+def test_accelerate_defaults_as_accelerate_applies_them(tmp_path):
+    """DeepSpeedPlugin's zero_stage defaults to 2; a distributed config without num_processes is not a layout; FSDP2
+    ignores the FSDP1 sharding strategy."""
+    from vramplan.importers import load_run_config
+
+    deepspeed = load_run_config(_accelerate(tmp_path, distributed_type="DEEPSPEED", deepspeed_config={}))
+    assert deepspeed.options.strategy == "zero2"
+    raw = {key: value for key, value in ACCELERATE.items() if key != "num_processes"}
+    path = tmp_path / "no_processes.yaml"
+    path.write_text(__import__("yaml").safe_dump({**raw, "distributed_type": "MULTI_GPU"}))
+    assert any(line.startswith("num_processes=unset") for line in load_run_config(path).unmodelled)
+    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_version": 2, "fsdp_sharding_strategy": "HYBRID_SHARD"}
+    assert load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).options.strategy == "fsdp"

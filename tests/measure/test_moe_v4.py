@@ -47,3 +47,10 @@ def test_the_estimate_models_v4_mixtral_and_refuses_the_rest():
             estimate(model, method, transformers="4", **options)
     with pytest.raises(NotModelledError, match="Qwen3-MoE"):
         trace("validation/configs/tiny-qwen2-moe.json", "qlora", transformers="4")
+
+
+@pytest.mark.parametrize("targets", ["q_proj,w1,w2,w3", "all-linear", "q_proj,up_proj"])
+def test_the_trace_refuses_targets_the_rebuilt_block_would_leave_unadapted(targets):
+    """peft maps MoE targets onto v5's fused expert parameters, which 4.x's rebuilt block does not have: refused."""
+    with pytest.raises(NotModelledError, match="attention"):
+        trace(CONFIG, "qlora", transformers="4", batch_size=2, seq_len=512, lora_targets=targets)

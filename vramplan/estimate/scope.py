@@ -51,9 +51,11 @@ def refuse_unmodelled_v4(spec: ModelSpec, setup: TrainingSetup) -> None:
         raise NotModelledError(where + f"{spec.family}'s 4.x code is not rebuilt")
     if setup.method is Method.FULL or setup.strategy is not Strategy.SINGLE or setup.stack is not Stack.HF:
         raise NotModelledError(where + "this run is not")
+    attention = {linear.name.rsplit(".", 1)[-1] for linear in spec.attention_linears}
     targets = setup.lora.targets
-    if targets == "all-linear" or any(t.startswith(("w1", "w2", "w3", "gate", "experts")) for t in targets):
-        raise NotModelledError(where + "LoRA on 4.x's expert or router linears is not modelled")
+    if targets == "all-linear" or any(target not in attention for target in targets):
+        raise NotModelledError(where + "LoRA beyond the attention projections (4.x's expert, router or dense "
+                                       "MLP linears) is not modelled")
 
 
 def refuse_unmodelled_moe(spec: ModelSpec, setup, tracing: bool = False) -> None:

@@ -23,8 +23,9 @@ def modelled_versions_line(setup: TrainingSetup) -> str:
     libraries = TORCHTUNE_LIBRARIES if setup.stack is Stack.TORCHTUNE else HF_LIBRARIES
     line = "libraries modelled (traced): " + ", ".join(f"{name} {TESTED_VERSIONS[name]}" for name in libraries)
     if setup.transformers == 4:
-        line += ("; --transformers 4: the MoE block in 4.x's layout (router and experts nn.Linear, 4-bit under QLoRA), "
-                 "rebuilt by vramplan/measure/moe_v4.py and traced on the transformers above")
+        line += ("; --transformers 4: only the MoE block in 4.x's layout (router and experts nn.Linear, 4-bit under "
+                 "QLoRA, balanced routing), rebuilt by vramplan/measure/moe_v4.py; the loss, attention and "
+                 "bitsandbytes are the versions above (early 4.x's extra fp32 logits copy is not counted)")
     return line
 
 

@@ -34,6 +34,10 @@ def read_accelerate(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder.used |= {"distributed_type", "num_processes", "num_machines", "fsdp_config", "deepspeed_config",
                      "mixed_precision"}
     machines = as_int("num_machines", raw.get("num_machines", 1))
+    kind = str(raw.get("distributed_type", "NO")).upper()
+    if kind != "NO" and "num_processes" not in raw:
+        builder.not_modelled("num_processes", "unset", "a distributed config without a process count: accelerate "
+                             "asks for one at launch; give --gpus")
     processes = as_int("num_processes", raw.get("num_processes", 1))
     if processes % machines:
         builder.not_modelled("num_processes", processes, f"not a multiple of num_machines {machines}")
@@ -41,10 +45,13 @@ def read_accelerate(raw: dict[str, Any], path: Path) -> RunBuilder:
         builder.set("gpus", processes // machines, "num_processes", f"{processes} over {machines} machine(s)")
         if machines > 1:
             builder.set("nodes", machines, "num_machines")
-    kind = str(raw.get("distributed_type", "NO")).upper()
     if kind == "FSDP":
-        read_fsdp(builder, "distributed_type", None, as_mapping("fsdp_config", raw.get("fsdp_config")), "fsdp_config",
-                  unset_version=1)
+        fsdp = dict(as_mapping("fsdp_config", raw.get("fsdp_config")))
+        if str(fsdp.get("fsdp_version", "")) == "2" and "fsdp_sharding_strategy" in fsdp:
+            # accelerate's FSDP2 reads fsdp_reshard_after_forward, not the FSDP1 sharding strategy
+            builder.note(f"fsdp_config.fsdp_sharding_strategy: {fsdp.pop('fsdp_sharding_strategy')} ignored by "
+                         "FSDP2 (accelerate reads fsdp_reshard_after_forward)")
+        read_fsdp(builder, "distributed_type", None, fsdp, "fsdp_config", unset_version=1)
     elif kind == "DEEPSPEED":
         _read_deepspeed(builder, as_mapping("deepspeed_config", raw.get("deepspeed_config")), path)
     elif kind == "MULTI_GPU":
@@ -73,7 +80,8 @@ def _read_deepspeed(builder: RunBuilder, block: dict[str, Any], path: Path) -> N
         if ds is not None:
             read_deepspeed_block(builder, ds, "deepspeed_config_file.")
         return
-    zero: dict[str, Any] = {"stage": as_int("deepspeed_config.zero_stage", block.get("zero_stage", 0), low=0, high=3)}
+    # accelerate/utils/dataclasses.py DeepSpeedPlugin: zero_stage defaults to 2.
+    zero: dict[str, Any] = {"stage": as_int("deepspeed_config.zero_stage", block.get("zero_stage", 2), low=0, high=3)}
     for kind in ("optimizer", "param"):
         device = block.get(f"offload_{kind}_device")
         if device not in (None, "none"):

@@ -108,10 +108,12 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     if setup.transformers == 4:
         from vramplan.measure.moe_v4 import V4_FAMILIES
 
-        single_hf = setup.strategy is Strategy.SINGLE and setup.stack is not Stack.TORCHTUNE
-        if model.spec.family not in V4_FAMILIES or not single_hf:
-            raise NotModelledError("--transformers 4 is traced for Mixtral and Qwen3-MoE on one GPU (HF stack) only: "
-                                   "other models' 4.x code is not rebuilt here")
+        from vramplan.estimate.scope import refuse_unmodelled_v4
+
+        # peft 0.21 maps MoE targets onto v5's fused expert parameters, which the rebuilt 4.x block does not have:
+        # anything beyond the attention would go unadapted without a word, so the estimate's scope applies.
+        refuse_unmodelled_v4(model.spec, setup)
+        assert model.spec.family in V4_FAMILIES
     else:
         refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
     warn_untested_libraries(setup)
