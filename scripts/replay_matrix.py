@@ -82,7 +82,7 @@ def main() -> None:
         args.events.mkdir(parents=True, exist_ok=True)
     cases = select_cases(load_matrix(DEFAULT_MATRIX), args.subset, args.case)
     with args.out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
+        writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n")
         writer.writeheader()
         for number, case in enumerate(cases, 1):
             try:

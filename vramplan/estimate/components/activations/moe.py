@@ -142,11 +142,13 @@ def v4_experts_saved_bytes(spec: ModelSpec, tokens: int, width: int) -> list[int
 def v4_experts_forward_transient_bytes(spec: ModelSpec, tokens: int, width: int, residual: int,
                                        frame_tensors: int) -> int:
     """Unsaved tensors alive at 4.x's largest expert moment: the block's input frame, the `final` accumulator
-    [T, H] and one expert's SwiGLU product [rows, I] with w2's output [rows, H]."""
+    [T, H], the one-hot expert mask (int64 [E, top-k, T], alive through the loop) and one expert's SwiGLU product
+    [rows, I] with w2's output [rows, H]."""
     rows = max(v4_expert_rows(spec, tokens))
     h, inter = spec.hidden_size, spec.moe.expert_intermediate_size
     frame = frame_tensors * tensor_bytes(tokens * h * residual)
-    return frame + tensor_bytes(tokens * h * width) + tensor_bytes(rows * inter * width) + tensor_bytes(
+    mask = tensor_bytes(tokens * spec.moe.experts_per_token * spec.moe.num_experts * INT64_BYTES)
+    return frame + tensor_bytes(tokens * h * width) + mask + tensor_bytes(rows * inter * width) + tensor_bytes(
         rows * h * width)
 
 
