@@ -8,7 +8,8 @@ cudaMalloc fails even after the allocator frees its cache and retries (as malloc
 
 from __future__ import annotations
 
-from vramplan.allocator.caching import AllocatorConfig, replay_steady_step
+from vramplan.allocator.caching import replay, steady_step_events
+from vramplan.allocator.config import describe
 from vramplan.check.preflight import GpuVerdict, Verdict
 from vramplan.estimate.runtime import CUBLAS_WORKSPACE_BYTES
 from vramplan.result import Estimate, Trace
@@ -28,13 +29,15 @@ def exact_verdict(verdict: Verdict, traced: Trace) -> Verdict:
     if not events:
         raise RuntimeError("the traced step recorded no allocations: nothing to replay")
     setup = traced.setup
+    steady = steady_step_events(events)  # built once, replayed at every capacity below
     fixed = outside_allocator_bytes(verdict.estimate)
-    unlimited = replay_steady_step(events, setup.allocator)
+    # The trace already replayed its step uncapped under the run's settings (measure/trace.py _as_trace).
+    unlimited = traced.allocator_replay if traced.allocator_replay is not None else replay(steady, setup.allocator)
     needed = unlimited.peak_reserved_bytes + fixed
     gpus, notes = [], list(verdict.notes)
     for gpu in verdict.gpus:
         capacity = gpu.usable_bytes - fixed
-        fits = capacity > 0 and not replay_steady_step(events, setup.allocator, capacity).oom
+        fits = capacity > 0 and not replay(steady, setup.allocator, capacity).oom
         if fits and needed > gpu.usable_bytes:
             notes.append(f"{_where(gpu)}: fits only because the allocator frees its cache and retries cudaMalloc "
                          "when it runs short (slower steps); the uncapped replay reserves "
@@ -44,9 +47,9 @@ def exact_verdict(verdict: Verdict, traced: Trace) -> Verdict:
     fits = all(g.fits for g in gpus) and verdict.fits_gpu_count
     if not fits and verdict.fits_gpu_count and not setup.allocator.expandable_segments:
         expandable = setup.allocator.model_copy(update={"expandable_segments": True})
-        if all(not replay_steady_step(events, expandable, g.usable_bytes - fixed).oom for g in gpus):
+        if all(not replay(steady, expandable, g.usable_bytes - fixed).oom for g in gpus):
             notes.append("with PYTORCH_ALLOC_CONF=expandable_segments:True the replayed step fits "
-                         f"(--alloc-conf {_conf(expandable)})")
+                         f"(--alloc-conf {describe(expandable)})")
     notes.append(f"verdict: {EXACT_BASIS}; trace allocated {traced.peak_allocated_bytes / 2**30:.2f} GiB, "
                  f"replay reserved {unlimited.peak_reserved_bytes / 2**30:.2f} GiB, plus {fixed / 2**30:.2f} GiB "
                  "outside the allocator (context, cuBLAS workspaces, NCCL, paged state)")
@@ -56,9 +59,3 @@ def exact_verdict(verdict: Verdict, traced: Trace) -> Verdict:
 
 def _where(gpu: GpuVerdict) -> str:
     return f"GPU {gpu.index}" if gpu.index is not None else gpu.name
-
-
-def _conf(config: AllocatorConfig) -> str:
-    from vramplan.allocator.config import describe
-
-    return describe(config)
