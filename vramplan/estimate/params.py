@@ -208,17 +208,18 @@ def _layer_unit(spec: ModelSpec, storage: _Storage, moe: bool, layers: tuple[int
         # `_keep_in_fp32_modules_strict`).
         router_width = FP32_BYTES if spec.moe.router_fp32 else storage.dense_width
         weight, *bias = spec.router_tensor_shapes()
-        if storage.v4_experts:
-            tensors, extra = _v4_router_and_experts(spec, storage, tensors, extra)
-        else:
+        if not storage.v4_experts:  # 4.x's router and experts are nn.Linear modules: with the linears below
             tensors += [storage.dense(weight, router_width)] + [storage.dense(shape) for shape in bias]
             tensors += [storage.dense(shape, name=name)
                         for shape, name in zip(spec.expert_tensor_shapes(), EXPERT_NAMES)]
         if spec.moe.router_fp32:
             extra += tensor_bytes(spec.moe.num_experts * FP32_BYTES)
-    for lin in spec.linears_of(layer):
+    linears = [(lin, lin.name in storage.quantized) for lin in spec.linears_of(layer)]
+    if moe and storage.v4_experts:  # the 4-bit loader quantizes every nn.Linear, these included, under QLoRA
+        linears += [(lin, bool(storage.quantized)) for lin in _v4_router_and_experts(spec)]
+    for lin, quantized in linears:
         shape = (lin.out_features, lin.in_features)
-        if lin.name in storage.quantized:
+        if quantized:
             tensors.append(ParamTensor(shape=shape, width=HALF_BYTES, trainable=False, quantized=True, name=lin.name))
             extra += storage.quant_state(lin)
         else:
@@ -230,25 +231,16 @@ def _layer_unit(spec: ModelSpec, storage: _Storage, moe: bool, layers: tuple[int
     return Unit(name=name, tensors=tensors, layers=layers, extra_bytes=extra)
 
 
-def _v4_router_and_experts(spec: ModelSpec, storage: _Storage, tensors: list[ParamTensor],
-                           extra: int) -> tuple[list[ParamTensor], int]:
-    """transformers 4.x Mixtral: the router and every expert's w1/w3/w2 are nn.Linear modules, so the 4-bit loader
-    quantizes them under QLoRA (and k-bit preparation leaves them 4-bit); otherwise they are stored as layer
-    linears."""
+def _v4_router_and_experts(spec: ModelSpec) -> list[LinearShape]:
+    """transformers 4.x Mixtral / Qwen3-MoE: the router and every expert's w1/w3/w2 are nn.Linear modules, so the
+    4-bit loader quantizes them under QLoRA (and k-bit preparation leaves them 4-bit); otherwise they are stored as
+    layer linears."""
     h, inter = spec.hidden_size, spec.moe.expert_intermediate_size
     linears = [LinearShape(name="gate", in_features=h, out_features=spec.moe.num_experts, bias=False)]
     for expert in range(spec.moe.num_experts):
         linears += [LinearShape(name=f"experts.{expert}.{name}", in_features=i, out_features=o, bias=False)
                     for name, i, o in (("w1", h, inter), ("w3", h, inter), ("w2", inter, h))]
-    for lin in linears:
-        shape = (lin.out_features, lin.in_features)
-        if storage.quantized:
-            tensors.append(ParamTensor(shape=shape, width=HALF_BYTES, trainable=False, quantized=True, name=lin.name))
-            extra += storage.quant_state(lin)
-        else:
-            tensors.append(ParamTensor(shape=shape, width=storage.linear_width, trainable=storage.trains_base,
-                                       name=lin.name))
-    return tensors, extra
+    return linears
 
 
 def _adapter_tensors(lin: LinearShape, storage: _Storage) -> list[ParamTensor]:
