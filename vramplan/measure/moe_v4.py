@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from vramplan.estimate.components.activations.moe import balanced_rows  # the routing the estimate assumes too
+
 
 class PerExpertMlp(nn.Module):
     """One expert: w2(act(w1(x)) * w3(x)), nn.Linear each, no bias (4.x MixtralBlockSparseTop2MLP)."""
@@ -69,12 +71,6 @@ class PerExpertMoeBlock(nn.Module):
             final.index_add_(0, token, out.to(flat.dtype))
         del expert_mask
         return final.reshape(batch, length, hidden)
-
-
-def balanced_rows(tokens: int, top_k: int, experts: int) -> list[int]:
-    """Rows each expert receives when the router spreads tokens x top_k evenly (the first ones take the rest)."""
-    base, rest = divmod(tokens * top_k, experts)
-    return [base + (1 if i < rest else 0) for i in range(experts)]
 
 
 # The transformers 5 blocks rebuilt (their 4.x counterparts had the same per-expert nn.Linear structure).

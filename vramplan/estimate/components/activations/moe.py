@@ -120,10 +120,16 @@ def experts_backward_in_flight_bytes(spec: ModelSpec, tokens: int, expert_width:
 
 # --- transformers 4.x's Mixtral layout (--transformers 4; traced by vramplan/measure/moe_v4.py) -------------------
 
+def balanced_rows(tokens: int, top_k: int, experts: int) -> list[int]:
+    """Rows each expert receives when the router spreads tokens x top_k evenly (the first ones take the rest): the
+    routing the v4 estimate assumes and vramplan/measure/moe_v4.py traces."""
+    base, rest = divmod(tokens * top_k, experts)
+    return [base + (1 if i < rest else 0) for i in range(experts)]
+
+
 def v4_expert_rows(spec: ModelSpec, tokens: int) -> list[int]:
     """Rows each expert's loop iteration processes with balanced routing (tokens x top-k / experts)."""
-    base, rest = divmod(tokens * spec.moe.experts_per_token, spec.moe.num_experts)
-    return [base + (1 if i < rest else 0) for i in range(spec.moe.num_experts)]
+    return balanced_rows(tokens, spec.moe.experts_per_token, spec.moe.num_experts)
 
 
 def v4_experts_saved_bytes(spec: ModelSpec, tokens: int, width: int) -> list[int]:
