@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, PrivateAttr
 
-from vramplan.allocator.caching import ReplayResult
+from vramplan.allocator.caching import ReplayResult, TracedEvent
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import TrainingSetup
 
@@ -115,7 +115,7 @@ class Trace(StepPeak):
     # The ordered allocations and frees themselves (not written out): `check --exact` replays them at a capacity.
     _allocation_events: list = PrivateAttr(default_factory=list)
 
-    def allocation_events(self) -> list[tuple]:
+    def allocation_events(self) -> list[TracedEvent]:
         return self._allocation_events
 
 

@@ -39,6 +39,9 @@ SEGMENT_SPACING = K_LARGE_BUFFER << 26
 
 # An event of the stream: ("alloc", id, bytes[, stream]), ("free", id, 0[, stream]) or ("reset", 0, 0).
 Event = tuple
+# An event as a trace records it (measure/livebytes.py): ("alloc", id, bytes, stream, phase, module),
+# ("free", id, 0, 0) or ("reset", 0, 0, 0).
+TracedEvent = tuple[str, int, int, int] | tuple[str, int, int, int, str, str]
 
 
 class AllocatorConfig(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, Field
 
+from vramplan.allocator.caching import TracedEvent
 from vramplan.measure.livebytes import CATEGORIES, GRADIENTS, OPTIMIZER_STATES, LiveBytesTracker, Snapshot
 from vramplan.result import PHASES, ModulePeak
 
@@ -44,10 +45,8 @@ class StepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
-    # The step's allocations and frees in order, ("alloc", id, bytes, stream, phase, module) / ("free", id, 0, 0) /
-    # ("reset", 0, 0, 0): what `trace` replays through the caching allocator (vramplan/allocator/caching.py).
-    allocation_events: list[tuple[str, int, int, int] | tuple[str, int, int, int, str, str]] = Field(
-        default_factory=list, repr=False)
+    # The step's allocations and frees in order: what `trace` replays through the caching allocator.
+    allocation_events: list[TracedEvent] = Field(default_factory=list, repr=False)
 
     @classmethod
     def from_tracker(cls, tracker: LiveBytesTracker, *, total_params: int, trainable_params: int, **extra: Any):

@@ -22,6 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from vramplan.allocator.caching import TracedEvent
+
 # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize = 512, every block is a multiple of it.
 CUDA_ALLOCATION_GRANULE_BYTES = 512
 
@@ -98,7 +100,7 @@ class LiveBytesTracker(TorchDispatchMode):
     _records: dict[int, tuple[int, str, str]] = field(default_factory=dict)
     # The ordered allocations and frees, for a replay through the caching allocator (vramplan/allocator):
     # ("alloc", serial, bytes), ("free", serial, 0), and ("reset", 0, 0) where the measured step starts.
-    events: list[tuple] = field(default_factory=list)  # ("alloc", id, bytes, stream, phase, module), ("free", id, 0, 0), ("reset", 0, 0, 0)
+    events: list[TracedEvent] = field(default_factory=list)  # the allocator stream (allocator/caching.py)
     _serials: dict[int, int] = field(default_factory=dict)
     _streams: dict[int, int] = field(default_factory=dict)  # id of a side stream: its index
     _live_by_owner: dict[tuple[str, str], int] = field(default_factory=dict)

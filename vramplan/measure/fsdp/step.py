@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
+from vramplan.allocator.caching import TracedEvent
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     PhaseBytes,
@@ -61,9 +62,7 @@ class FsdpStepTrace(BaseModel):
     idle_bytes: int
     total_params: int
     trainable_params: int
-    # Rank 0's allocations and frees in order (as StepTrace.allocation_events).
-    allocation_events: list[tuple[str, int, int, int] | tuple[str, int, int, int, str, str]] = Field(
-        default_factory=list, repr=False)
+    allocation_events: list[TracedEvent] = Field(default_factory=list, repr=False)  # rank 0's, in order
 
 
 def trace_fsdp_step(config: dict[str, Any], setup: TrainingSetup, world_size: int, *,
