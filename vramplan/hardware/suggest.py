@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from vramplan.errors import VramplanError
-from vramplan.request import RunRequest, estimate_request
+from vramplan.estimate import estimate_memory
+from vramplan.request import RunRequest, resolve_request
 from vramplan.result import Estimate
 from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Optimizer, Stack, Strategy
 
@@ -76,6 +77,13 @@ def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
     return variants
 
 
+def _device_bytes(request: RunRequest) -> int:
+    """The per-GPU need the suggestion's command prints: estimate_request's figure, without the assumption lines
+    (and the one-GPU baseline of the scaling line) it would also build and the suggestion never shows."""
+    model, setup, _ = resolve_request(request)
+    return estimate_memory(model, setup).device_bytes
+
+
 def _with_expandable(config) -> str:
     """The job's allocator settings with expandable segments on."""
     from vramplan.allocator.config import describe
@@ -101,7 +109,7 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
         if "gpus" in changes and any(s.fits for s in sharding):
             continue  # the fewest GPUs that fit is found: more are not estimated
         try:
-            needed = estimate_request(request.changed(changes)).device_bytes
+            needed = _device_bytes(request.changed(changes))
         except VramplanError:
             continue
         suggestion = Suggestion(change=change, changes=changes, flags=option_flags(changes), needed_bytes=needed,
@@ -130,7 +138,7 @@ def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
         changes.update(single.changes)
         names.append(single.change)
         try:
-            needed = estimate_request(request.changed(changes)).device_bytes
+            needed = _device_bytes(request.changed(changes))
         except VramplanError:
             return None
         if needed <= usable_bytes:
