@@ -15,11 +15,13 @@ class Precision(str, Enum):
     """How weights are stored and whether Trainer's autocast runs.
 
     bf16: weights, gradients and optimizer states in bf16 (transformers v5 loads the checkpoint dtype), with
-    Trainer's `bf16=True` autocast. bf16-mixed / fp16-mixed: fp32 weights under bf16 / fp16 autocast. fp32: no
-    autocast at all.
+    Trainer's `bf16=True` autocast. bf16-pure: the same bf16 weights with Trainer's bf16/fp16 flags off (no
+    autocast; accelerate's mixed_precision "no", so FSDP neither upcasts nor casts). bf16-mixed / fp16-mixed: fp32
+    weights under bf16 / fp16 autocast. fp32: no autocast at all.
     """
 
     BF16 = "bf16"
+    BF16_PURE = "bf16-pure"
     BF16_MIXED = "bf16-mixed"
     FP16_MIXED = "fp16-mixed"
     FP32 = "fp32"
@@ -47,6 +49,7 @@ class Strategy(str, Enum):
     ZERO2 = "zero2"  # ... stage 2: optimizer states and gradients partitioned
     ZERO3 = "zero3"  # ... stage 3: parameters too
     FSDP = "fsdp"  # FSDP2 fully_shard over every GPU of every node
+    FSDP1 = "fsdp1"  # FSDP1 FullyShardedDataParallel (a flat parameter per unit), FULL_SHARD, as accelerate wraps it
     FSDP_HYBRID = "fsdp-hybrid"  # FSDP2 HSDP: sharded within a node, replicated across nodes
     DEVICE_MAP = "device-map"  # transformers device_map="auto": layers split over the GPUs of one process
 
@@ -80,6 +83,6 @@ class Attention(str, Enum):
     EAGER = "eager"  # materialises the s x s scores
 
 
-SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID)
+SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID, Strategy.FSDP1)
 DEEPSPEED_STRATEGIES = (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3)
 FSDP_STRATEGIES = (Strategy.FSDP, Strategy.FSDP_HYBRID)

@@ -34,7 +34,7 @@ class RunOptions(BaseModel):
 
     batch_size: int | None = _option(f"Per-GPU micro-batch. [default: {DEFAULT_BATCH_SIZE}]")
     seq_len: int | None = _option(f"Tokens per sequence. [default: {DEFAULT_SEQ_LEN}]")
-    precision: str | None = _option("bf16 | bf16-mixed | fp16-mixed | fp32 [default: bf16]")
+    precision: str | None = _option("bf16 | bf16-pure | bf16-mixed | fp16-mixed | fp32 [default: bf16]")
     optimizer: str | None = _option(
         "adamw | adamw-fused | adamw-8bit | paged-adamw | paged-adamw-8bit | sgd | adafactor [default: the stack's: "
         "adamw-fused for every stack (TrainingArguments on torch >= 2.8, torchtune's fused AdamW)]")
@@ -69,10 +69,14 @@ class RunOptions(BaseModel):
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
     nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
     strategy: str | None = _option(
-        "single | ddp | zero1 | zero2 | zero3 | fsdp (= fsdp2) | fsdp-hybrid | device-map; fsdp1 is refused "
-        "[default: single; needed with several GPUs]", layout=True)
+        "single | ddp | zero1 | zero2 | zero3 | fsdp2 | fsdp1 | fsdp (the stack's: fsdp2 on transformers 5 and "
+        "torchtune, fsdp1 on transformers 4) | fsdp-hybrid | device-map [default: single; needed with several GPUs]",
+        layout=True)
     offload: str | None = _option("none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]",
                                   layout=True)
+    backward_prefetch: str | None = _option(
+        "fsdp1: none | backward-pre | backward-post, accelerate's fsdp_backward_prefetch [default: none, the "
+        "Trainer's NO_PREFETCH]")
 
     @classmethod
     def of(cls, **values: Any) -> RunOptions:

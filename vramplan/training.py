@@ -73,6 +73,7 @@ class TrainingSetup(BaseModel):
     activation_offload: bool = False  # saved activations moved to host memory during forward
     allocator: AllocatorConfig = AllocatorConfig()  # the job's PYTORCH_ALLOC_CONF
     transformers: Literal[4, 5] = 5  # the transformers major whose modelling code builds the model
+    backward_prefetch: Literal["none", "backward-pre", "backward-post"] = "none"  # FSDP1's BackwardPrefetch
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -96,7 +97,7 @@ class TrainingSetup(BaseModel):
 
     @property
     def autocast(self) -> bool:
-        return self.precision is not Precision.FP32
+        return self.precision not in (Precision.FP32, Precision.BF16_PURE)
 
 
 def resolve_setup(method: Method | str, options: RunOptions | None = None, /, **values) -> TrainingSetup:
@@ -112,10 +113,11 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
     method = _enum(Method, method, "method")
     stack = _enum(Stack, run.stack, "stack") if run.stack is not None else Stack.HF
     preset = preset_for(stack)
-    lora, quant = _adapters(method, run, preset)
     gpus = 1 if run.gpus is None else _positive(run.gpus, "--gpus")
     nodes = 1 if run.nodes is None else _positive(run.nodes, "--nodes")
-    strategy = _strategy(run.strategy) if run.strategy is not None else None
+    transformers = _transformers_major(run.transformers)
+    strategy = _strategy(run.strategy, transformers, stack) if run.strategy is not None else None
+    lora, quant = _adapters(method, run, preset, fsdp1=strategy is Strategy.FSDP1)
     offload = _enum(Offload, run.offload, "offload") if run.offload is not None else Offload.NONE
     optimizer = _enum(Optimizer, run.optimizer, "optimizer") if run.optimizer is not None else preset.optimizer
     strategy = _check_strategy(strategy, gpus, nodes, offload, optimizer)
@@ -140,11 +142,13 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else DEFAULT_SEQ_LEN,
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
         offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
-        transformers=_transformers_major(run.transformers), **switches,
+        transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
+        **switches,
     )
 
 
-def _adapters(method: Method, run: RunOptions, preset) -> tuple[LoraSettings | None, QuantSettings | None]:
+def _adapters(method: Method, run: RunOptions, preset, fsdp1: bool = False
+              ) -> tuple[LoraSettings | None, QuantSettings | None]:
     """The LoRA and 4-bit settings of the run (preset defaults for the ones not given), or a UsageError for LoRA or
     QLoRA options given to a method that has none."""
     lora_given = any(v is not None for v in (run.lora_rank, run.lora_targets, run.lora_dropout))
@@ -162,8 +166,10 @@ def _adapters(method: Method, run: RunOptions, preset) -> tuple[LoraSettings | N
         )
     quant = None
     if method is Method.QLORA:
+        if fsdp1 and run.kbit_prep:
+            raise NotModelledError(FSDP1_KBIT_PREP)
         quant = QuantSettings(double_quant=True if run.double_quant is None else run.double_quant,
-                              kbit_prep=True if run.kbit_prep is None else run.kbit_prep)
+                              kbit_prep=not fsdp1 if run.kbit_prep is None else run.kbit_prep)
     return lora, quant
 
 
@@ -185,6 +191,8 @@ def _check_strategy(
         hint = " (FSDP2 offloads parameters, gradients and optimizer together: --offload params)" if (
             strategy in FSDP_STRATEGIES) else ""
         raise UsageError(f"--offload optimizer needs --strategy zero1|zero2|zero3{hint}")
+    if offload is Offload.PARAMS and strategy is Strategy.FSDP1:
+        raise NotModelledError(FSDP1_UNMODELLED_OFFLOAD)
     if offload is Offload.PARAMS and strategy not in SHARDED_STRATEGIES:
         raise UsageError("--offload params needs a strategy that shards parameters: zero3, fsdp or fsdp-hybrid")
     chosen = optimizer
@@ -245,12 +253,29 @@ def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Lite
     return tuple(dict.fromkeys(names))
 
 
-# FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel: flat parameters per wrapped unit, its own mixed-precision
-# and prefetch rules) is a different engine from the FSDP2 `fully_shard` vramplan models; it is refused, never
-# answered as FSDP2. `fsdp2` names the modelled engine explicitly.
-FSDP1_REFUSAL = ("--strategy fsdp1: FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled; vramplan "
-                 "models FSDP2 (fully_shard, as accelerate's fsdp2_prepare_model wraps it): --strategy fsdp2, or "
-                 "fsdp_version: 2 in the accelerate / Trainer config")
+# FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel: a flat parameter per wrapped unit) as accelerate wraps it
+# with the Trainer's defaults (FULL_SHARD, use_orig_params, no prefetch, limit_all_gathers): its other modes are
+# refused, never answered as FULL_SHARD.
+FSDP1_UNMODELLED_OFFLOAD = ("--strategy fsdp1 with --offload params (CPUOffload) is not modelled; FSDP2's is "
+                            "(--strategy fsdp2)")
+# kbit preparation casts norms to fp32 next to the bf16-stored 4-bit weights, and FSDP1 flattens one dtype per unit
+# (torch/distributed/fsdp/_flat_param.py _validate_tensors_to_flatten); TRL's SFTTrainer skips the preparation for
+# sharded QLoRA (trl/trainer/sft_trainer.py, is_sharded_qlora), as the FSDP-QLoRA recipes run.
+FSDP1_KBIT_PREP = ("--strategy fsdp1 with --kbit-prep: FSDP1 cannot flatten kbit preparation's fp32 norms with the "
+                   "bf16-stored 4-bit weights (ValueError: Must flatten tensors with uniform dtype); FSDP-QLoRA "
+                   "runs without it (--no-kbit-prep)")
+
+
+def _backward_prefetch(value: str | None, strategy: Strategy) -> str:
+    """FSDP1's backward prefetch; FSDP2 prefetches one unit in backward by its own rule (always modelled)."""
+    if value is None:
+        return "none"
+    choice = value.strip().lower().replace("_", "-")
+    if choice not in ("none", "no-prefetch", "backward-pre", "backward-post"):
+        raise UsageError(f"unknown --backward-prefetch {value!r}; choose one of none|backward-pre|backward-post")
+    if strategy is not Strategy.FSDP1:
+        raise UsageError("--backward-prefetch applies to --strategy fsdp1 (FSDP2 prefetches one unit itself)")
+    return "none" if choice == "no-prefetch" else choice
 
 
 def _transformers_major(value: str | None) -> int:
@@ -263,10 +288,25 @@ def _transformers_major(value: str | None) -> int:
     return int(major)
 
 
-def _strategy(value: str) -> Strategy:
-    if value == "fsdp1":
-        raise NotModelledError(FSDP1_REFUSAL)
-    return _enum(Strategy, "fsdp" if value == "fsdp2" else value, "strategy")
+def _strategy(value: str, transformers: int, stack: Stack) -> Strategy:
+    """`fsdp1`, `fsdp2`, or `fsdp`: the stack's default engine (stack_default_fsdp)."""
+    if value == "fsdp":
+        return stack_default_fsdp(transformers, stack)
+    if value == "fsdp2":
+        return Strategy.FSDP
+    try:
+        return Strategy(value)
+    except ValueError:
+        choices = "|".join(["fsdp2" if s is Strategy.FSDP else s.value for s in Strategy] + ["fsdp"])
+        raise UsageError(f"unknown --strategy {value!r}; choose one of {choices}") from None
+
+
+def stack_default_fsdp(transformers: int, stack: Stack) -> Strategy:
+    """The FSDP engine `--strategy fsdp` means: FSDP1 under transformers 4.x's Trainer (training_args.py reads
+    fsdp_config["version"] with default 1), FSDP2 under 5.x's (default 2) and torchtune's recipes (fully_shard)."""
+    if stack is not Stack.TORCHTUNE and transformers == 4:
+        return Strategy.FSDP1
+    return Strategy.FSDP
 
 
 def _enum(kind, value, option: str):

@@ -24,7 +24,7 @@ CASES = [
         "axolotl-full-fsdp.yml", "axolotl", "meta-llama/Llama-3.1-8B", "full",
         {"stack": "axolotl", "batch_size": 1, "seq_len": 8192, "packing": True, "precision": "bf16",
          "gradient_checkpointing": True, "activation_offload": False, "optimizer": "adamw-fused", "attn": "flash",
-         "liger": True, "loss": "fused", "strategy": "fsdp"},
+         "liger": True, "loss": "fused", "strategy": "fsdp2"},
         [],
         id="axolotl-full-fsdp",
     ),

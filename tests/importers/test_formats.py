@@ -58,7 +58,7 @@ def test_hf_fsdp_words_and_config(tmp_path):
     args = {"per_device_train_batch_size": 1, "fsdp": "full_shard auto_wrap offload",
             "fsdp_config": {"fsdp_version": 2, "activation_checkpointing": True, "mystery_knob": 3}}
     run = load_run_config(_write(tmp_path, "args.json", json.dumps(args)))
-    assert (run.options.given()["strategy"], run.options.given()["offload"]) == ("fsdp", "params")
+    assert (run.options.given()["strategy"], run.options.given()["offload"]) == ("fsdp2", "params")
     assert run.options.given()["gradient_checkpointing"] is True
     assert any(entry.startswith("fsdp_config.mystery_knob=3") for entry in run.unmodelled)
 

@@ -1,4 +1,4 @@
-"""FSDP1 is a different engine from the FSDP2 vramplan models: refused by name, never answered as FSDP2."""
+"""FSDP1 and FSDP2 are different engines: each named, modelled as itself, never answered as the other."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,24 @@ from vramplan.cli.app import main
 from vramplan.errors import NotModelledError
 
 
-def test_strategy_fsdp1_is_refused_and_fsdp2_is_fsdp():
-    with pytest.raises(NotModelledError, match="FSDP1"):
-        estimate("8b", "full", gpus=8, strategy="fsdp1")
+def test_fsdp_means_the_stacks_default_engine():
+    """transformers 5's Trainer defaults fsdp_config version 2, 4.x's 1; the answer says which it modelled."""
+    from vramplan.training import Strategy, resolve_setup
+
     assert estimate("8b", "full", gpus=8, strategy="fsdp2") == estimate("8b", "full", gpus=8, strategy="fsdp")
+    assert resolve_setup("full", gpus=8, strategy="fsdp", transformers="4").strategy is Strategy.FSDP1
+    assert resolve_setup("full", gpus=8, strategy="fsdp", stack="torchtune").strategy is Strategy.FSDP
+    flat = estimate("8b", "full", gpus=8, strategy="fsdp1")
+    assert flat.setup.strategy is Strategy.FSDP1 and any("FSDP1 FULL_SHARD" in line for line in flat.assumptions)
+    assert any("FSDP2 (accelerate)" in line for line in estimate("8b", "full", gpus=8, strategy="fsdp").assumptions)
+
+
+def test_fsdp1_keeps_fp32_shards_where_fsdp2_upcasts_too_but_pure_bf16_does_not():
+    """accelerate upcasts FSDP1's trainable flat parameters to fp32 under Trainer bf16; without it (bf16-pure) every
+    shard stays bf16: full fine-tuning's model states halve."""
+    mixed = estimate("8b", "full", gpus=2, strategy="fsdp1")
+    pure = estimate("8b", "full", gpus=2, strategy="fsdp1", precision="bf16-pure")
+    assert mixed.components["weights"] == 2 * pure.components["weights"]
 
 
 def _trainer_args(tmp_path, fsdp_config):
@@ -24,14 +38,28 @@ def _trainer_args(tmp_path, fsdp_config):
     return path
 
 
-def test_an_fsdp1_config_is_not_modelled_and_check_refuses_it(tmp_path, capsys):
+def test_an_fsdp1_config_is_fsdp1(tmp_path, capsys):
     path = _trainer_args(tmp_path, {"fsdp_version": 1})
-    code = main(["check", "--from", str(path), "--gpus", "8", "--gpu", "h100-sxm5-80gb"])
-    err = capsys.readouterr().err
-    assert code == 2 and "fsdp_version" in err and "FSDP1" in err
     code = main(["estimate", "--from", str(path), "--gpus", "8", "--format", "json"])
     answer = json.loads(capsys.readouterr().out)
-    assert code == 0 and any("NOT MODELLED" in line and "FSDP1" in line for line in answer["assumptions"])
+    assert code == 0 and answer["setup"]["strategy"] == "fsdp1"
+    assert not any("NOT MODELLED" in line for line in answer["assumptions"])
+
+
+def test_fsdp1_settings_beyond_the_traced_ones_are_not_modelled_and_check_refuses_them(tmp_path, capsys):
+    path = _trainer_args(tmp_path, {"fsdp_version": 1, "forward_prefetch": True})
+    code = main(["check", "--from", str(path), "--gpus", "8", "--gpu", "h100-sxm5-80gb"])
+    err = capsys.readouterr().err
+    assert code == 2 and "forward_prefetch" in err
+
+
+def test_fsdp1_backward_prefetch_is_read(tmp_path):
+    from vramplan.importers import load_run_config
+
+    path = _trainer_args(tmp_path, {"fsdp_version": 1, "backward_prefetch": "backward_pre"})
+    run = load_run_config(path)
+    assert run.options.strategy == "fsdp1" and run.options.backward_prefetch == "backward-pre"
+    assert not run.unmodelled
 
 
 def test_an_unset_version_is_fsdp2_and_says_why(tmp_path, capsys):
@@ -40,6 +68,7 @@ def test_an_unset_version_is_fsdp2_and_says_why(tmp_path, capsys):
     answer = json.loads(capsys.readouterr().out)
     assert code == 0 and answer["setup"]["strategy"] == "fsdp"
     assert any("fsdp_version unset: FSDP2" in line for line in answer["assumptions"])
+    assert any("FSDP2 (accelerate)" in line for line in answer["assumptions"])
 
 
 def test_an_installed_transformers_4_is_named_for_moe_models(monkeypatch, capsys):
@@ -81,8 +110,8 @@ def test_an_accelerate_config_without_fsdp_version_is_fsdp1(tmp_path):
     from vramplan.importers import load_run_config
 
     run = load_run_config(_accelerate(tmp_path))
-    assert run.format == "accelerate" and run.options.gpus == 8
-    assert any(line.startswith("fsdp_config.fsdp_version=unset (1)") for line in run.unmodelled)
+    assert run.format == "accelerate" and run.options.gpus == 8 and run.options.strategy == "fsdp1"
+    assert not run.unmodelled and any("fsdp_version unset: FSDP1" in line for line in run.assumptions)
 
 
 def test_an_accelerate_fsdp2_config(tmp_path):
@@ -92,7 +121,7 @@ def test_an_accelerate_fsdp2_config(tmp_path):
             "fsdp_offload_params": True}
     run = load_run_config(_accelerate(tmp_path, fsdp_config=fsdp, num_machines=2, num_processes=16))
     assert not run.unmodelled
-    assert (run.options.strategy, run.options.gpus, run.options.nodes, run.options.offload) == ("fsdp", 8, 2, "params")
+    assert (run.options.strategy, run.options.gpus, run.options.nodes, run.options.offload) == ("fsdp2", 8, 2, "params")
     assert run.options.gradient_checkpointing is True
 
 
@@ -130,4 +159,4 @@ def test_accelerate_defaults_as_accelerate_applies_them(tmp_path):
     path.write_text(__import__("yaml").safe_dump({**raw, "distributed_type": "MULTI_GPU"}))
     assert any(line.startswith("num_processes=unset") for line in load_run_config(path).unmodelled)
     fsdp = {**ACCELERATE["fsdp_config"], "fsdp_version": 2, "fsdp_sharding_strategy": "HYBRID_SHARD"}
-    assert load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).options.strategy == "fsdp"
+    assert load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).options.strategy == "fsdp2"

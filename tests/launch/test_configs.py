@@ -36,6 +36,7 @@ LAYOUTS = [
     pytest.param("full", dict(gpus=8, strategy="fsdp", gradient_checkpointing=True), id="fsdp"),
     pytest.param("qlora", dict(gpus=4, strategy="fsdp", offload="params"), id="fsdp-offload-qlora"),
     pytest.param("full", dict(gpus=8, nodes=4, strategy="fsdp-hybrid"), id="fsdp-hybrid-4-nodes"),
+    pytest.param("lora", dict(gpus=4, strategy="fsdp1", gradient_checkpointing=True), id="fsdp1-lora"),
 ]
 
 
@@ -71,9 +72,21 @@ def test_accelerate_yaml_is_what_accelerate_launch_reads(method, options, tmp_pa
     if strategy.startswith("fsdp"):
         from accelerate.utils import FullyShardedDataParallelPlugin
 
+        if strategy == "fsdp1":  # FSDP1's plugin refuses sync_module_states on a CPU-only machine
+            assert env["FSDP_SYNC_MODULE_STATES"] == "true"
+            monkeypatch.setenv("FSDP_SYNC_MODULE_STATES", "false")
+            monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment accelerate launch sets
-        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
         assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+        if strategy == "fsdp1":  # the traced FSDP1 settings; checkpointing is the Trainer's, not FSDP's
+            from torch.distributed.fsdp import ShardingStrategy
+
+            assert plugin.fsdp_version == 1 and plugin.sharding_strategy is ShardingStrategy.FULL_SHARD
+            assert plugin.use_orig_params is True and plugin.backward_prefetch is None
+            assert plugin.forward_prefetch is False and plugin.limit_all_gathers is True
+            assert plugin.activation_checkpointing is False
+            return
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
         assert plugin.activation_checkpointing is setup.gradient_checkpointing
         offloaded = type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
         assert offloaded is (setup.offload.value == "params")
@@ -148,8 +161,9 @@ def test_deepspeed_json_autos_are_the_ones_hf_trainer_fills(strategy, offload):
 
 @pytest.mark.parametrize("options", [dict(gpus=8, strategy="fsdp", gradient_checkpointing=True),
                                      dict(gpus=8, strategy="fsdp", offload="params"),
-                                     dict(gpus=8, nodes=2, strategy="fsdp-hybrid")],
-                         ids=["fsdp", "fsdp-offload", "hsdp"])
+                                     dict(gpus=8, nodes=2, strategy="fsdp-hybrid"),
+                                     dict(gpus=4, strategy="fsdp1", gradient_checkpointing=True)],
+                         ids=["fsdp", "fsdp-offload", "hsdp", "fsdp1"])
 def test_trainer_fsdp_arguments_are_what_training_arguments_reads(options):
     from accelerate.parallelism_config import ParallelismConfig
     from transformers import TrainingArguments
@@ -161,6 +175,12 @@ def test_trainer_fsdp_arguments_are_what_training_arguments_reads(options):
         arguments["parallelism_config"] = ParallelismConfig(**mesh)
     args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[], **arguments)
     plugin = args.fsdp_plugin_args
+    if setup.strategy.value == "fsdp1":
+        assert plugin["fsdp_version"] == 1 and str(plugin["reshard_after_forward"]).upper() == "FULL_SHARD"
+        assert plugin["use_orig_params"] == "true" or plugin["use_orig_params"] is True
+        assert str(plugin["backward_prefetch"]).upper() == "NO_PREFETCH"
+        assert args.gradient_checkpointing is setup.gradient_checkpointing
+        return
     assert plugin["fsdp_version"] == 2 and plugin["reshard_after_forward"] is True
     assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"

@@ -23,7 +23,7 @@ COMPONENT_LABELS = {
     "temporaries": "temporaries (backward, optimizer step)",
     "in_flight": "in flight: gathered parameters, gradient buffers, communication buckets",
     "gradient_partition": "gradient partition (ZeRO-2/3)",
-    "sharded_parameters": "sharded parameters (FSDP2)",
+    "sharded_parameters": "sharded parameters (FSDP)",
     "replicated_tensors": "replicated tensors (buffers, 4-bit QuantStates)",
     "unsharded_parameters": "gathered (unsharded) parameters",
     "all_gather_buffers": "all-gather buffers",

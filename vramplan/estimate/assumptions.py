@@ -9,6 +9,8 @@ from vramplan.training import Loss, Method, Precision, Stack, Strategy, Training
 
 _PRECISION_TEXT = {
     Precision.BF16: "bf16 weights, gradients and optimizer states; Trainer bf16=True autocast",
+    Precision.BF16_PURE: "bf16 weights, gradients and optimizer states; no autocast (Trainer bf16/fp16 off, "
+                         "accelerate mixed_precision no)",
     Precision.BF16_MIXED: "fp32 weights under bf16 autocast (Trainer bf16=True on an fp32-loaded model)",
     Precision.FP16_MIXED: "fp32 weights under fp16 autocast with a GradScaler",
     Precision.FP32: "fp32 everywhere, no autocast",

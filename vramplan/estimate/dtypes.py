@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vramplan.training import FSDP_STRATEGIES, Method, Precision, TrainingSetup
+from vramplan.training import FSDP_STRATEGIES, Method, Precision, Strategy, TrainingSetup
 
 FP32_BYTES = 4
 HALF_BYTES = 2  # bf16 and fp16
@@ -10,6 +10,7 @@ BOOL_BYTES = 1  # CUDA dropout masks (aten native_dropout returns bool)
 INT64_BYTES = 8  # token ids and labels; MoE expert ids and permutations
 # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize = 512; memory_allocated counts blocks, each a multiple of it.
 ALLOCATION_GRANULE_BYTES = 512
+BF16_WEIGHTS = (Precision.BF16, Precision.BF16_PURE)  # loaded in bf16 (transformers v5: the checkpoint dtype)
 
 
 def tensor_bytes(nbytes: int) -> int:
@@ -20,7 +21,7 @@ def tensor_bytes(nbytes: int) -> int:
 
 def weight_bytes_per_param(precision: Precision) -> int:
     """Load dtype: bf16 for `bf16` (transformers v5 loads the checkpoint dtype), fp32 otherwise."""
-    return HALF_BYTES if precision is Precision.BF16 else FP32_BYTES
+    return HALF_BYTES if precision in BF16_WEIGHTS else FP32_BYTES
 
 
 def unquantized_weight_bytes(setup: TrainingSetup) -> int:
@@ -52,6 +53,10 @@ def autocast_on(setup: TrainingSetup) -> bool:
 
 
 def fsdp_gathers_in_half(setup: TrainingSetup) -> bool:
-    """FSDP2 with Trainer's bf16/fp16: every parameter is gathered in the 16-bit param_dtype, so layers compute in it
-    and LoRA adapters run in it (accelerate/utils/dataclasses.py set_mixed_precision)."""
-    return setup.strategy in FSDP_STRATEGIES and setup.precision is not Precision.FP32
+    """FSDP with Trainer's bf16/fp16: every parameter is gathered in the 16-bit param_dtype, so layers compute in it
+    and LoRA adapters run in it (accelerate/utils/dataclasses.py set_mixed_precision). bf16-pure sets no policy;
+    FSDP1 QLoRA always gathers in the 4-bit storage dtype (transformers/distributed/fsdp.py update_fsdp_plugin_peft)."""
+    if setup.strategy is Strategy.FSDP1 and setup.method is Method.QLORA:
+        return True
+    return setup.strategy in (*FSDP_STRATEGIES, Strategy.FSDP1) and setup.precision not in (
+        Precision.FP32, Precision.BF16_PURE)

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from vramplan.models.spec import ModelSpec
 from vramplan.result import PhasePeak
-from vramplan.training import DEEPSPEED_STRATEGIES, Loss, Method, Precision, Stack, Strategy, TrainingSetup
+from vramplan.training import Loss, Method, Precision, Stack, Strategy, TrainingSetup
 
 MIB = 1024**2
 # PR pytorch/pytorch#86509: a CUDA context measured 636 MiB with every kernel loaded (CUDA_MODULE_LOADING=EAGER) and
@@ -41,11 +41,6 @@ CUBLAS_WORKSPACE_BYTES = 2 * 32 * MIB
 # kSmallBuffer = 2 MiB (the segment small allocations are carved from).
 LARGE_SEGMENT_ROUND_BYTES = 2 * MIB
 SMALL_SEGMENT_BYTES = 2 * MIB
-# NCCL's own device buffers, outside torch's allocator, per communicator a rank joins: nccl issue 864 measured
-# 1.6 GB for one communicator; ring buffers are 12 MiB per channel and peer (src/init.cc computeBuffSizes,
-# src/transport/p2p.cc), NVLS adds 256 MiB-1.5 GiB on NVSwitch systems by NCCL version (src/transport/nvls.cc).
-# The upper end is used so device_bytes errs high, as the CUDA context.
-NCCL_COMMUNICATOR_BYTES = 1600 * 1000**2
 
 
 class FragmentationRule(BaseModel):
@@ -69,6 +64,14 @@ OPTIMIZER_IN_BACKWARD_CHECKPOINTED = {False: 0.67, True: 0.17}  # torchtune opti
 # checked against a GPU.
 # Keyed (full fine-tuning, expandable segments).
 FSDP_LAYERS_CACHED = {(True, False): 12.0, (True, True): 8.0, (False, False): 3.2, (False, True): 1.8}
+# FSDP1: FlatParamHandle allocates each sharded gradient (reduce-scatter output, `_saved_grad_shard`) in the
+# post-backward stream and the gathered flat parameters in the unshard stream (torch/distributed/fsdp/
+# _runtime_utils.py _post_backward_hook, _unshard). Freed in the default stream's forward, the gradients' blocks stay
+# in the post-backward pool, where the forward cannot reuse them: the whole gradient shard is slack; the unshard
+# pool caches up to the rate limiter's two gathered layers (flat, as gathered) beside it. The count is the largest
+# the replays of the matrix's real-size FSDP1 cases need beyond the gradients (2.2, llama-3.1-8b-fsdp1-8-full-ckpt),
+# rounded up.
+FSDP1_LAYERS_CACHED = 2.5
 # What every phase holds for the whole step: not transient, never fragments.
 HELD_COMPONENTS = ("weights", "lora_adapters", "optimizer_states")
 
@@ -105,16 +108,43 @@ def fragmentation_bytes(spec: ModelSpec, setup: TrainingSetup, phases: list[Phas
     transient = peak.total_bytes - sum(peak.components.get(name, 0) for name in HELD_COMPONENTS)
     fraction = rule.checkpointed if setup.gradient_checkpointing else rule.stored
     slack = rule.logits_blocks * logits_slack + fraction * max(0, transient)
-    return int(slack + fsdp_stream_slack(spec, setup, total_params)) + rule.floor_bytes
+    gradients = max(phase.components.get("gradients", 0) for phase in phases)
+    return int(slack + fsdp_stream_slack(spec, setup, total_params, gradients)) + rule.floor_bytes
 
 
-def fsdp_stream_slack(spec: ModelSpec, setup: TrainingSetup, total_params: int) -> float:
-    """FSDP2's collective buffers cached in side-stream pools, in unsharded decoder layers of bf16 weights."""
-    if setup.strategy not in (Strategy.FSDP, Strategy.FSDP_HYBRID) or setup.world_size == 1:
+def fsdp_stream_slack(spec: ModelSpec, setup: TrainingSetup, total_params: int, gradient_bytes: int = 0) -> float:
+    """FSDP's collective buffers cached in side-stream pools: FSDP2's in unsharded decoder layers of bf16 weights;
+    FSDP1's sharded gradients (`gradient_bytes`) and its unshard stream's gathered layers."""
+    if setup.world_size == 1:
         return 0.0
+    if setup.strategy is Strategy.FSDP1:
+        from vramplan.estimate.strategies.fsdp1 import fsdp1_units
+
+        gathered = max(u.gathered_bytes for u in fsdp1_units(spec, setup) if u.name != "root")
+        return gradient_bytes + FSDP1_LAYERS_CACHED * gathered
     layer_bytes = total_params * (4 if setup.precision is Precision.FP32 else 2) / spec.num_layers
+    if setup.strategy not in (Strategy.FSDP, Strategy.FSDP_HYBRID):
+        return 0.0
     full = setup.method is Method.FULL
-    return FSDP_LAYERS_CACHED[(full, setup.allocator.expandable_segments)] * layer_bytes
+    layers = FSDP_LAYERS_CACHED[(full, setup.allocator.expandable_segments)] * layer_bytes
+    # FSDP2 also makes the sharded gradients in its reduce-scatter stream (foreach_reduce): at least FSDP1's slack,
+    # which torchtune's bf16 gradients (no upcast, fewer layers' worth of bytes) need (llama-3.2-1b-tt-fsdp2-full).
+    slack = max(layers, gradient_bytes + FSDP1_LAYERS_CACHED * layer_bytes)
+    if setup.stack is Stack.TORCHTUNE:
+        slack += torchtune_root_pool_bytes(spec, setup)
+    return slack
+
+
+def torchtune_root_pool_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """torchtune reshards its root (embedding, final norm, output) after the model's forward, before the loss: its
+    unsharded parameters and all-gather output go back to the all-gather stream's pool, which the loss (default
+    stream) cannot reuse (replays of the matrix's *-tt-fsdp* cases)."""
+    from vramplan.estimate.strategies.fsdp_units import TORCHTUNE_ROOT, torchtune_fsdp_groups
+    from vramplan.estimate.strategies.states import shard_group_size
+
+    group = shard_group_size(setup)
+    root = next(g for g in torchtune_fsdp_groups(spec, setup) if g.name == TORCHTUNE_ROOT)
+    return root.gathered_bytes(group) + root.all_gather_buffer(group)
 
 
 def reserved_bytes(spec: ModelSpec, setup: TrainingSetup, phases: list[PhasePeak], total_params: int) -> int:
@@ -128,21 +158,3 @@ def reserved_bytes(spec: ModelSpec, setup: TrainingSetup, phases: list[PhasePeak
 def device_bytes(reserved: int, paged_bytes: int) -> int:
     """What nvidia-smi shows: reserved memory, the CUDA context, and managed (paged) optimizer state."""
     return reserved + CUDA_CONTEXT_BYTES + paged_bytes
-
-
-def communicators(setup: TrainingSetup) -> int:
-    """NCCL communicators a rank joins (torch creates each on a group's first collective): the default group;
-    HSDP adds its shard and replicate groups (torch/distributed/device_mesh.py, one group per mesh dimension);
-    DeepSpeed clones the world group for data parallelism (deepspeed/utils/groups.py _clone_world_group)."""
-    if setup.world_size == 1 or setup.strategy in (Strategy.SINGLE, Strategy.DEVICE_MAP):
-        return 0
-    if setup.strategy is Strategy.FSDP_HYBRID and setup.nodes > 1:
-        return 3
-    if setup.strategy in DEEPSPEED_STRATEGIES:
-        return 2
-    return 1
-
-
-def nccl_bytes(setup: TrainingSetup) -> int:
-    """NCCL's device buffers on one rank: every communicator it joins."""
-    return communicators(setup) * NCCL_COMMUNICATOR_BYTES

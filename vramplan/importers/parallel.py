@@ -146,28 +146,33 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
     config = {(str(k)[5:] if str(k).startswith("fsdp_") else str(k)): v
               for k, v in as_mapping(config_key, config).items()}
     sharding = str(config.get("sharding_strategy", "")).lower()
+    version = config.get("version")
+    flat = str(version if version is not None else unset_version) == "1"
+    engine = "fsdp1" if flat else "fsdp2"
+    if version is None and unset_version == 1:
+        builder.assume(f"{config_key}.fsdp_version unset: FSDP1 (FullyShardedDataParallel), accelerate's "
+                       "FullyShardedDataParallelPlugin default")
+    elif version is None:
+        builder.assume(f"{config_key}.fsdp_version unset: FSDP2, as transformers 5's Trainer defaults it "
+                       "(training_args.py fsdp_config.get('version', 2)); an accelerate config without it runs FSDP1")
     if "hybrid_shard" in words or sharding in ("hybrid_shard", "4"):
-        builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else f"{config_key}.sharding_strategy",
-                    "hybrid_shard")
+        if flat:
+            builder.not_modelled(f"{config_key}.sharding_strategy", "HYBRID_SHARD",
+                                 "FSDP1 HYBRID_SHARD not modelled (FSDP2's HSDP is: fsdp_version 2); read as fsdp1")
+            builder.options["strategy"] = engine
+        else:
+            builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else
+                        f"{config_key}.sharding_strategy", "hybrid_shard")
     elif "shard_grad_op" in words or "hybrid_shard_zero2" in words or sharding in ("shard_grad_op", "2"):
-        builder.not_modelled(key, fsdp, "FSDP SHARD_GRAD_OP (ZeRO-2 style) not modelled; read as fsdp")
-        builder.options["strategy"] = "fsdp"
+        builder.not_modelled(key, fsdp, f"FSDP SHARD_GRAD_OP (ZeRO-2 style) not modelled; read as {engine}")
+        builder.options["strategy"] = engine
     elif "no_shard" in words or sharding in ("no_shard", "3"):
         builder.set("strategy", "ddp", key, fsdp)
     else:
-        builder.set("strategy", "fsdp", key, fsdp if fsdp else "set")
-    version = config.get("version")
-    if version is None and unset_version == 1:
-        builder.not_modelled(f"{config_key}.fsdp_version", "unset (1)",
-                             "accelerate's FullyShardedDataParallelPlugin defaults to FSDP1 (FullyShardedDataParallel), "
-                             "not modelled; set fsdp_version: 2 to size the FSDP2 run")
-    elif version is not None and str(version) == "1":
-        builder.not_modelled(f"{config_key}.fsdp_version", version,
-                             "FSDP1 (FullyShardedDataParallel, flat parameters) is not modelled, only FSDP2: its "
-                             "dtypes and gather buffers differ; set fsdp_version: 2 to size the FSDP2 run")
-    elif version is None:
-        builder.assume(f"{config_key}.fsdp_version unset: FSDP2, as transformers 5's Trainer defaults it "
-                     "(training_args.py fsdp_config.get('version', 2)); an accelerate config without it runs FSDP1")
+        builder.set("strategy", engine, key if fsdp else f"{config_key}.fsdp_version", fsdp if fsdp else
+                    (version if version is not None else f"unset ({unset_version})"))
+    if flat:
+        _read_fsdp1_keys(builder, config, config_key)
     if "offload" in words or truthy(config.get("offload_params", False)):
         builder.set("offload", "params", key if "offload" in words else f"{config_key}.offload_params", True)
     if "activation_checkpointing" in config:
@@ -182,6 +187,27 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
     known = FSDP_QUIET | {"sharding_strategy", "offload_params", "activation_checkpointing", "reshard_after_forward",
                           "mixed_precision_policy"}
     leftover_keys(builder, config, known, config_key)
+
+
+def _read_fsdp1_keys(builder: RunBuilder, config: dict[str, Any], config_key: str) -> None:
+    """FSDP1 settings: the backward prefetch (traced, measure/fsdp/flat.py), and those beyond what vramplan traces
+    (use_orig_params, no forward prefetch, limit_all_gathers), each one named, never answered as the traced one."""
+    prefetch = str(config.get("backward_prefetch", "NO_PREFETCH")).upper()
+    if prefetch in ("BACKWARD_PRE", "BACKWARD_POST"):
+        builder.set("backward_prefetch", prefetch.lower().replace("_", "-"), f"{config_key}.backward_prefetch",
+                    prefetch)
+    elif prefetch not in ("NO_PREFETCH", "NONE", "FALSE"):
+        builder.not_modelled(f"{config_key}.backward_prefetch", prefetch, "unknown FSDP1 backward prefetch")
+    if truthy(config.get("forward_prefetch", False)):
+        builder.not_modelled(f"{config_key}.forward_prefetch", config["forward_prefetch"],
+                             "FSDP1 forward prefetch not modelled")
+    if not truthy(config.get("limit_all_gathers", True)):
+        builder.not_modelled(f"{config_key}.limit_all_gathers", config["limit_all_gathers"],
+                             "FSDP1 without the all-gather rate limiter not modelled")
+    if "use_orig_params" in config and not truthy(config["use_orig_params"]):
+        builder.assume(f"{config_key}.use_orig_params false: modelled as true (the traced default): the optimizer "
+                       "steps each flat shard instead of views of it (the same bytes), and peft may cast LoRA inputs "
+                       "to 16 bits instead of fp32 (fewer bytes): the upper end is kept")
 
 
 def _fsdp_words(key: str, fsdp: Any) -> list[str]:

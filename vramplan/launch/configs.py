@@ -46,8 +46,8 @@ def check_emit(fmt: str, setup: TrainingSetup) -> None:
     if fmt == "deepspeed" and strategy not in DEEPSPEED_STRATEGIES:
         raise UsageError(f"--emit deepspeed needs --strategy zero1|zero2|zero3; got {strategy.value} "
                          "(--emit fsdp or accelerate for FSDP, accelerate for ddp)")
-    if fmt == "fsdp" and strategy not in FSDP_STRATEGIES:
-        raise UsageError(f"--emit fsdp needs --strategy fsdp|fsdp-hybrid; got {strategy.value}")
+    if fmt == "fsdp" and strategy not in (*FSDP_STRATEGIES, Strategy.FSDP1):
+        raise UsageError(f"--emit fsdp needs --strategy fsdp1|fsdp2|fsdp-hybrid; got {strategy.value}")
     if fmt == "accelerate" and strategy is Strategy.DEVICE_MAP:
         raise UsageError("--strategy device-map runs as one process (from_pretrained(device_map='auto'), then "
                          "python train.py); there is no launcher config to emit")
@@ -89,7 +89,22 @@ def deepspeed_config(setup: TrainingSetup) -> dict:
 
 
 def _fsdp_options(setup: TrainingSetup, spec: ModelSpec) -> dict:
-    """The FSDP2 settings the estimate models, with accelerate's `fsdp_` key names."""
+    """The FSDP settings the estimate models, with accelerate's `fsdp_` key names: FSDP2, or FSDP1 with the
+    Trainer's FSDP1 defaults that vramplan traces (measure/fsdp/flat.py: FULL_SHARD, use_orig_params, no prefetch)."""
+    if setup.strategy is Strategy.FSDP1:
+        return {
+            "fsdp_version": 1,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_transformer_layer_cls_to_wrap": decoder_layer_class(spec),
+            "fsdp_sharding_strategy": "FULL_SHARD",
+            "fsdp_use_orig_params": True,
+            "fsdp_backward_prefetch": setup.backward_prefetch.upper().replace("-", "_").replace("NONE", "NO_PREFETCH"),
+            "fsdp_forward_prefetch": False,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_cpu_ram_efficient_loading": True,
+            # the Trainer's gradient checkpointing, as traced (TrainingArguments.gradient_checkpointing)
+            "fsdp_activation_checkpointing": False,
+        }
     return {
         "fsdp_version": 2,
         "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -108,20 +123,29 @@ def trainer_fsdp_arguments(setup: TrainingSetup, spec: ModelSpec) -> dict:
     ParallelismConfig keywords: replicate across nodes, shard within one)."""
     check_emit("fsdp", setup)
     options = _fsdp_options(setup, spec)
-    fsdp_config = {
-        "fsdp_version": options["fsdp_version"],
-        "fsdp_auto_wrap_policy": options["fsdp_auto_wrap_policy"],
-        "fsdp_transformer_layer_cls_to_wrap": [options["fsdp_transformer_layer_cls_to_wrap"]],
-        "fsdp_reshard_after_forward": True,
-        "fsdp_cpu_offload": setup.offload is Offload.PARAMS,  # transformers reads `cpu_offload`
-        "fsdp_state_dict_type": options["fsdp_state_dict_type"],
-        "fsdp_cpu_ram_efficient_loading": True,
-        "fsdp_activation_checkpointing": setup.gradient_checkpointing,
-    }
+    if setup.strategy is Strategy.FSDP1:
+        fsdp_config = {key.removeprefix("fsdp_"): value for key, value in options.items()}
+        fsdp_config["version"] = 1
+        fsdp_config["transformer_layer_cls_to_wrap"] = [options["fsdp_transformer_layer_cls_to_wrap"]]
+        fsdp_config["reshard_after_forward"] = "FULL_SHARD"  # transformers 4.x/5.x read the FSDP1 strategy here
+        del fsdp_config["sharding_strategy"]
+    else:
+        fsdp_config = {
+            "fsdp_version": options["fsdp_version"],
+            "fsdp_auto_wrap_policy": options["fsdp_auto_wrap_policy"],
+            "fsdp_transformer_layer_cls_to_wrap": [options["fsdp_transformer_layer_cls_to_wrap"]],
+            "fsdp_reshard_after_forward": True,
+            "fsdp_cpu_offload": setup.offload is Offload.PARAMS,  # transformers reads `cpu_offload`
+            "fsdp_state_dict_type": options["fsdp_state_dict_type"],
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_activation_checkpointing": setup.gradient_checkpointing,
+        }
+    flat = setup.strategy is Strategy.FSDP1
     arguments: dict = {
         "fsdp": True,
         "fsdp_config": fsdp_config,
-        "gradient_checkpointing": False,  # FSDP checkpoints the layers itself (fsdp_activation_checkpointing)
+        # FSDP2 checkpoints the layers itself (fsdp_activation_checkpointing); FSDP1 as traced uses the Trainer's
+        "gradient_checkpointing": setup.gradient_checkpointing if flat else False,
         "bf16": setup.precision in (Precision.BF16, Precision.BF16_MIXED),
         "fp16": setup.precision is Precision.FP16_MIXED,
         "per_device_train_batch_size": setup.batch_size,
@@ -132,8 +156,8 @@ def trainer_fsdp_arguments(setup: TrainingSetup, spec: ModelSpec) -> dict:
 
 
 def _mixed_precision(setup: TrainingSetup) -> str:
-    return {Precision.BF16: "bf16", Precision.BF16_MIXED: "bf16", Precision.FP16_MIXED: "fp16",
-            Precision.FP32: "no"}[setup.precision]
+    return {Precision.BF16: "bf16", Precision.BF16_PURE: "no", Precision.BF16_MIXED: "bf16",
+            Precision.FP16_MIXED: "fp16", Precision.FP32: "no"}[setup.precision]
 
 
 def accelerate_config(setup: TrainingSetup, spec: ModelSpec, deepspeed_config_file: str | None = None) -> dict:
@@ -153,7 +177,7 @@ def accelerate_config(setup: TrainingSetup, spec: ModelSpec, deepspeed_config_fi
     }
     if setup.nodes > 1:
         config["main_process_ip"] = None  # the first node's address: set it, and machine_rank, on each node
-    if strategy in FSDP_STRATEGIES:
+    if strategy in (*FSDP_STRATEGIES, Strategy.FSDP1):
         options = _fsdp_options(setup, spec)
         config["distributed_type"] = "FSDP"
         # accelerate requires sync_module_states with cpu_ram_efficient_loading (utils/launch.py)

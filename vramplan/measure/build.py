@@ -27,6 +27,7 @@ from vramplan.training import Attention, Method, Optimizer, Precision, TrainingS
 
 LOAD_DTYPE = {
     Precision.BF16: torch.bfloat16,
+    Precision.BF16_PURE: torch.bfloat16,
     Precision.BF16_MIXED: torch.float32,
     Precision.FP16_MIXED: torch.float32,
     Precision.FP32: torch.float32,

@@ -89,12 +89,12 @@ def trace_torchtune_step(
     model = build_meta_model(config, family, setup, device="meta" if fake else "cpu")
     if fake:
         materialise_fake(model, mode)
-    loss_fn = _loss_fn(model, setup)
+    loss_fn = recipe_loss_fn(model, setup)
     params = [p for p in model.parameters() if p.requires_grad]
     owners = parameter_owners(model)
     tracker = LiveBytesTracker(skip_matmul_arithmetic=not fake)
     hooks = tag_gradients(params, tracker, owners)
-    optimizers = _optimizers(params, setup)
+    optimizers = recipe_optimizers(params, setup)
     distinct = list({id(o): o for o in optimizers.values()}.values())
     if setup.optimizer_in_backward:
         hooks += [p.register_post_accumulate_grad_hook(_step_in_backward(optimizers[id(p)])) for p in params]
@@ -119,7 +119,7 @@ def trace_torchtune_step(
             torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
             torch.full((setup.batch_size, 1), IGNORE_INDEX),
         ]
-        _training_step(model, loss_fn, *batch, optimizers, setup, tracker, offload)
+        recipe_training_step(model, loss_fn, *batch, optimizers, setup, tracker, offload)
 
     with removing(hooks), mode, dropout_as_on_cuda(), attribute_modules(model, tracker), tracker:
         _track_model(model, tracker, owners)
@@ -132,7 +132,7 @@ def trace_torchtune_step(
     )
 
 
-def _training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload) -> None:
+def recipe_training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload) -> None:
     from torchtune import training
 
     tracker.set_phase("forward")
@@ -160,7 +160,7 @@ def _training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, set
     tracker.set_phase("idle")
 
 
-def _loss_fn(model, setup: TrainingSetup):
+def recipe_loss_fn(model, setup: TrainingSetup):
     if setup.loss is Loss.CHUNKED:
         from torchtune.modules.loss import CEWithChunkedOutputLoss
 
@@ -172,7 +172,7 @@ def _loss_fn(model, setup: TrainingSetup):
     raise NotModelledError(f"--stack torchtune with --loss {setup.loss.value} is not modelled")
 
 
-def _optimizers(params, setup: TrainingSetup) -> dict[int, torch.optim.Optimizer]:
+def recipe_optimizers(params, setup: TrainingSetup) -> dict[int, torch.optim.Optimizer]:
     """One optimizer for all trainable parameters, or one per parameter (optimizer_in_bwd)."""
     options = dict(lr=3e-4, weight_decay=0.01)  # 8B_lora_single_device.yaml
     options |= {"fused": True} if setup.optimizer is Optimizer.ADAMW_FUSED else {"foreach": True}

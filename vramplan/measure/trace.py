@@ -54,14 +54,21 @@ V4_TRACE_NOTE = (
 
 
 def refuse_untraceable(setup: TrainingSetup) -> None:
-    fsdp_one_mesh = setup.strategy is Strategy.FSDP or (setup.strategy is Strategy.FSDP_HYBRID and setup.nodes == 1)
+    fsdp_one_mesh = setup.strategy in (Strategy.FSDP, Strategy.FSDP1) or (
+        setup.strategy is Strategy.FSDP_HYBRID and setup.nodes == 1)
     if setup.strategy is not Strategy.SINGLE and not fsdp_one_mesh:
         raise NotModelledError(
             f"--strategy {setup.strategy.value} cannot be traced on CPU: trace runs one GPU's step, or rank 0 of "
-            "FSDP2 over a fake process group (--strategy fsdp); DeepSpeed does not run here"
+            "FSDP1 or FSDP2 over a fake process group (--strategy fsdp1|fsdp2); DeepSpeed does not run here"
         )
-    if setup.strategy is not Strategy.SINGLE and setup.stack is Stack.TORCHTUNE:
-        raise NotModelledError("tracing torchtune's distributed recipes is not supported; trace --gpus 1")
+    if setup.strategy not in (Strategy.SINGLE, Strategy.FSDP) and setup.stack is Stack.TORCHTUNE:
+        raise NotModelledError("torchtune's distributed recipes are traced over one FSDP2 mesh (--strategy fsdp)")
+    sharded_full = setup.strategy is not Strategy.SINGLE and setup.method is Method.FULL
+    if sharded_full and setup.optimizer is Optimizer.ADAMW_8BIT:
+        raise NotModelledError(
+            "--optimizer adamw-8bit with full fine-tuning is traced on one GPU only: bitsandbytes' 8-bit update "
+            "kernel does not run on FSDP's fake-tensor shards here"
+        )
     if setup.loss is Loss.FUSED and setup.strategy is not Strategy.SINGLE:
         raise NotModelledError("--loss fused is traced on one GPU only (--gpus 1)")
     if setup.liger and setup.strategy is not Strategy.SINGLE:
@@ -178,15 +185,34 @@ FSDP_NOTES = (
     "collectives return at once), sharded by accelerate's own fsdp2_prepare_model",
     "NCCL's buffers live outside torch's allocator and are not in the trace",
 )
+TORCHTUNE_FSDP_NOTES = (
+    "rank 0 of torchtune's distributed recipe over a fake process group of --gpus ranks (torch.distributed backend "
+    "'fake'), sharded by torchtune's own training.shard_model (fully_shard per layer, then the root; no "
+    "MixedPrecisionPolicy)",
+    "NCCL's buffers live outside torch's allocator and are not in the trace",
+)
+FSDP1_NOTES = (
+    "rank 0 of FSDP1 over a fake process group of --gpus x --nodes ranks (torch.distributed backend 'fake': "
+    "collectives return at once), wrapped as accelerate's prepare_model wraps it with the Trainer's FSDP1 defaults "
+    "(FULL_SHARD, use_orig_params, no prefetch, limit_all_gathers; peft's fsdp_auto_wrap_policy for adapters)",
+    "FSDP1's catch-all reshard tests storages instead of data pointers, which fake tensors lack",
+    "NCCL's buffers live outside torch's allocator and are not in the trace",
+)
 
 
 def _trace_fsdp(model: ResolvedModel, setup: TrainingSetup) -> Trace:
-    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    if setup.stack is Stack.TORCHTUNE:
+        require_extra("torchtune", "torch", "torchtune", "torchao")
+    else:
+        require_extra("probe", "torch", "transformers", "peft", "accelerate")
     from vramplan.estimate.strategies.states import shard_group_size
     from vramplan.measure.fsdp import trace_fsdp_step
 
     started = time.perf_counter()
     step = trace_fsdp_step(model.config, setup, shard_group_size(setup),
                            offload_params=setup.offload.value == "params")
-    return _as_trace(model, setup, step, [*FSDP_NOTES, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE], started,
+    engine_notes = FSDP1_NOTES if setup.strategy is Strategy.FSDP1 else FSDP_NOTES
+    if setup.stack is Stack.TORCHTUNE:
+        engine_notes = TORCHTUNE_FSDP_NOTES
+    return _as_trace(model, setup, step, [*engine_notes, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE], started,
                      components=step.components, by_module=[])

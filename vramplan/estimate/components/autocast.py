@@ -7,7 +7,14 @@ from pydantic import BaseModel
 
 from vramplan.estimate.components.activations.flow import dtype_flow
 from vramplan.estimate.components.weights import adapter_tensor_elements
-from vramplan.estimate.dtypes import FP32_BYTES, HALF_BYTES, autocast_on, compute_bytes, tensor_bytes
+from vramplan.estimate.dtypes import (
+    FP32_BYTES,
+    HALF_BYTES,
+    autocast_on,
+    compute_bytes,
+    fsdp_gathers_in_half,
+    tensor_bytes,
+)
 from vramplan.models.spec import ModelSpec
 from vramplan.training import Method, Precision, TrainingSetup
 
@@ -31,7 +38,7 @@ def autocast_weight_copies(spec: ModelSpec, setup: TrainingSetup) -> AutocastCop
     adapters. Under checkpointing a layer's forward saves nothing, so only the cached (trainable) copies outlive it,
     until autocast exits at the end of the forward.
     """
-    if not autocast_on(setup):
+    if not autocast_on(setup) or fsdp_gathers_in_half(setup):  # FSDP1 gathers every weight in 16 bits already
         return AutocastCopies(forward_bytes=0, loss_backward_bytes=0, layer_bytes=0)
     half = HALF_BYTES
     lm_head = tensor_bytes(spec.vocab_size * spec.hidden_size * half) if dtype_flow(setup).residual == FP32_BYTES else 0

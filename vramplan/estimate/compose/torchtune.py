@@ -37,6 +37,13 @@ from vramplan.estimate.dtypes import HALF_BYTES, tensor_bytes
 from vramplan.estimate.params import torchtune_units, trainable_shapes
 from vramplan.estimate.quant import nf4_dequant_bytes
 from vramplan.estimate.scope import refuse_unmodelled_torchtune
+from vramplan.estimate.strategies.states import (
+    BACKWARD_END,
+    FORWARD_LAYER,
+    FORWARD_LOGITS,
+    FORWARD_START,
+    LOSS_BACKWARD,
+)
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.result import Estimate, PhasePeak
@@ -98,6 +105,8 @@ def estimate_torchtune(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     refuse_unmodelled_torchtune(spec, setup)
     state = model_state(spec, model.config, setup)
+    if setup.world_size > 1:
+        return _estimate_distributed(model, setup, state)
     step = _step(spec, setup, state)
     phases = [_forward_peak(spec, setup, step), _backward_peak(spec, setup, state, step)]
     if not setup.optimizer_in_backward:
@@ -216,7 +225,7 @@ def _gradients_before_layer(spec: ModelSpec, setup: TrainingSetup, state: ModelS
 
 
 def _notes(setup: TrainingSetup) -> list[str]:
-    notes = ["torchtune single-device recipe: pure bf16 (adapters too), CEWithChunkedOutputLoss (8 chunks) "
+    notes = ["torchtune recipe: pure bf16 (adapters too), CEWithChunkedOutputLoss (8 chunks) "
              "unless --loss standard, activation checkpointing per TransformerSelfAttentionLayer"]
     if setup.method is Method.QLORA:
         notes.append("torchao NF4 (block 64, int8 scalers in blocks of 256: always double-quantized); "
@@ -226,3 +235,84 @@ def _notes(setup: TrainingSetup) -> list[str]:
     if setup.activation_offload:
         notes.append("activation offloading: layer inputs in host memory (host_bytes), not in the GPU peak")
     return notes
+
+
+def _estimate_distributed(model: ResolvedModel, setup: TrainingSetup, state: ModelState) -> Estimate:
+    """torchtune's distributed recipes (full_finetune_distributed.py, lora_finetune_distributed.py): the
+    single-device step's activations and loss, with FSDP2's sharded states and in-flight bytes
+    (strategies/fsdp.py over strategies/fsdp_units.py torchtune_fsdp_groups: raw `fully_shard`, no upcast)."""
+    from vramplan.estimate.strategies.fsdp import fsdp_states
+
+    spec = model.spec
+    states = fsdp_states(spec, setup)
+    rope = rope_buffer_bytes(spec, model.config, setup)
+    step = _step(spec, setup, state).model_copy(update={
+        "persistent": held_throughout(states.weights + rope, states.lora_adapters, states.optimizer_states)})
+    persistent = step.persistent
+    full = setup.method is Method.FULL
+    loss_forward, loss_backward = torchtune_logits_bytes(spec, setup)
+    # The root (embedding, final norm, output) is resharded at the model's post-forward, before the recipe's loss;
+    # it is gathered while the output projection makes the logits (with the top layer's all-gather output), and
+    # again from its pre-backward hook, when the logits' gradients exist (with its own all-gather output, until
+    # the top layer's all-gather replaces it).
+    made = tensor_bytes(setup.tokens_per_step * spec.vocab_size * HALF_BYTES)
+    logits_grads = made if setup.loss is Loss.CHUNKED else 2 * made
+    head_gathered = states.in_flight[FORWARD_LOGITS]
+    points = [
+        PhasePeak(phase="forward", components={  # the root's all-gather, before the first layer runs
+            **persistent, "activations": step.batch, "in_flight": states.in_flight[FORWARD_START]}),
+        PhasePeak(phase="forward", components={
+            **persistent, "activations": step.kept_forward + step.head, "logits_loss": loss_forward}),
+        PhasePeak(phase="forward", components={
+            **persistent, "activations": step.kept_forward + step.head, "logits_loss": made,
+            "in_flight": head_gathered}),
+    ]
+    if not setup.gradient_checkpointing:
+        points.append(PhasePeak(phase="forward", components={
+            **persistent, "activations": sum(step.saved) + step.batch, "in_flight": states.in_flight[FORWARD_LAYER]}))
+    forward = max(points, key=lambda p: p.total_bytes)
+    held = states.before_layer_gradient_bytes
+    backward = [
+        PhasePeak(phase="backward", components={
+            **persistent, "activations": step.kept_forward + step.head, "logits_loss": loss_backward}),
+        PhasePeak(phase="backward", components={
+            **persistent, "activations": step.kept_forward + step.head, "logits_loss": logits_grads,
+            "in_flight": states.in_flight[LOSS_BACKWARD]}),
+    ]
+    if setup.loss is Loss.CHUNKED and full:
+        backward.append(PhasePeak(phase="backward", components={
+            **persistent, "activations": step.kept_forward + step.head,
+            "logits_loss": chunked_head_backward_bytes(spec, setup),
+            "in_flight": head_gathered + HEAD_GRADIENT_COPIES * state.output_gradient}))
+    released, swiglu = swiglu_backward_bytes(spec, setup)
+    flight = states.layer_backward_in_flight
+    for i in {spec.num_layers - 1, spec.num_layers - 2, 1, 0} & set(range(spec.num_layers)):
+        below = step.hidden * (i + 1) if setup.gradient_checkpointing else sum(step.saved[:i])
+        acts = below + step.saved[i] + step.batch
+        grads = held + sum(states.layer_gradients[i + 1:])
+        mlp = states.layer_mlp_gradients[i] if states.layer_mlp_gradients else 0
+        own = states.layer_own_gradients[i] if states.layer_own_gradients else 0
+        reduce = states.layer_reduce_in_flight[i] if states.layer_reduce_in_flight else 0
+        for activations, temporaries, growing in ((acts - released, swiglu, mlp), (acts, step.hidden, 0),
+                                                   (below + step.hidden + step.batch, 0, max(own, reduce - flight[i]))):
+            backward.append(PhasePeak(phase="backward", components={
+                **persistent, "activations": activations, "temporaries": temporaries, "gradients": grads,
+                "in_flight": flight[i] + growing}))
+    if BACKWARD_END in states.in_flight:
+        backward.append(PhasePeak(phase="backward", components={
+            **persistent, "activations": step.batch + step.hidden,
+            "gradients": held + sum(states.layer_gradients), "in_flight": states.in_flight[BACKWARD_END]}))
+    optimizer = PhasePeak(phase="optimizer", components={
+        **persistent, "gradients": states.gradients_at_step, "optimizer_temporaries": states.optimizer_temporaries,
+        "activations": step.batch})
+    return estimate_from_phases(
+        model, setup, [forward, max(backward, key=lambda p: p.total_bytes), optimizer],
+        total_params=state.total_params, trainable_params=state.trainable_params, nccl_bytes=states.nccl_bytes,
+        notes=[*_notes(setup), *_distributed_notes(setup)],
+    )
+
+
+def _distributed_notes(setup: TrainingSetup) -> list[str]:
+    return [f"torchtune distributed recipe over {setup.world_size} GPUs: training.shard_model (fully_shard on every "
+            "layers.i, then the root: embedding, final norm, output), no MixedPrecisionPolicy: every shard, gradient "
+            "and optimizer state bf16"]

@@ -29,6 +29,10 @@ def rank_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
         from vramplan.estimate.strategies.zero import deepspeed_states
 
         return deepspeed_states(spec, setup, single)
+    if strategy is Strategy.FSDP1:
+        from vramplan.estimate.strategies.fsdp1 import fsdp1_states
+
+        return fsdp1_states(spec, setup)
     if strategy in FSDP_STRATEGIES:
         from vramplan.estimate.strategies.fsdp import fsdp_states
 

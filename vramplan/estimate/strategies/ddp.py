@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vramplan.estimate.dtypes import tensor_bytes
-from vramplan.estimate.runtime import nccl_bytes
+from vramplan.estimate.nccl import nccl_bytes
 from vramplan.estimate.strategies.states import RankStates
 from vramplan.training import TrainingSetup
 

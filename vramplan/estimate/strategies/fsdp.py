@@ -8,19 +8,20 @@ from pydantic import BaseModel
 
 from vramplan.estimate.components.optimizer import optimizer_memory
 from vramplan.estimate.dtypes import FP32_BYTES
-from vramplan.estimate.params import DENSE_LAYER, MOE_LAYER
-from vramplan.estimate.runtime import nccl_bytes
+from vramplan.estimate.params import DENSE_LAYER, FINAL_NORM, LM_HEAD, MOE_LAYER
+from vramplan.estimate.nccl import nccl_bytes
 from vramplan.estimate.strategies.fsdp_units import FsdpGroup, fsdp_groups
 from vramplan.estimate.strategies.states import (
     BACKWARD_END,
     FORWARD_LAYER,
     FORWARD_LOGITS,
+    FORWARD_START,
     LOSS_BACKWARD,
     RankStates,
     shard_group_size,
 )
 from vramplan.models.spec import ModelSpec
-from vramplan.training import Method, Offload, TrainingSetup
+from vramplan.training import Method, Offload, Stack, TrainingSetup
 
 
 class _Units(BaseModel):
@@ -33,6 +34,9 @@ class _Units(BaseModel):
     tail: FsdpGroup
     root: FsdpGroup | None
     embed: FsdpGroup | None
+    # torchtune's root (embedding, final norm, output) in place of accelerate's tail: resharded after forward,
+    # re-gathered (with its all-gather buffer) from the loss's backward, reduce-scattered after the embedding's
+    torchtune: bool = False
 
     def gathered(self, unit: FsdpGroup | None) -> int:
         return unit.gathered_bytes(self.group) if unit else 0
@@ -47,9 +51,12 @@ class _Units(BaseModel):
             return self.embed
         return self.layers[self.kind_of[i - 1]]
 
-    def above(self, i: int) -> FsdpGroup:
-        """The unit whose backward ran just before layer i's: the layer over it, or the tail."""
-        return self.tail if i == len(self.kind_of) - 1 else self.layers[self.kind_of[i + 1]]
+    def above(self, i: int) -> FsdpGroup | None:
+        """The unit whose backward ran just before layer i's: the layer over it, or the tail (torchtune's root
+        reduces only after the embedding's backward: none)."""
+        if i == len(self.kind_of) - 1:
+            return None if self.torchtune else self.tail
+        return self.layers[self.kind_of[i + 1]]
 
 
 def _units(spec: ModelSpec, setup: TrainingSetup) -> _Units:
@@ -62,6 +69,7 @@ def _units(spec: ModelSpec, setup: TrainingSetup) -> _Units:
         tail=next(g for g in groups if g.name.startswith("tail")),
         root=next((g for g in groups if g.name.startswith("root")), None),
         embed=next((g for g in groups if g.name == "input embedding"), None),
+        torchtune=setup.stack is Stack.TORCHTUNE,
     )
 
 
@@ -79,7 +87,10 @@ def _forward_in_flight(spec: ModelSpec, u: _Units) -> dict[str, int]:
         # resharded, never re-gathered) tail the top layer's.
         FORWARD_LOGITS: always + (u.tail.all_gather_buffer(group) if u.embed else
                                   u.layers[top].all_gather_buffer(group)),
-        LOSS_BACKWARD: always,
+        LOSS_BACKWARD: always + (u.tail.all_gather_buffer(group) if u.torchtune else 0),
+        # torchtune: the root's all-gather output lives on through the first layer's all-gather
+        **({FORWARD_START: always + u.tail.all_gather_buffer(group) + biggest_layer.gathered_bytes(group)
+            + biggest_layer.all_gather_buffer(group)} if u.torchtune else {}),
     }
 
 
@@ -121,9 +132,14 @@ def _backward_end(u: _Units) -> tuple[int, int | None]:
         )
     if not u.tail.trains:
         return 0, None
-    tied_grads = u.tail.unsharded_gradients(group)
-    return tied_grads, (u.tail.gathered_bytes(group) + tied_grads + u.tail.reduce_scatter_input(group)
-                        + u.reduce_input(bottom) + u.gathered(u.root))
+    # torchtune's untied root: the output's and final norm's gradients wait, the embedding's arrives at the end
+    early = (LM_HEAD, FINAL_NORM) if u.torchtune and any(t.name == LM_HEAD for t in u.tail.tensors) else None
+    tied_grads = u.tail.unsharded_gradients(group, early)
+    if u.torchtune:  # the root's post_backward reshards, then reduce-scatters (foreach_reduce's copy-in)
+        return tied_grads, u.reduce_input(bottom) + max(
+            u.tail.gathered_bytes(group) + u.tail.unsharded_gradients(group), u.tail.reduce_moment(group))
+    return tied_grads, (u.tail.gathered_bytes(group) + u.tail.unsharded_gradients(group)
+                        + u.tail.reduce_scatter_input(group) + u.reduce_input(bottom) + u.gathered(u.root))
 
 
 def _notes(setup: TrainingSetup, group: int, upcast: bool) -> list[str]:

@@ -16,9 +16,10 @@ from vramplan.estimate.params import (
     ParamTensor,
     Unit,
     model_units,
+    torchtune_units,
 )
 from vramplan.models.spec import ModelSpec
-from vramplan.training import Method, Precision, TrainingSetup
+from vramplan.training import Method, Precision, Stack, TrainingSetup
 
 
 class FsdpGroup(BaseModel):
@@ -89,7 +90,9 @@ def fsdp_groups(spec: ModelSpec, setup: TrainingSetup) -> list[FsdpGroup]:
     Mixed precision (Trainer bf16/fp16): trainable parameters are upcast to fp32 unless the model holds Params4bit,
     and MixedPrecisionPolicy(param_dtype=reduce_dtype=bf16/fp16) gathers every parameter in that dtype.
     """
-    mixed = setup.precision is not Precision.FP32
+    if setup.stack is Stack.TORCHTUNE:
+        return torchtune_fsdp_groups(spec, setup)
+    mixed = setup.precision not in (Precision.FP32, Precision.BF16_PURE)  # accelerate mixed_precision != "no"
     upcast = mixed and setup.method is not Method.QLORA
     gathered = (HALF_BYTES if mixed else None)
     units = {unit.name: unit for unit in model_units(spec, setup)}
@@ -111,4 +114,27 @@ def fsdp_groups(spec: ModelSpec, setup: TrainingSetup) -> list[FsdpGroup]:
     groups.append(group("tail (lm_head)" if LM_HEAD in units else "tail (tied embedding)", tail, False))
     if peft:
         groups.append(group("root (final norm)", [units[FINAL_NORM]], False))
+    return groups
+
+
+TORCHTUNE_ROOT = "tail (torchtune root)"
+
+
+def torchtune_fsdp_groups(spec: ModelSpec, setup: TrainingSetup) -> list[FsdpGroup]:
+    """torchtune/training/_distributed.py shard_model as the distributed recipes call it: `fully_shard` on every
+    `layers.i`, then on the root (embedding, final norm, output), all with reshard_after_forward=True and no
+    MixedPrecisionPolicy: every tensor sharded and gathered in its own bf16 (NF4's inner tensors as stored). The
+    root's tensors are named by unit so the backward can tell the embedding's gradient, which arrives last."""
+    units = {unit.name: unit for unit in torchtune_units(spec, setup)}
+
+    def group(name: str, tensors: list[ParamTensor], count: int, extra: int) -> FsdpGroup:
+        return FsdpGroup(name=name, count=count, tensors=tensors, extra_bytes=extra, reshard_after_forward=True,
+                         sharded_widths=[t.width for t in tensors], gathered_width=None)
+
+    groups = [group(kind, units[kind].tensors, units[kind].count, units[kind].extra_bytes)
+              for kind in (DENSE_LAYER, MOE_LAYER) if kind in units]
+    root = [t.model_copy(update={"name": t.name or name})
+            for name in (EMBEDDING, FINAL_NORM, LM_HEAD) if name in units for t in units[name].tensors]
+    extra = sum(units[name].extra_bytes for name in (EMBEDDING, FINAL_NORM, LM_HEAD) if name in units)
+    groups.append(group(TORCHTUNE_ROOT, root, 1, extra))
     return groups

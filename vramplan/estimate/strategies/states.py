@@ -8,13 +8,14 @@ from pydantic import BaseModel
 from vramplan.training import Strategy, TrainingSetup
 
 # The moments of a step at which in-flight (gathered, bucketed) bytes are added.
+FORWARD_START = "forward: the first all-gathers"
 FORWARD_LOGITS = "forward: logits and loss"
 FORWARD_LAYER = "forward: inside the last decoder layer"
 LOSS_BACKWARD = "backward: loss and lm_head"
 LAYER_BACKWARD = "backward: a decoder layer"
 BACKWARD_END = "backward: the input embedding, after every layer"
 OPTIMIZER_STEP = "optimizer step"
-MOMENTS = (FORWARD_LOGITS, FORWARD_LAYER, LOSS_BACKWARD, LAYER_BACKWARD, BACKWARD_END, OPTIMIZER_STEP)
+MOMENTS = (FORWARD_START, FORWARD_LOGITS, FORWARD_LAYER, LOSS_BACKWARD, LAYER_BACKWARD, BACKWARD_END, OPTIMIZER_STEP)
 
 
 class RankStates(BaseModel):

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from vramplan.estimate.dtypes import FP32_BYTES, HALF_BYTES, tensor_bytes, trainable_bytes_per_param
 from vramplan.estimate.params import Unit, model_units
-from vramplan.estimate.runtime import nccl_bytes
+from vramplan.estimate.nccl import nccl_bytes
 from vramplan.estimate.strategies.states import (
     FORWARD_LAYER,
     FORWARD_LOGITS,

@@ -18,7 +18,8 @@ from vramplan.training import Method, Precision, TrainingSetup
 
 # accelerate/utils/dataclasses.py, FullyShardedDataParallelPlugin.set_mixed_precision: Trainer's bf16/fp16 flag.
 ACCELERATE_MIXED_PRECISION = {
-    Precision.BF16: "bf16", Precision.BF16_MIXED: "bf16", Precision.FP16_MIXED: "fp16", Precision.FP32: "no",
+    Precision.BF16: "bf16", Precision.BF16_PURE: "no", Precision.BF16_MIXED: "bf16", Precision.FP16_MIXED: "fp16",
+    Precision.FP32: "no",
 }
 # The FSDP-QLoRA recipe (peft docs, "FSDP + QLoRA"): packed 4-bit bytes viewed as bf16 so FSDP shards them.
 QLORA_QUANT_STORAGE = torch.bfloat16

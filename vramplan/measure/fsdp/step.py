@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from vramplan.allocator.caching import TracedEvent
+from vramplan.measure.build import AUTOCAST_DTYPE
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     PhaseBytes,
@@ -26,7 +27,6 @@ from vramplan.measure.fake_step import (
     run_phases,
     module_name,
     removing,
-    step_phases,
     tag_optimizer_states,
 )
 from vramplan.measure.fsdp.shard import FsdpUnit, build_sharded, describe_units
@@ -34,14 +34,13 @@ from vramplan.measure.fsdp.tracker import (
     REPLICATED_TENSORS,
     SHARDED_PARAMETERS,
     FsdpLiveBytesTracker,
-    fsdp_categories,
-    gathered_units,
     instrument_fsdp,
     local_tensor,
+    step_peaks,
 )
 from vramplan.measure.hf_step import quiet_libraries
 from vramplan.measure.livebytes import ACTIVATIONS, GRADIENTS
-from vramplan.training import TrainingSetup
+from vramplan.training import Stack, Strategy, TrainingSetup
 
 
 class FsdpStepTrace(BaseModel):
@@ -112,6 +111,11 @@ def trace_fsdp_step_in_process(
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
         with quiet_libraries():
+            if setup.stack is Stack.TORCHTUNE:
+                from vramplan.measure.fsdp.torchtune import trace_torchtune_fsdp
+
+                family = str(config.get("model_type", "llama"))
+                return FsdpStepTrace(**trace_torchtune_fsdp(config, family, setup, world_size, offload_params))
             return _trace(config, setup, world_size, reshard_after_forward, offload_params, warmup)
     finally:
         dist.destroy_process_group()
@@ -121,9 +125,17 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
     from vramplan.measure.build import make_optimizer
 
     mode = fake_mode()
-    model, policy, total_params, quant_states = build_sharded(
-        config, setup, world_size, reshard_after_forward, offload_params, mode
-    )
+    flat = setup.strategy is Strategy.FSDP1
+    if flat:
+        from vramplan.measure.fsdp.flat import build_flat, describe_flat_units, flat_handles, instrument_fsdp1
+
+        model, mixed_precision, total_params, quant_states = build_flat(config, setup, mode)
+        policy_dtypes = _flat_dtypes(flat_handles(model))
+    else:
+        model, policy, total_params, quant_states = build_sharded(
+            config, setup, world_size, reshard_after_forward, offload_params, mode
+        )
+        policy_dtypes = _policy_dtypes(policy)
     params = [p for p in model.parameters() if p.requires_grad]
     owners = {id(p): module_name(name.rsplit(".", 1)[0]) for name, p in model.named_parameters()}
     tracker = FsdpLiveBytesTracker(host_phases=("warmup", "optimizer") if offload_params else ())
@@ -136,40 +148,95 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
         else:
             tracker.tag(local_tensor(param.grad), GRADIENTS, owners.get(id(param), "(model)"))
 
-    hooks = [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
+    hooks = [] if flat else [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
     optimizer = make_optimizer(params, setup.optimizer)
+    # FSDP1 goes through accelerate's prepare_model, which wraps forward in autocast and convert_outputs_to_fp32
+    # under Trainer's bf16/fp16 (native_amp); FSDP2's _prepare_fsdp2 does not, and Trainer adds none.
+    amp = flat and setup.autocast
+
+    def loss(input_ids):
+        from accelerate.utils import convert_to_fp32
+
+        with torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision]) if amp else contextlib.nullcontext():
+            outputs = model(input_ids=input_ids, labels=input_ids)
+        return (convert_to_fp32(outputs) if amp else outputs).loss
 
     def training_step(input_ids) -> None:
-        # Trainer adds no autocast under FSDP2
-        run_phases(tracker, lambda: model(input_ids=input_ids, labels=input_ids).loss, optimizer)
+        run_phases(tracker, lambda: loss(input_ids), optimizer)
 
     def warm_up() -> None:
         if warmup == "step":
             training_step(input_ids)
         else:
             create_optimizer_states(params, [optimizer])
+            if flat:
+                _previous_flat_gradients(model, tracker)
         if not offload_params:
             tag_optimizer_states(optimizer, tracker, owners, unwrap=local_tensor)
 
-    with removing(hooks), mode, as_on_gpu(), attribute_modules(model, tracker), tracker, instrument_fsdp(tracker):
+    instrument = instrument_fsdp1(tracker) if flat else instrument_fsdp(tracker)
+    with removing(hooks), mode, as_on_gpu(), attribute_modules(model, tracker), tracker, instrument:
         tracker.set_phase("idle")  # nothing below is a parameter unless tagged so
         input_ids = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
         tracker.tag(input_ids, ACTIVATIONS, "(inputs)")
-        _track_model_state(model, tracker, owners, quant_states, offload_params)
+        if flat:
+            _track_flat_state(model, tracker, quant_states)
+        else:
+            _track_model_state(model, tracker, owners, quant_states, offload_params)
         measure_steady_step(tracker, warm_up, lambda: training_step(input_ids))
+    if flat:
+        gradient_dtypes = {str(h.flat_param.dtype).removeprefix("torch.") for h in flat_handles(model)
+                           if h.flat_param.requires_grad}
     return FsdpStepTrace(
         world_size=world_size,
         reshard_after_forward=reshard_after_forward,
         offload_params=offload_params,
-        **_peaks(tracker),
-        units=describe_units(model),
-        mixed_precision=_policy_dtypes(policy),
+        **step_peaks(tracker),
+        units=describe_flat_units(model) if flat else describe_units(model),
+        mixed_precision=policy_dtypes,
         gradient_dtypes=sorted(gradient_dtypes),
         idle_bytes=tracker.live_bytes,
         total_params=total_params,
         trainable_params=sum(p.numel() for p in params),
         allocation_events=tracker.events,
     )
+
+
+def _flat_dtypes(handles) -> dict[str, str | None]:
+    """FSDP1's MixedPrecision dtypes as the handles hold them, None where no unit casts."""
+    def name(dtypes):
+        values = {str(d).removeprefix("torch.") for d in dtypes if d is not None}
+        return ",".join(sorted(values)) or None
+
+    return {
+        "param_dtype": name(h._fwd_bwd_param_dtype for h in handles if h._uses_param_mixed_precision),
+        "reduce_dtype": name(h._reduce_dtype for h in handles if h._uses_reduce_mixed_precision),
+        "output_dtype": None,
+    }
+
+
+def _previous_flat_gradients(model, tracker) -> None:
+    """The previous step's sharded flat gradients, as a steady step inherits them: with use_orig_params the
+    optimizer's zero_grad clears only the original parameters' views, and FSDP1 frees each flat gradient at the next
+    root pre-forward (_runtime_utils._root_pre_forward, _reset_flat_param_grad_info_if_needed)."""
+    from vramplan.measure.fsdp.flat import flat_handles, handle_name
+
+    for handle in flat_handles(model):
+        flat = handle.flat_param
+        if flat.requires_grad and flat.grad is None:
+            flat.grad = torch.zeros_like(flat)
+            tracker.tag(flat.grad, GRADIENTS, handle_name(handle))
+
+
+def _track_flat_state(model, tracker, quant_states) -> None:
+    """Each unit's sharded flat parameter (the original parameters are views into it), buffers and QuantStates."""
+    from vramplan.measure.fsdp.flat import flat_handles, handle_name
+
+    for handle in flat_handles(model):
+        tracker.tag(handle.flat_param, SHARDED_PARAMETERS, handle_name(handle))
+    tracker.track_all(model.buffers(), REPLICATED_TENSORS)
+    for name, tensors in quant_states:
+        tracker.track_all(tensors, REPLICATED_TENSORS, name)
 
 
 def _policy_dtypes(policy) -> dict[str, str | None]:
@@ -179,19 +246,6 @@ def _policy_dtypes(policy) -> dict[str, str | None]:
         for key, value in (("param_dtype", policy.param_dtype), ("reduce_dtype", policy.reduce_dtype),
                            ("output_dtype", policy.output_dtype))
     }
-
-
-def _peaks(tracker: FsdpLiveBytesTracker) -> dict[str, Any]:
-    phases = step_phases(tracker, fsdp_categories)
-    measured = {phase.phase: tracker.phase_snapshots[phase.phase] for phase in phases}
-    return dict(
-        peak_allocated_bytes=tracker.peak_bytes,
-        peak_phase=tracker.peak_phase,
-        components=fsdp_categories(tracker.peak),
-        phases=phases,
-        gathered_at_peak={phase: gathered_units(snapshot.by_owner) for phase, snapshot in measured.items()},
-        most_gathered={phase: units for phase, units in tracker.most_gathered.items() if phase in measured},
-    )
 
 
 def _track_model_state(model, tracker, owners, quant_states, offload_params) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vramplan.measure.fake_step import patched
+from vramplan.measure.fake_step import patched, step_phases
 from vramplan.measure.livebytes import (
     ACTIVATIONS,
     GRADIENTS,
@@ -156,6 +156,20 @@ def gathered_units(by_owner: dict[tuple[str, str], int]) -> dict[str, int]:
     }
 
 
+def step_peaks(tracker: FsdpLiveBytesTracker) -> dict[str, Any]:
+    """The FsdpStepTrace fields a measured step leaves on the tracker: peaks, phases, what was gathered."""
+    phases = step_phases(tracker, fsdp_categories)
+    measured = {phase.phase: tracker.phase_snapshots[phase.phase] for phase in phases}
+    return dict(
+        peak_allocated_bytes=tracker.peak_bytes,
+        peak_phase=tracker.peak_phase,
+        components=fsdp_categories(tracker.peak),
+        phases=phases,
+        gathered_at_peak={phase: gathered_units(snapshot.by_owner) for phase, snapshot in measured.items()},
+        most_gathered={phase: units for phase, units in tracker.most_gathered.items() if phase in measured},
+    )
+
+
 def _in_unit(tracker: FsdpLiveBytesTracker):
     """Run an FSDPParamGroup method with `tracker.unit` naming the group (FSDP's own allocations)."""
     def wrap(method):
@@ -208,7 +222,7 @@ def _hooking_unsharded_grads(tracker: FsdpLiveBytesTracker):
     return wrap
 
 
-def _fix_quant_state(module) -> None:
+def fix_quant_state(module) -> None:
     """bitsandbytes' `fix_4bit_weight_quant_state_from_module` without re-wrapping in Params4bit.
 
     FSDP2's all-gathered weight is a fresh Parameter without `quant_state`; bitsandbytes wraps it in Params4bit
@@ -234,7 +248,7 @@ def instrument_fsdp(tracker: FsdpLiveBytesTracker):
         (collectives.DefaultReduceScatter, "allocate", _tagging_allocate(tracker, REDUCE_SCATTER_BUFFERS)),
         (FSDPParam, "init_all_gather_outputs", _tagging_outputs(tracker)),
         (FSDPParam, "init_unsharded_param", _hooking_unsharded_grads(tracker)),
-        (bnb_modules, "fix_4bit_weight_quant_state_from_module", lambda _: _fix_quant_state),
+        (bnb_modules, "fix_4bit_weight_quant_state_from_module", lambda _: fix_quant_state),
     ]
     with contextlib.ExitStack() as stack:
         for owner, name, wrap in patches:

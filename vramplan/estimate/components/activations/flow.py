@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 from vramplan.estimate.dtypes import (
     FP32_BYTES,
+    HALF_BYTES,
     autocast_on,
     compute_bytes,
     fsdp_gathers_in_half,
@@ -13,7 +14,7 @@ from vramplan.estimate.dtypes import (
     unquantized_weight_bytes,
 )
 from vramplan.models.spec import ModelSpec
-from vramplan.training import Method, TrainingSetup
+from vramplan.training import Method, Strategy, TrainingSetup
 
 
 class Flow(BaseModel):
@@ -34,9 +35,17 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
     compute = compute_bytes(setup.precision)
     quantized = setup.method is Method.QLORA
     if fsdp_gathers_in_half(setup):
-        # FSDP2 gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype.
-        return Flow(residual=compute, compute=compute, linear_out=compute, weights_train=setup.method is Method.FULL,
-                    autocast=False, adapter=compute)
+        # FSDP gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype. FSDP1's forward
+        # also runs under accelerate's autocast (prepare_model), FSDP2's does not; and peft casts a LoRA layer's input
+        # to lora_A.weight's dtype before lora_A's own unit gathers it, when that weight is still FSDP1's fp32 shard
+        # (peft/tuners/lora/layer.py Linear.forward, _cast_input_dtype; traced).
+        # Under BACKWARD_PRE with checkpointing, the recomputed layer finds its adapters' units gathered in 16 bits
+        # (the traced peak is the recompute's; the forward keeps only layer inputs then).
+        half = HALF_BYTES
+        fp32_inputs = setup.strategy is Strategy.FSDP1 and not (
+            setup.backward_prefetch == "backward-pre" and setup.gradient_checkpointing)
+        return Flow(residual=half, compute=half, linear_out=half, weights_train=setup.method is Method.FULL,
+                    autocast=autocast_on(setup), adapter=FP32_BYTES if fp32_inputs else half)
     return Flow(
         residual=load,
         compute=compute,
