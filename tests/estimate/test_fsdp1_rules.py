@@ -91,3 +91,4 @@ def test_fsdp1_and_fsdp2_answer_differently_and_name_their_engines():
     two = estimate("8b", "lora", gpus=4, strategy="fsdp2")
     assert one.peak_allocated_bytes != two.peak_allocated_bytes
     assert any("FSDP1" in line for line in one.assumptions) and not any("FSDP1 " in line for line in two.assumptions)
+

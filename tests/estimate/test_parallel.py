@@ -167,3 +167,23 @@ def test_device_map_splits_layers_and_holds_each_part_once():
     two = estimate_memory(model, resolve_setup("qlora", gpus=2, strategy="device-map"))
     assert one.components["weights"] / 2 < two.components["weights"] < one.components["weights"]
     assert two.peak_allocated_bytes < one.peak_allocated_bytes
+
+
+def test_deepspeed_bf16_runs_the_engines_bf16_module_without_autocast():
+    """DeepSpeed's engine casts the module to bf16 (engine.py _configure_distributed_model) and accelerate adds no
+    autocast under DeepSpeed bf16: an fp32-loaded model (bf16-mixed) trains like a bf16-loaded one, so its
+    activations are the same, where a single GPU keeps fp32 hidden states and autocast copies."""
+    from vramplan.api import estimate
+    from vramplan.estimate.components.activations.flow import dtype_flow
+    from vramplan.estimate.dtypes import autocast_on
+    from vramplan.training import resolve_setup
+
+    for precision in ("bf16", "bf16-mixed"):
+        setup = resolve_setup("lora", gpus=8, strategy="zero3", precision=precision)
+        flow = dtype_flow(setup)
+        assert (flow.residual, flow.compute, flow.adapter, flow.autocast) == (2, 2, 2, False)
+        assert not autocast_on(setup)
+    mixed = estimate("8b", "lora", gpus=8, strategy="zero3", precision="bf16-mixed")
+    pure = estimate("8b", "lora", gpus=8, strategy="zero3", precision="bf16")
+    assert mixed.components["activations"] == pure.components["activations"]
+    assert autocast_on(resolve_setup("lora", precision="bf16-mixed"))  # one GPU: Trainer's autocast

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vramplan.training import FSDP_STRATEGIES, Method, Precision, Strategy, TrainingSetup
+from vramplan.training import DEEPSPEED_STRATEGIES, FSDP_STRATEGIES, Method, Precision, Strategy, TrainingSetup
 
 FP32_BYTES = 4
 HALF_BYTES = 2  # bf16 and fp16
@@ -48,8 +48,17 @@ def compute_bytes(precision: Precision) -> int:
 def autocast_on(setup: TrainingSetup) -> bool:
     """Whether Trainer's autocast (and accelerate's fp32 conversion of outputs) wraps the forward. Under FSDP2,
     accelerate's Accelerator._prepare_fsdp2 never calls prepare_model, so neither runs: mixed precision comes from
-    MixedPrecisionPolicy's param_dtype instead (traced: vramplan/measure/fsdp/)."""
-    return setup.autocast and setup.strategy not in FSDP_STRATEGIES
+    MixedPrecisionPolicy's param_dtype instead (traced: vramplan/measure/fsdp/). Under DeepSpeed with bf16 accelerate
+    sets no native_amp (accelerator.py: bf16 autocast excludes DEEPSPEED) and the engine casts the module itself."""
+    return setup.autocast and setup.strategy not in FSDP_STRATEGIES and not deepspeed_casts_to_bf16(setup)
+
+
+def deepspeed_casts_to_bf16(setup: TrainingSetup) -> bool:
+    """DeepSpeed with bf16 enabled (Trainer bf16=True, on a bf16- or fp32-loaded model): the engine casts the whole
+    module, adapters included, to bf16 (deepspeed/runtime/engine.py _configure_distributed_model,
+    `self.module.bfloat16()`; per-parameter from 0.19.2), keeping fp32 masters in its optimizer partition
+    (strategies/zero.py). Forward and backward then run in bf16 without autocast."""
+    return setup.strategy in DEEPSPEED_STRATEGIES and setup.precision in (Precision.BF16, Precision.BF16_MIXED)
 
 
 def fsdp_gathers_in_half(setup: TrainingSetup) -> bool:

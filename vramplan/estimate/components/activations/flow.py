@@ -9,6 +9,7 @@ from vramplan.estimate.dtypes import (
     HALF_BYTES,
     autocast_on,
     compute_bytes,
+    deepspeed_casts_to_bf16,
     fsdp_gathers_in_half,
     tensor_bytes,
     unquantized_weight_bytes,
@@ -34,6 +35,10 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
     load = unquantized_weight_bytes(setup)  # the embedding's and norms' dtype
     compute = compute_bytes(setup.precision)
     quantized = setup.method is Method.QLORA
+    if deepspeed_casts_to_bf16(setup):  # the engine's bf16 module: every weight and adapter 16-bit, no autocast
+        half = HALF_BYTES
+        return Flow(residual=half, compute=half, linear_out=half, weights_train=setup.method is Method.FULL,
+                    autocast=False, adapter=half)
     if fsdp_gathers_in_half(setup):
         # FSDP gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype. FSDP1's forward
         # also runs under accelerate's autocast (prepare_model), FSDP2's does not; and peft casts a LoRA layer's input
