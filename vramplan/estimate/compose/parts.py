@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from vramplan.estimate.components.autocast import AutocastCopies
 from vramplan.estimate.components.logits import LogitsMemory
-from vramplan.estimate.strategies.states import RankStates
+from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS, LOSS_BACKWARD, RankStates
 
 
 class StepParts(BaseModel):
@@ -25,8 +25,10 @@ class StepParts(BaseModel):
 
 def in_flight(states: RankStates, moment: str, bytes_: int | None = None) -> dict[str, int]:
     """Gathered parameters and communication buffers at one moment (none on a single GPU)."""
-    extra = (states.in_flight.get(moment, 0) if bytes_ is None else bytes_) + states.comm_buffers
+    before_reduces = states.buffers_from_backward and moment in (FORWARD_LOGITS, FORWARD_LAYER, LOSS_BACKWARD)
+    buffers = 0 if before_reduces else states.comm_buffers
+    extra = (states.in_flight.get(moment, 0) if bytes_ is None else bytes_) + buffers
     held = {"in_flight": extra} if extra else {}
-    if states.gradient_partition:
+    if states.gradient_partition and not before_reduces:
         held["gradient_partition"] = states.gradient_partition
     return held

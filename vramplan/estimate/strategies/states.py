@@ -28,8 +28,11 @@ class RankStates(BaseModel):
     gradients_at_step: int  # every gradient this rank holds when optimizer.step() runs
     layer_gradients: list[int]  # what each decoder layer's finished gradients leave on this rank
     before_layer_gradient_bytes: int  # gradients alive while the decoder layers run backward (lm_head, final norm)
-    gradient_partition: int = 0  # a flat gradient buffer held through the whole step (ZeRO-2/3)
+    gradient_partition: int = 0  # a flat gradient buffer (ZeRO-1/2/3)
     comm_buffers: int = 0  # buffers that live through the whole step (DDP and DeepSpeed buckets)
+    # ZeRO-1/2: the gradient partition and the reduce bucket exist from the first reduce in backward to the end of
+    # the optimizer step, not in the forward or the loss's backward (traced on CPU: DeepSpeed 0.19.8).
+    buffers_from_backward: bool = False
     in_flight: dict[str, int] = {}  # gathered parameters and reduce buffers at each moment
     # In flight while decoder layer i runs backward (default: in_flight[LAYER_BACKWARD] for every layer), and, under
     # FSDP, the layer's own unsharded gradients: all of them when its backward ends, those of the MLP's output

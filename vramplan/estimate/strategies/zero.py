@@ -110,8 +110,10 @@ def _zero3_states(spec: ModelSpec, setup: TrainingSetup, units: list[Unit], part
     # From the end of forward the recently used modules stay gathered (max_reuse_distance), up to max_live.
     kept = tensor_bytes(min(DS_MAX_LIVE_ELEMENTS, total) * HALF_BYTES)
     backward = max(kept, 2 * gathered + prefetch) + _reduce_bucket(spec)
-    in_flight = {FORWARD_LOGITS: gathered + prefetch, FORWARD_LAYER: gathered + prefetch,
-                 LOSS_BACKWARD: backward, LAYER_BACKWARD: backward}
+    # The same holds inside the forward: what it has gathered so far stays gathered (traced on CPU with DeepSpeed
+    # 0.19.8, scripts/trace_deepspeed.py: the forward's peak is the whole model gathered at the logits).
+    forward = max(kept, gathered + prefetch)
+    in_flight = {FORWARD_LOGITS: forward, FORWARD_LAYER: forward, LOSS_BACKWARD: backward, LAYER_BACKWARD: backward}
     weights, host, notes = persistent + sharded, part.host, list(part.notes)
     if setup.offload is Offload.PARAMS:
         host += sharded
@@ -150,6 +152,6 @@ def _zero12_states(
         weights=half_params, lora_adapters=0, optimizer_states=part.states,
         optimizer_temporaries=part.step_temporaries, gradients_at_step=0, layer_gradients=layer_grads,
         before_layer_gradient_bytes=before, gradient_partition=part.gradient_partition,
-        comm_buffers=_reduce_bucket(spec),
+        comm_buffers=_reduce_bucket(spec), buffers_from_backward=True,
         in_flight=in_flight, host_bytes=part.host, nccl_bytes=nccl_bytes(setup), notes=part.notes,
     )

@@ -28,6 +28,14 @@ class Flow(BaseModel):
     autocast: bool = True  # Trainer's autocast wraps the forward (not under FSDP2: estimate/dtypes.py autocast_on)
     adapter: int = FP32_BYTES  # LoRA adapters' dtype: fp32 from peft, FSDP2's 16-bit param_dtype when gathered
     liger: bool = False  # --liger: Liger's RMSNorm and SwiGLU kernels (liger.py)
+    # Every linear keeps its input for backward even when its weight is frozen: DeepSpeed ZeRO-3 routes F.linear
+    # through LinearFunctionForZeroStage3 (zero/linear.py; memory_efficient_linear, on by default), which saves the
+    # input whatever needs a gradient (traced on CPU: scripts/trace_deepspeed.py).
+    linear_inputs_saved: bool = False
+
+    @property
+    def keeps_linear_inputs(self) -> bool:
+        return self.weights_train or self.linear_inputs_saved
 
 
 def dtype_flow(setup: TrainingSetup) -> Flow:
@@ -38,7 +46,7 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
     if deepspeed_casts_to_bf16(setup):  # the engine's bf16 module: every weight and adapter 16-bit, no autocast
         half = HALF_BYTES
         return Flow(residual=half, compute=half, linear_out=half, weights_train=setup.method is Method.FULL,
-                    autocast=False, adapter=half)
+                    autocast=False, adapter=half, linear_inputs_saved=setup.strategy is Strategy.ZERO3)
     if fsdp_gathers_in_half(setup):
         # FSDP gathers embeddings, norms, 4-bit storage and adapters alike in the 16-bit param_dtype. FSDP1's forward
         # also runs under accelerate's autocast (prepare_model), FSDP2's does not; and peft casts a LoRA layer's input

@@ -47,13 +47,13 @@ def layer_saved_bytes(
             input_norm = input_norm[1:]
         saved += input_norm
     # Base linears keep their input only when their weight trains (a frozen weight needs no input for its grad).
-    if flow.weights_train:
+    if flow.keeps_linear_inputs:
         saved.append(tensor_bytes(tokens * h * flow.residual))
     saved += _attention_saved(spec, setup, flow, tokens, masked, layer)
     if gemma:  # post_attention_layernorm on the attention output, before the residual add
         saved += rms_norm_saved(flow.compute, h, flow, tokens, gemma)
     saved += rms_norm_saved(flow.residual, h, flow, tokens, gemma)
-    if flow.weights_train:
+    if flow.keeps_linear_inputs:
         saved.append(tensor_bytes(tokens * h * flow.residual))
     if spec.is_moe_layer(layer):
         saved += moe_block_saved(spec, setup, flow, tokens, layer)

@@ -33,7 +33,7 @@ def swiglu_saved(
             saved += lora_input_copies(by_suffix[suffix], setup, flow, tokens)
     width = flow.linear_out
     saved += [tensor_bytes(tokens * inter * width)] * (liger.SWIGLU_SAVED_INTERMEDIATES if flow.liger else 3)
-    if flow.weights_train:
+    if flow.keeps_linear_inputs:
         saved.append(tensor_bytes(tokens * inter * width))
     if by_suffix["down_proj"].name in adapted:
         saved += lora_input_copies(by_suffix["down_proj"], setup, flow, tokens)

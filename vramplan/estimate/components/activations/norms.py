@@ -27,7 +27,7 @@ def final_norm_saved_bytes(spec: ModelSpec, setup: TrainingSetup, tokens: int) -
     train the normalised tensor (norm weight gradient) and lm_head's input (lm_head weight gradient)."""
     flow = dtype_flow(setup)
     saved = rms_norm_saved(flow.residual, spec.hidden_size, flow, tokens, spec.norms_per_layer == 4)
-    if flow.weights_train:
+    if flow.keeps_linear_inputs:
         saved.append(tensor_bytes(tokens * spec.hidden_size * flow.residual))
     return sum(saved)
 
