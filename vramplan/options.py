@@ -74,6 +74,8 @@ class RunOptions(BaseModel):
         layout=True)
     offload: str | None = _option("none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]",
                                   layout=True)
+    fsdp1_sharding: str | None = _option(
+        "fsdp1: full-shard | shard-grad-op, accelerate's fsdp_sharding_strategy [default: full-shard]")
     backward_prefetch: str | None = _option(
         "fsdp1: none | backward-pre | backward-post, accelerate's fsdp_backward_prefetch [default: none, the "
         "Trainer's NO_PREFETCH]")

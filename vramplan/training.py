@@ -74,6 +74,7 @@ class TrainingSetup(BaseModel):
     allocator: AllocatorConfig = AllocatorConfig()  # the job's PYTORCH_ALLOC_CONF
     transformers: Literal[4, 5] = 5  # the transformers major whose modelling code builds the model
     backward_prefetch: Literal["none", "backward-pre", "backward-post"] = "none"  # FSDP1's BackwardPrefetch
+    fsdp1_sharding: Literal["full-shard", "shard-grad-op"] = "full-shard"  # FSDP1's ShardingStrategy
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -143,6 +144,7 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
         offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
         transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
+        fsdp1_sharding=_fsdp1_sharding(run.fsdp1_sharding, strategy),
         **switches,
     )
 
@@ -254,8 +256,8 @@ def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Lite
 
 
 # FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel: a flat parameter per wrapped unit) as accelerate wraps it
-# with the Trainer's defaults (FULL_SHARD, use_orig_params, no prefetch, limit_all_gathers): its other modes are
-# refused, never answered as FULL_SHARD.
+# with the Trainer's defaults (use_orig_params, limit_all_gathers), FULL_SHARD or SHARD_GRAD_OP, with or without
+# backward prefetch: its other modes are refused, never answered as one of these.
 FSDP1_UNMODELLED_OFFLOAD = ("--strategy fsdp1 with --offload params (CPUOffload) is not modelled; FSDP2's is "
                             "(--strategy fsdp2)")
 # kbit preparation casts norms to fp32 next to the bf16-stored 4-bit weights, and FSDP1 flattens one dtype per unit
@@ -264,6 +266,18 @@ FSDP1_UNMODELLED_OFFLOAD = ("--strategy fsdp1 with --offload params (CPUOffload)
 FSDP1_KBIT_PREP = ("--strategy fsdp1 with --kbit-prep: FSDP1 cannot flatten kbit preparation's fp32 norms with the "
                    "bf16-stored 4-bit weights (ValueError: Must flatten tensors with uniform dtype); FSDP-QLoRA "
                    "runs without it (--no-kbit-prep)")
+
+
+def _fsdp1_sharding(value: str | None, strategy: Strategy) -> str:
+    """FSDP1's FULL_SHARD or SHARD_GRAD_OP (HYBRID_SHARD and CPU offload are refused where they are read)."""
+    if value is None:
+        return "full-shard"
+    choice = value.strip().lower().replace("_", "-")
+    if choice not in ("full-shard", "shard-grad-op"):
+        raise UsageError(f"unknown --fsdp1-sharding {value!r}; choose one of full-shard|shard-grad-op")
+    if strategy is not Strategy.FSDP1:
+        raise UsageError("--fsdp1-sharding applies to --strategy fsdp1")
+    return choice
 
 
 def _backward_prefetch(value: str | None, strategy: Strategy) -> str:

@@ -92,3 +92,18 @@ def test_fsdp1_and_fsdp2_answer_differently_and_name_their_engines():
     assert one.peak_allocated_bytes != two.peak_allocated_bytes
     assert any("FSDP1" in line for line in one.assumptions) and not any("FSDP1 " in line for line in two.assumptions)
 
+
+
+def test_shard_grad_op_keeps_every_layer_gathered_from_forward_to_backward():
+    """SHARD_GRAD_OP frees no layer after its forward (_post_forward_reshard): at the logits every layer is gathered,
+    on top of FULL_SHARD's root; each is resharded after its own backward."""
+    full = estimate("8b", "full", gpus=8, strategy="fsdp1")
+    kept = estimate("8b", "full", gpus=8, strategy="fsdp1", fsdp1_sharding="shard-grad-op")
+    spec = resolve_model("llama-3.1-8b").spec
+    layer = fsdp1_units(spec, resolve_setup("full", gpus=8, strategy="fsdp1"))[0]
+    forward = {p.phase: p.components.get("in_flight", 0) for p in kept.phases}["forward"]
+    assert forward - {p.phase: p.components.get("in_flight", 0) for p in full.phases}["forward"] >= (
+        (spec.num_layers - 1) * layer.gathered_bytes)
+    assert any("SHARD_GRAD_OP" in line for line in kept.assumptions)
+    with pytest.raises(UsageError, match="fsdp1"):
+        resolve_setup("full", gpus=8, strategy="fsdp2", fsdp1_sharding="shard-grad-op")

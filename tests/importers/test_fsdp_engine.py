@@ -160,3 +160,13 @@ def test_accelerate_defaults_as_accelerate_applies_them(tmp_path):
     assert any(line.startswith("num_processes=unset") for line in load_run_config(path).unmodelled)
     fsdp = {**ACCELERATE["fsdp_config"], "fsdp_version": 2, "fsdp_sharding_strategy": "HYBRID_SHARD"}
     assert load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).options.strategy == "fsdp2"
+
+
+def test_an_fsdp1_shard_grad_op_config_is_modelled_and_hybrid_is_not(tmp_path):
+    from vramplan.importers import load_run_config
+
+    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": "SHARD_GRAD_OP"}
+    run = load_run_config(_accelerate(tmp_path, fsdp_config=fsdp))
+    assert (run.options.strategy, run.options.fsdp1_sharding) == ("fsdp1", "shard-grad-op") and not run.unmodelled
+    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": "HYBRID_SHARD"}
+    assert any("HYBRID_SHARD" in line for line in load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).unmodelled)

@@ -163,6 +163,11 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
         else:
             builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else
                         f"{config_key}.sharding_strategy", "hybrid_shard")
+    elif flat and ("shard_grad_op" in words or sharding in ("shard_grad_op", "2")):
+        builder.set("strategy", engine, key if "shard_grad_op" in words else f"{config_key}.sharding_strategy",
+                    "SHARD_GRAD_OP")
+        builder.set("fsdp1_sharding", "shard-grad-op", key if "shard_grad_op" in words else
+                    f"{config_key}.sharding_strategy", "SHARD_GRAD_OP")
     elif "shard_grad_op" in words or "hybrid_shard_zero2" in words or sharding in ("shard_grad_op", "2"):
         builder.not_modelled(key, fsdp, f"FSDP SHARD_GRAD_OP (ZeRO-2 style) not modelled; read as {engine}")
         builder.options["strategy"] = engine

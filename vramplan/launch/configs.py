@@ -96,7 +96,7 @@ def _fsdp_options(setup: TrainingSetup, spec: ModelSpec) -> dict:
             "fsdp_version": 1,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "fsdp_transformer_layer_cls_to_wrap": decoder_layer_class(spec),
-            "fsdp_sharding_strategy": "FULL_SHARD",
+            "fsdp_sharding_strategy": setup.fsdp1_sharding.upper().replace("-", "_"),
             "fsdp_use_orig_params": True,
             "fsdp_backward_prefetch": setup.backward_prefetch.upper().replace("-", "_").replace("NONE", "NO_PREFETCH"),
             "fsdp_forward_prefetch": False,
@@ -127,7 +127,7 @@ def trainer_fsdp_arguments(setup: TrainingSetup, spec: ModelSpec) -> dict:
         fsdp_config = {key.removeprefix("fsdp_"): value for key, value in options.items()}
         fsdp_config["version"] = 1
         fsdp_config["transformer_layer_cls_to_wrap"] = [options["fsdp_transformer_layer_cls_to_wrap"]]
-        fsdp_config["reshard_after_forward"] = "FULL_SHARD"  # transformers 4.x/5.x read the FSDP1 strategy here
+        fsdp_config["reshard_after_forward"] = options["fsdp_sharding_strategy"]  # FSDP1 strategy, as read
         del fsdp_config["sharding_strategy"]
     else:
         fsdp_config = {

@@ -208,17 +208,30 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
         return layers[kind_of[i - 1]].gathered_bytes if i > 0 else 0
 
     pre = prefetch == "backward-pre"  # issued in the pre-backward hook; backward-post: in the post-backward hook
+    # SHARD_GRAD_OP: no reshard after forward (_post_forward_reshard frees only under FULL_SHARD); each layer's
+    # units, adapters included, stay gathered from its forward to its post-backward. Nothing is left to prefetch.
+    kept_from_forward = setup.fsdp1_sharding == "shard-grad-op"
+    gathered_layers = [layers[k].gathered_bytes + sum(u.gathered_bytes for u in adapters_of[k]) for k in kind_of]
+
+    def still_gathered(below: int) -> int:
+        """Layers 0..below-1 still gathered from the forward (SHARD_GRAD_OP)."""
+        return sum(gathered_layers[:below]) if kept_from_forward else 0
+
+    if kept_from_forward:
+        pre, prefetched = False, (lambda i: 0)  # noqa: E731 - the units to prefetch are gathered already
+    layer_count = len(kind_of)
     in_flight = {
-        FORWARD_LAYER: root.gathered_bytes + layer_gathered(biggest),
-        FORWARD_LOGITS: root.gathered_bytes,
-        LOSS_BACKWARD: root.gathered_bytes + (prefetched(None) if pre else 0),
+        FORWARD_LAYER: root.gathered_bytes + layer_gathered(biggest) + still_gathered(layer_count - 1),
+        FORWARD_LOGITS: root.gathered_bytes + still_gathered(layer_count),
+        LOSS_BACKWARD: root.gathered_bytes + (prefetched(None) if pre else 0) + still_gathered(layer_count),
         OPTIMIZER_STEP: 0,
     }
     per_layer, own, mlp, reduce = [], [], [], []
     for i, kind in enumerate(kind_of):
         unit = layers[kind]
-        early = prefetched(i)
-        per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + (early if pre else 0))
+        early = prefetched(i) + still_gathered(i)
+        per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + (early if pre or kept_from_forward
+                                                                                   else 0))
         own.append(unit.concatenated_gradient + sum(u.unsharded_gradient for u in adapters_of[kind]))
         mlp.append(unit.held_gradient(names=("down_proj",)) + sum(
             u.unsharded_gradient for u in adapters_of[kind] if "down_proj" in u.name))
@@ -227,7 +240,8 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
             [unit.reduce_moment, *(u.reduce_moment for u in adapters_of[kind])]))
     if root.trains:
         in_flight[BACKWARD_END] = root.gathered_bytes + max(root.concatenated_gradient, root.reduce_moment)
-    notes = [f"{setup.strategy.value}: FSDP1 FULL_SHARD (accelerate, use_orig_params) over {setup.world_size} GPUs: "
+    sharding = "SHARD_GRAD_OP (layers kept gathered from forward to backward)" if kept_from_forward else "FULL_SHARD"
+    notes = [f"{setup.strategy.value}: FSDP1 {sharding} (accelerate, use_orig_params) over {setup.world_size} GPUs: "
              "a flat parameter per decoder layer and a root unit (embedding, final norm, lm_head) kept gathered "
              "from forward to backward"
              + ("; each LoRA A and B its own unit (peft fsdp_auto_wrap_policy)" if peft else "")

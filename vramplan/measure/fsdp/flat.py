@@ -28,9 +28,8 @@ from vramplan.training import Method, TrainingSetup
 
 # transformers/training_args.py (FSDP1 branch of the fsdp_config defaults) and accelerate's plugin defaults; the
 # backward prefetch is the setup's (`--backward-prefetch`, accelerate's fsdp_backward_prefetch).
-TRAINER_FSDP1_DEFAULTS = dict(
-    reshard_after_forward="FULL_SHARD", use_orig_params=True, forward_prefetch=False, limit_all_gathers=True,
-)
+TRAINER_FSDP1_DEFAULTS = dict(use_orig_params=True, forward_prefetch=False, limit_all_gathers=True)
+SHARDING = {"full-shard": "FULL_SHARD", "shard-grad-op": "SHARD_GRAD_OP"}  # `--fsdp1-sharding`
 BACKWARD_PREFETCH = {"none": "NO_PREFETCH", "backward-pre": "BACKWARD_PRE", "backward-post": "BACKWARD_POST"}
 
 
@@ -41,7 +40,10 @@ def _fsdp1_plugin(setup: TrainingSetup, offload_params: bool):
         fsdp_version=1, auto_wrap_policy="transformer_based_wrap", cpu_offload=offload_params,
         # sync_module_states broadcasts rank 0's weights once, before training: no bytes of the step.
         sync_module_states=False, cpu_ram_efficient_loading=False,
-        backward_prefetch=BACKWARD_PREFETCH[setup.backward_prefetch], **TRAINER_FSDP1_DEFAULTS,
+        backward_prefetch=BACKWARD_PREFETCH[setup.backward_prefetch],
+        # accelerate launch passes fsdp_sharding_strategy as FSDP_SHARDING_STRATEGY, which prepare_model prefers
+        sharding_strategy=SHARDING[setup.fsdp1_sharding], reshard_after_forward=SHARDING[setup.fsdp1_sharding],
+        **TRAINER_FSDP1_DEFAULTS,
     )
     mixed_precision = ACCELERATE_MIXED_PRECISION[setup.precision]
     if mixed_precision != "no":
@@ -184,6 +186,11 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage()._cdata == b.untyped_storage()._cdata
 
 
+def _storage_allocated(tensor: torch.Tensor) -> bool:
+    """torch.distributed.utils._data_ptr_allocated on storages: fake tensors have no data pointer."""
+    return tensor.untyped_storage().nbytes() > 0
+
+
 def _catch_all_reshard(state) -> None:
     """torch's `_runtime_utils._catch_all_reshard` (the post-backward callback reshards every unit whose
     post-backward hook never ran, e.g. frozen units whose inputs need no gradient) with its already-resharded test
@@ -203,6 +210,7 @@ def instrument_fsdp1(tracker):
     """FSDP1's unshard, reshard and gradient code, reported to `tracker` for the block
     (torch/distributed/fsdp/_flat_param.py FlatParamHandle, _runtime_utils.py)."""
     import bitsandbytes.nn.modules as bnb_modules
+    import torch.distributed.fsdp._flat_param as flat_param_module
     import torch.distributed.fsdp._runtime_utils as runtime
     from torch.distributed.fsdp._flat_param import FlatParamHandle
 
@@ -237,6 +245,8 @@ def instrument_fsdp1(tracker):
         (runtime, "_reduce_grad", reduce_scatter),
         (runtime, "_post_reduce_grad_callback", post_reduce),
         (runtime, "_catch_all_reshard", lambda _: _catch_all_reshard),
+        # SHARD_GRAD_OP keeps the unsharded views and asserts the gathered storage exists by its data pointer
+        (flat_param_module, "_data_ptr_allocated", lambda _: _storage_allocated),
         # bitsandbytes re-attaches the QuantState to FSDP's view of each 4-bit weight (see tracker.fix_quant_state)
         (bnb_modules, "fix_4bit_weight_quant_state_from_module", lambda _: fix_quant_state),
     ]

@@ -52,11 +52,12 @@ def dtype_flow(setup: TrainingSetup) -> Flow:
         # also runs under accelerate's autocast (prepare_model), FSDP2's does not; and peft casts a LoRA layer's input
         # to lora_A.weight's dtype before lora_A's own unit gathers it, when that weight is still FSDP1's fp32 shard
         # (peft/tuners/lora/layer.py Linear.forward, _cast_input_dtype; traced).
-        # Under BACKWARD_PRE with checkpointing, the recomputed layer finds its adapters' units gathered in 16 bits
-        # (the traced peak is the recompute's; the forward keeps only layer inputs then).
+        # Under BACKWARD_PRE or SHARD_GRAD_OP with checkpointing, the recomputed layer finds its adapters' units
+        # gathered in 16 bits (the traced peak is the recompute's; the forward keeps only layer inputs then).
         half = HALF_BYTES
+        gathered_in_recompute = setup.backward_prefetch == "backward-pre" or setup.fsdp1_sharding == "shard-grad-op"
         fp32_inputs = setup.strategy is Strategy.FSDP1 and not (
-            setup.backward_prefetch == "backward-pre" and setup.gradient_checkpointing)
+            gathered_in_recompute and setup.gradient_checkpointing)
         return Flow(residual=half, compute=half, linear_out=half, weights_train=setup.method is Method.FULL,
                     autocast=autocast_on(setup), adapter=FP32_BYTES if fp32_inputs else half)
     return Flow(
