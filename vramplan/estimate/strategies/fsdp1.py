@@ -152,7 +152,7 @@ def fsdp1_units(spec: ModelSpec, setup: TrainingSetup) -> list[FlatUnit]:
 
 
 def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
-    """One rank under FSDP1 FULL_SHARD with the Trainer's defaults (use_orig_params, no prefetch).
+    """One rank under FSDP1 (FULL_SHARD or SHARD_GRAD_OP, use_orig_params, backward prefetch as set).
 
     - Sharded: every unit's flat parameter, the trainable ones' gradients and optimizer states.
     - Forward: the root is unsharded from its pre-forward to its post-backward (FSDP1 never reshards the root after
@@ -193,21 +193,6 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
     held_root = root.held_gradient(EMBEDDING if spec.lm_head_params else None)
     biggest = max(layers, key=lambda k: layer_gathered(k) + layers[k].low_precision_shard)
     prefetch = setup.backward_prefetch
-
-    def prefetched(i: int | None) -> int:
-        """What the backward prefetch of layer i's unit (None: the root's) gathers early: the unit before it in
-        post-forward order (_exec_order_utils.get_handle_to_backward_prefetch). The root's: the top layer. Layer
-        i's: the layer below (none below layer 0: the root is gathered already), or under peft the layer's own last
-        adapter unit, whose post-forward ran just before the layer's."""
-        if prefetch == "none":
-            return 0
-        if i is None:
-            return layers[kind_of[-1]].gathered_bytes
-        if adapters:
-            return max(u.gathered_bytes for u in adapters_of[kind_of[i]])
-        return layers[kind_of[i - 1]].gathered_bytes if i > 0 else 0
-
-    pre = prefetch == "backward-pre"  # issued in the pre-backward hook; backward-post: in the post-backward hook
     # SHARD_GRAD_OP: no reshard after forward (_post_forward_reshard frees only under FULL_SHARD); each layer's
     # units, adapters included, stay gathered from its forward to its post-backward. Nothing is left to prefetch.
     kept_from_forward = setup.fsdp1_sharding == "shard-grad-op"
@@ -217,8 +202,22 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
         """Layers 0..below-1 still gathered from the forward (SHARD_GRAD_OP)."""
         return sum(gathered_layers[:below]) if kept_from_forward else 0
 
-    if kept_from_forward:
-        pre, prefetched = False, (lambda i: 0)  # noqa: E731 - the units to prefetch are gathered already
+    def prefetched(i: int | None) -> int:
+        """What the backward prefetch of layer i's unit (None: the root's) gathers early: the unit before it in
+        post-forward order (_exec_order_utils.get_handle_to_backward_prefetch). The root's: the top layer. Layer
+        i's: the layer below (none below layer 0: the root is gathered already), or under peft the layer's own last
+        adapter unit, whose post-forward ran just before the layer's."""
+        if prefetch == "none" or kept_from_forward:
+            return 0
+        if i is None:
+            return layers[kind_of[-1]].gathered_bytes
+        if adapters:
+            return max(u.gathered_bytes for u in adapters_of[kind_of[i]])
+        return layers[kind_of[i - 1]].gathered_bytes if i > 0 else 0
+
+    # BACKWARD_PRE issues it in the pre-backward hook (beside the layer's backward); BACKWARD_POST in the
+    # post-backward hook (beside its reduce-scatter).
+    pre = prefetch == "backward-pre"
     layer_count = len(kind_of)
     in_flight = {
         FORWARD_LAYER: root.gathered_bytes + layer_gathered(biggest) + still_gathered(layer_count - 1),
@@ -230,8 +229,8 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
     for i, kind in enumerate(kind_of):
         unit = layers[kind]
         early = prefetched(i) + still_gathered(i)
-        per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + (early if pre or kept_from_forward
-                                                                                   else 0))
+        during = early if pre or kept_from_forward else 0
+        per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + during)
         own.append(unit.concatenated_gradient + sum(u.unsharded_gradient for u in adapters_of[kind]))
         mlp.append(unit.held_gradient(names=("down_proj",)) + sum(
             u.unsharded_gradient for u in adapters_of[kind] if "down_proj" in u.name))
