@@ -113,12 +113,7 @@ def trace_torchtune_step(
     batch: list[torch.Tensor] = []  # held until the trace returns, so idle_bytes counts it
 
     def step() -> None:
-        # the batch (tokens, labels) and the recipe's self.ignore_labels_cache, counted as temporaries
-        batch[:] = [
-            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
-            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
-            torch.full((setup.batch_size, 1), IGNORE_INDEX),
-        ]
+        batch[:] = recipe_batch(config, setup)
         recipe_training_step(model, loss_fn, *batch, optimizers, setup, tracker, offload)
 
     with removing(hooks), mode, dropout_as_on_cuda(), attribute_modules(model, tracker), tracker:
@@ -130,6 +125,15 @@ def trace_torchtune_step(
         trainable_params=sum(p.numel() for p in params),
         host_bytes=offload.host_peak_bytes if offload is not None else 0,
     )
+
+
+def recipe_batch(config: dict[str, Any], setup: TrainingSetup) -> list[torch.Tensor]:
+    """The batch (tokens, labels) and the recipe's self.ignore_labels_cache, counted as temporaries."""
+    return [
+        torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
+        torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
+        torch.full((setup.batch_size, 1), IGNORE_INDEX),
+    ]
 
 
 def recipe_training_step(model, loss_fn, tokens, labels, ignore_cache, optimizers, setup, tracker, offload) -> None:

@@ -154,20 +154,6 @@ def build_flat(config, setup: TrainingSetup, fake_mode):
     return model, mixed_precision, total_params, quant_states
 
 
-def _in_handle(tracker):
-    """Run a FlatParamHandle method with `tracker.unit` naming its unit (FSDP's own allocations)."""
-    def wrap(method):
-        def wrapped(handle, *args, **kwargs):
-            previous, tracker.unit = tracker.unit, handle_name(handle)
-            try:
-                return method(handle, *args, **kwargs)
-            finally:
-                tracker.note_gathered()
-                tracker.unit = previous
-        return wrapped
-    return wrap
-
-
 def _tagging_result(tracker, category: str, of):
     """Tag the tensor `of(handle, result)` names after the method runs."""
     def wrap(method):
@@ -214,7 +200,7 @@ def instrument_fsdp1(tracker):
     import torch.distributed.fsdp._runtime_utils as runtime
     from torch.distributed.fsdp._flat_param import FlatParamHandle
 
-    from vramplan.measure.fsdp.tracker import fix_quant_state
+    from vramplan.measure.fsdp.tracker import fix_quant_state, in_unit
 
     def reduce_scatter(original):  # _reduce_grad(state, handle): the unsharded gradient, reduce-scattered
         def wrapped(state, handle):
@@ -239,7 +225,7 @@ def instrument_fsdp1(tracker):
             else None)),
         (FlatParamHandle, "unshard", _tagging_result(
             tracker, UNSHARDED_PARAMETERS, lambda h, _: h._get_padded_unsharded_flat_param())),
-        *((FlatParamHandle, name, _in_handle(tracker))
+        *((FlatParamHandle, name, in_unit(tracker, handle_name))
           for name in ("pre_unshard", "unshard", "post_unshard", "reshard", "post_reshard",
                        "prepare_gradient_for_optim")),
         (runtime, "_reduce_grad", reduce_scatter),

@@ -36,7 +36,9 @@ from vramplan.measure.fsdp.tracker import (
     FsdpLiveBytesTracker,
     instrument_fsdp,
     local_tensor,
+    sharded_gradient_hooks,
     step_peaks,
+    track_sharded_parameters,
 )
 from vramplan.measure.hf_step import quiet_libraries
 from vramplan.measure.livebytes import ACTIVATIONS, GRADIENTS
@@ -140,15 +142,7 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
     owners = {id(p): module_name(name.rsplit(".", 1)[0]) for name, p in model.named_parameters()}
     tracker = FsdpLiveBytesTracker(host_phases=("warmup", "optimizer") if offload_params else ())
     gradient_dtypes: set[str] = set()
-
-    def on_sharded_grad(param):  # FSDP2 runs these hooks itself, in foreach_reduce
-        gradient_dtypes.add(str(param.grad.dtype).removeprefix("torch."))
-        if offload_params:
-            tracker.to_host(local_tensor(param.grad))
-        else:
-            tracker.tag(local_tensor(param.grad), GRADIENTS, owners.get(id(param), "(model)"))
-
-    hooks = [] if flat else [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
+    hooks = [] if flat else sharded_gradient_hooks(params, tracker, owners, offload_params, gradient_dtypes)
     optimizer = make_optimizer(params, setup.optimizer)
     # FSDP1 goes through accelerate's prepare_model, which wraps forward in autocast and convert_outputs_to_fp32
     # under Trainer's bf16/fp16 (native_amp); FSDP2's _prepare_fsdp2 does not, and Trainer adds none.
@@ -250,11 +244,6 @@ def _policy_dtypes(policy) -> dict[str, str | None]:
 
 def _track_model_state(model, tracker, owners, quant_states, offload_params) -> None:
     """Sharded parameters (host-resident under CPU offload), and the unsharded buffers and QuantStates."""
-    for param in model.parameters():
-        if offload_params:
-            tracker.to_host(local_tensor(param))
-        else:
-            tracker.tag(local_tensor(param), SHARDED_PARAMETERS, owners.get(id(param), "(model)"))
-    tracker.track_all(model.buffers(), REPLICATED_TENSORS)
+    track_sharded_parameters(model, tracker, owners, offload_params)
     for name, tensors in quant_states:
         tracker.track_all(tensors, REPLICATED_TENSORS, name)

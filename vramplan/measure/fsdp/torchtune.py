@@ -24,14 +24,14 @@ from vramplan.measure.fake_step import (
 )
 from vramplan.measure.fsdp.shard import MESH_DIM, describe_units
 from vramplan.measure.fsdp.tracker import (
-    REPLICATED_TENSORS,
     SHARDED_PARAMETERS,
     FsdpLiveBytesTracker,
     instrument_fsdp,
     local_tensor,
+    sharded_gradient_hooks,
     step_peaks,
+    track_sharded_parameters,
 )
-from vramplan.measure.livebytes import GRADIENTS
 from vramplan.training import TrainingSetup
 
 
@@ -58,7 +58,7 @@ def trace_torchtune_fsdp(config: dict[str, Any], family: str, setup: TrainingSet
     """The FsdpStepTrace fields of one steady torchtune distributed step (the process group must exist)."""
     from vramplan.measure.torchtune_build import build_meta_model, is_nf4, materialise_fake, nf4_inner_tensors
     from vramplan.measure.torchtune_step import (
-        IGNORE_INDEX,
+        recipe_batch,
         recipe_loss_fn,
         recipe_optimizers,
         recipe_training_step,
@@ -78,15 +78,7 @@ def trace_torchtune_fsdp(config: dict[str, Any], family: str, setup: TrainingSet
     owners = {id(p): module_name(name.rsplit(".", 1)[0]) for name, p in model.named_parameters()}
     tracker = FsdpLiveBytesTracker(host_phases=("warmup", "optimizer") if offload_params else ())
     gradient_dtypes: set[str] = set()
-
-    def on_sharded_grad(param):  # FSDP2 runs these hooks itself, in foreach_reduce
-        gradient_dtypes.add(str(param.grad.dtype).removeprefix("torch."))
-        if offload_params:
-            tracker.to_host(local_tensor(param.grad))
-        else:
-            tracker.tag(local_tensor(param.grad), GRADIENTS, owners.get(id(param), "(model)"))
-
-    hooks = [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
+    hooks = sharded_gradient_hooks(params, tracker, owners, offload_params, gradient_dtypes)
     optimizers = recipe_optimizers(params, setup)
     optimizer = next(iter(optimizers.values()))
     batch: list[torch.Tensor] = []
@@ -97,24 +89,15 @@ def trace_torchtune_fsdp(config: dict[str, Any], family: str, setup: TrainingSet
             tag_optimizer_states(optimizer, tracker, owners, unwrap=local_tensor)
 
     def step() -> None:
-        batch[:] = [
-            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
-            torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len)),
-            torch.full((setup.batch_size, 1), IGNORE_INDEX),
-        ]
+        batch[:] = recipe_batch(config, setup)
         recipe_training_step(model, loss_fn, *batch, optimizers, setup, tracker, None)
 
     with (removing(hooks), mode, dropout_as_on_cuda(), attribute_modules(model, tracker), tracker,
           instrument_fsdp(tracker)):
         tracker.set_phase("idle")
-        for param in model.parameters():
-            if offload_params:
-                tracker.to_host(local_tensor(param))
-            elif not is_nf4(local_tensor(param)):
-                tracker.tag(local_tensor(param), SHARDED_PARAMETERS, owners.get(id(param), "(model)"))
-        for name, tensors in nf4:
+        track_sharded_parameters(model, tracker, owners, offload_params, skip=is_nf4)
+        for name, tensors in nf4:  # an NF4 shard's bytes are its inner tensors
             tracker.track_all(tensors, SHARDED_PARAMETERS, name)
-        tracker.track_all(model.buffers(), REPLICATED_TENSORS)
         measure_steady_step(tracker, warm_up, step)
     return dict(
         world_size=world_size, reshard_after_forward=True, offload_params=offload_params, **step_peaks(tracker),

@@ -170,18 +170,46 @@ def step_peaks(tracker: FsdpLiveBytesTracker) -> dict[str, Any]:
     )
 
 
-def _in_unit(tracker: FsdpLiveBytesTracker):
-    """Run an FSDPParamGroup method with `tracker.unit` naming the group (FSDP's own allocations)."""
+def in_unit(tracker: FsdpLiveBytesTracker, name_of):
+    """Run an FSDP unit's method (FSDP2's FSDPParamGroup, FSDP1's FlatParamHandle) with `tracker.unit` set to
+    `name_of(unit)`: FSDP's own allocations in it are filed under that unit."""
     def wrap(method):
-        def wrapped(group, *args, **kwargs):
-            previous, tracker.unit = tracker.unit, group._module_fqn or "(root)"
+        def wrapped(unit, *args, **kwargs):
+            previous, tracker.unit = tracker.unit, name_of(unit)
             try:
-                return method(group, *args, **kwargs)
+                return method(unit, *args, **kwargs)
             finally:
                 tracker.note_gathered()
                 tracker.unit = previous
         return wrapped
     return wrap
+
+
+def sharded_gradient_hooks(params, tracker: FsdpLiveBytesTracker, owners: dict[int, str], offload_params: bool,
+                           gradient_dtypes: set[str]) -> list:
+    """FSDP2 sets each sharded gradient in foreach_reduce and runs the post-accumulate hooks itself: file it as a
+    gradient (in host memory under CPU offload), noting its dtype in `gradient_dtypes`."""
+    def on_sharded_grad(param):
+        gradient_dtypes.add(str(param.grad.dtype).removeprefix("torch."))
+        if offload_params:
+            tracker.to_host(local_tensor(param.grad))
+        else:
+            tracker.tag(local_tensor(param.grad), GRADIENTS, owners.get(id(param), "(model)"))
+
+    return [param.register_post_accumulate_grad_hook(on_sharded_grad) for param in params]
+
+
+def track_sharded_parameters(model, tracker: FsdpLiveBytesTracker, owners: dict[int, str], offload_params: bool,
+                             skip=lambda tensor: False) -> None:
+    """Every sharded parameter of `model` as this rank holds it (host-resident under CPU offload), except those
+    `skip` names (their storage is tracked otherwise), and the model's unsharded buffers."""
+    for param in model.parameters():
+        shard = local_tensor(param)
+        if offload_params:
+            tracker.to_host(shard)
+        elif not skip(shard):
+            tracker.tag(shard, SHARDED_PARAMETERS, owners.get(id(param), "(model)"))
+    tracker.track_all(model.buffers(), REPLICATED_TENSORS)
 
 
 def _tagging_allocate(tracker: FsdpLiveBytesTracker, category: str):
@@ -243,7 +271,8 @@ def instrument_fsdp(tracker: FsdpLiveBytesTracker):
 
     group_methods = ("unshard", "wait_for_unshard", "reshard", "post_backward")
     patches = [
-        *((FSDPParamGroup, name, _in_unit(tracker)) for name in group_methods),
+        *((FSDPParamGroup, name, in_unit(tracker, lambda group: group._module_fqn or "(root)"))
+          for name in group_methods),
         (collectives.DefaultAllGather, "allocate", _tagging_allocate(tracker, ALL_GATHER_BUFFERS)),
         (collectives.DefaultReduceScatter, "allocate", _tagging_allocate(tracker, REDUCE_SCATTER_BUFFERS)),
         (FSDPParam, "init_all_gather_outputs", _tagging_outputs(tracker)),
