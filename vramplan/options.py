@@ -75,10 +75,14 @@ class RunOptions(BaseModel):
     offload: str | None = _option("none | optimizer (DeepSpeed) | params (zero3, fsdp) [default: none]",
                                   layout=True)
     fsdp1_sharding: str | None = _option(
-        "fsdp1: full-shard | shard-grad-op, accelerate's fsdp_sharding_strategy [default: full-shard]")
+        "fsdp1: full-shard | shard-grad-op | hybrid-shard (sharded within a node) | no-shard, accelerate's "
+        "fsdp_sharding_strategy [default: full-shard]")
     backward_prefetch: str | None = _option(
         "fsdp1: none | backward-pre | backward-post, accelerate's fsdp_backward_prefetch [default: none, the "
         "Trainer's NO_PREFETCH]")
+    forward_prefetch: bool | None = _option(
+        "fsdp1: the next unit's all-gather issued in each pre-forward, accelerate's fsdp_forward_prefetch "
+        "[default: off, the Trainer's]", switch="--forward-prefetch/--no-forward-prefetch")
 
     @classmethod
     def of(cls, **values: Any) -> RunOptions:

@@ -74,7 +74,8 @@ class TrainingSetup(BaseModel):
     allocator: AllocatorConfig = AllocatorConfig()  # the job's PYTORCH_ALLOC_CONF
     transformers: Literal[4, 5] = 5  # the transformers major whose modelling code builds the model
     backward_prefetch: Literal["none", "backward-pre", "backward-post"] = "none"  # FSDP1's BackwardPrefetch
-    fsdp1_sharding: Literal["full-shard", "shard-grad-op"] = "full-shard"  # FSDP1's ShardingStrategy
+    fsdp1_sharding: Literal["full-shard", "shard-grad-op", "hybrid-shard", "no-shard"] = "full-shard"  # FSDP1's
+    forward_prefetch: bool = False  # FSDP1's forward_prefetch: the next unit's all-gather issued in each pre-forward
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -145,6 +146,7 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
         transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
         fsdp1_sharding=_fsdp1_sharding(run.fsdp1_sharding, strategy),
+        forward_prefetch=_forward_prefetch(run.forward_prefetch, strategy),
         **switches,
     )
 
@@ -193,8 +195,6 @@ def _check_strategy(
         hint = " (FSDP2 offloads parameters, gradients and optimizer together: --offload params)" if (
             strategy in FSDP_STRATEGIES) else ""
         raise UsageError(f"--offload optimizer needs --strategy zero1|zero2|zero3{hint}")
-    if offload is Offload.PARAMS and strategy is Strategy.FSDP1:
-        raise NotModelledError(FSDP1_UNMODELLED_OFFLOAD)
     if offload is Offload.PARAMS and strategy not in SHARDED_STRATEGIES:
         raise UsageError("--offload params needs a strategy that shards parameters: zero3, fsdp or fsdp-hybrid")
     chosen = optimizer
@@ -256,10 +256,8 @@ def parse_lora_targets(targets: str | tuple[str, ...]) -> tuple[str, ...] | Lite
 
 
 # FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel: a flat parameter per wrapped unit) as accelerate wraps it
-# with the Trainer's defaults (use_orig_params, limit_all_gathers), FULL_SHARD or SHARD_GRAD_OP, with or without
-# backward prefetch: its other modes are refused, never answered as one of these.
-FSDP1_UNMODELLED_OFFLOAD = ("--strategy fsdp1 with --offload params (CPUOffload) is not modelled; FSDP2's is "
-                            "(--strategy fsdp2)")
+# with the Trainer's defaults (use_orig_params, limit_all_gathers): every ShardingStrategy but HYBRID_SHARD_ZERO2,
+# forward and backward prefetch, CPUOffload (--offload params).
 # kbit preparation casts norms to fp32 next to the bf16-stored 4-bit weights, and FSDP1 flattens one dtype per unit
 # (torch/distributed/fsdp/_flat_param.py _validate_tensors_to_flatten); TRL's SFTTrainer skips the preparation for
 # sharded QLoRA (trl/trainer/sft_trainer.py, is_sharded_qlora), as the FSDP-QLoRA recipes run.
@@ -268,13 +266,17 @@ FSDP1_KBIT_PREP = ("--strategy fsdp1 with --kbit-prep: FSDP1 cannot flatten kbit
                    "runs without it (--no-kbit-prep)")
 
 
+FSDP1_SHARDINGS = ("full-shard", "shard-grad-op", "hybrid-shard", "no-shard")  # torch's ShardingStrategy names
+
+
 def _fsdp1_sharding(value: str | None, strategy: Strategy) -> str:
-    """FSDP1's FULL_SHARD or SHARD_GRAD_OP (HYBRID_SHARD and CPU offload are refused where they are read)."""
+    """FSDP1's ShardingStrategy: FULL_SHARD, SHARD_GRAD_OP, HYBRID_SHARD (sharded within a node, replicated across
+    nodes) or NO_SHARD."""
     if value is None:
         return "full-shard"
     choice = value.strip().lower().replace("_", "-")
-    if choice not in ("full-shard", "shard-grad-op"):
-        raise UsageError(f"unknown --fsdp1-sharding {value!r}; choose one of full-shard|shard-grad-op")
+    if choice not in FSDP1_SHARDINGS:
+        raise UsageError(f"unknown --fsdp1-sharding {value!r}; choose one of {'|'.join(FSDP1_SHARDINGS)}")
     if strategy is not Strategy.FSDP1:
         raise UsageError("--fsdp1-sharding applies to --strategy fsdp1")
     return choice
@@ -290,6 +292,13 @@ def _backward_prefetch(value: str | None, strategy: Strategy) -> str:
     if strategy is not Strategy.FSDP1:
         raise UsageError("--backward-prefetch applies to --strategy fsdp1 (FSDP2 prefetches one unit itself)")
     return "none" if choice == "no-prefetch" else choice
+
+
+def _forward_prefetch(value: bool | None, strategy: Strategy) -> bool:
+    """FSDP1's forward_prefetch; FSDP2 prefetches in forward by its own rule (always modelled)."""
+    if value and strategy is not Strategy.FSDP1:
+        raise UsageError("--forward-prefetch applies to --strategy fsdp1 (FSDP2 prefetches one unit itself)")
+    return bool(value)
 
 
 def _transformers_major(value: str | None) -> int:

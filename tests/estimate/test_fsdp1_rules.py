@@ -77,8 +77,11 @@ def test_fsdp1_resolves_its_own_settings():
     assert resolve_setup("qlora", gpus=2, strategy="fsdp2").quant.kbit_prep is True
     with pytest.raises(NotModelledError, match="kbit"):
         resolve_setup("qlora", gpus=2, strategy="fsdp1", kbit_prep=True)
-    with pytest.raises(NotModelledError, match="offload"):
-        resolve_setup("full", gpus=2, strategy="fsdp1", offload="params")
+    assert resolve_setup("full", gpus=2, strategy="fsdp1", offload="params").offload.value == "params"
+    with pytest.raises(UsageError, match="fsdp1"):
+        resolve_setup("full", gpus=2, strategy="fsdp2", forward_prefetch=True)
+    with pytest.raises(UsageError, match="hybrid-shard"):
+        resolve_setup("full", gpus=2, strategy="fsdp1", fsdp1_sharding="hybrid-shard-zero2")
     with pytest.raises(UsageError, match="FSDP2"):
         resolve_setup("full", gpus=2, strategy="fsdp1", stack="torchtune")
     assert resolve_setup(Method.FULL, gpus=2, strategy="fsdp", transformers="4").strategy is Strategy.FSDP1
@@ -107,3 +110,37 @@ def test_shard_grad_op_keeps_every_layer_gathered_from_forward_to_backward():
     assert any("SHARD_GRAD_OP" in line for line in kept.assumptions)
     with pytest.raises(UsageError, match="fsdp1"):
         resolve_setup("full", gpus=8, strategy="fsdp2", fsdp1_sharding="shard-grad-op")
+
+
+def test_hybrid_shard_shards_over_the_node_and_no_shard_keeps_units_whole(llama):
+    hybrid = fsdp1_units(llama, resolve_setup("full", gpus=4, nodes=2, strategy="fsdp1", fsdp1_sharding="hybrid-shard"))
+    full = fsdp1_units(llama, resolve_setup("full", gpus=4, strategy="fsdp1"))
+    assert hybrid[0].world == 4 and hybrid[0].sharded_bytes == full[0].sharded_bytes
+    whole = fsdp1_units(llama, resolve_setup("full", gpus=2, strategy="fsdp1", fsdp1_sharding="no-shard"))[0]
+    assert whole.world == 1 and not whole.sharded and whole.low_precision_shard == 0
+    # NO_SHARD under MixedPrecision computes with a 16-bit copy of the whole flat parameter, and reduces in place
+    assert whole.gathered_bytes == whole.numel * 2 and whole.reduce_moment == whole.numel * 2 + whole.numel * 4
+    pure = fsdp1_units(llama, resolve_setup("lora", gpus=2, strategy="fsdp1", fsdp1_sharding="no-shard",
+                                            precision="bf16-pure"))[0]
+    assert pure.gathered_bytes == 0  # the frozen bf16 base computes with its own flat parameter
+
+
+def test_forward_prefetch_gathers_the_next_layer_in_forward(llama):
+    from vramplan.estimate.strategies.fsdp1 import fsdp1_states
+    from vramplan.estimate.strategies.states import FORWARD_LAYER
+
+    base = resolve_setup("full", gpus=4, strategy="fsdp1", gradient_checkpointing=False)
+    ahead = resolve_setup("full", gpus=4, strategy="fsdp1", gradient_checkpointing=False, forward_prefetch=True)
+    layer = fsdp1_units(llama, base)[0]
+    extra = fsdp1_states(llama, ahead).in_flight[FORWARD_LAYER] - fsdp1_states(llama, base).in_flight[FORWARD_LAYER]
+    assert extra == layer.gathered_bytes + layer.low_precision_shard  # the next layer and its 16-bit shard copy
+    answer = estimate("8b", "full", gpus=4, strategy="fsdp1", forward_prefetch=True)
+    assert any("forward prefetch" in line for line in answer.assumptions)
+
+
+def test_cpu_offload_moves_shards_gradients_and_optimizer_to_the_host():
+    kept = estimate("8b", "full", gpus=4, strategy="fsdp1")
+    offloaded = estimate("8b", "full", gpus=4, strategy="fsdp1", offload="params")
+    assert offloaded.host_bytes >= kept.components["weights"] + kept.components["optimizer_states"]
+    assert offloaded.peak_allocated_bytes < kept.peak_allocated_bytes / 2
+    assert offloaded.components.get("optimizer_states", 0) == 0

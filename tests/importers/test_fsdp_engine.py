@@ -47,10 +47,17 @@ def test_an_fsdp1_config_is_fsdp1(tmp_path, capsys):
 
 
 def test_fsdp1_settings_beyond_the_traced_ones_are_not_modelled_and_check_refuses_them(tmp_path, capsys):
-    path = _trainer_args(tmp_path, {"fsdp_version": 1, "forward_prefetch": True})
+    path = _trainer_args(tmp_path, {"fsdp_version": 1, "limit_all_gathers": False})
     code = main(["check", "--from", str(path), "--gpus", "8", "--gpu", "h100-sxm5-80gb"])
     err = capsys.readouterr().err
-    assert code == 2 and "forward_prefetch" in err
+    assert code == 2 and "limit_all_gathers" in err
+
+
+def test_fsdp1_forward_prefetch_is_read(tmp_path):
+    from vramplan.importers import load_run_config
+
+    run = load_run_config(_trainer_args(tmp_path, {"fsdp_version": 1, "forward_prefetch": True}))
+    assert run.options.strategy == "fsdp1" and run.options.forward_prefetch is True and not run.unmodelled
 
 
 def test_fsdp1_backward_prefetch_is_read(tmp_path):
@@ -162,11 +169,16 @@ def test_accelerate_defaults_as_accelerate_applies_them(tmp_path):
     assert load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).options.strategy == "fsdp2"
 
 
-def test_an_fsdp1_shard_grad_op_config_is_modelled_and_hybrid_is_not(tmp_path):
+def test_fsdp1_shard_grad_op_hybrid_and_no_shard_configs_are_modelled_and_hybrid_zero2_is_not(tmp_path):
     from vramplan.importers import load_run_config
 
     fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": "SHARD_GRAD_OP"}
     run = load_run_config(_accelerate(tmp_path, fsdp_config=fsdp))
     assert (run.options.strategy, run.options.fsdp1_sharding) == ("fsdp1", "shard-grad-op") and not run.unmodelled
-    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": "HYBRID_SHARD"}
-    assert any("HYBRID_SHARD" in line for line in load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).unmodelled)
+    for name, sharding in (("HYBRID_SHARD", "hybrid-shard"), ("NO_SHARD", "no-shard")):
+        fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": name}
+        run = load_run_config(_accelerate(tmp_path, fsdp_config=fsdp))
+        assert (run.options.strategy, run.options.fsdp1_sharding) == ("fsdp1", sharding) and not run.unmodelled
+    fsdp = {**ACCELERATE["fsdp_config"], "fsdp_sharding_strategy": "HYBRID_SHARD_ZERO2"}
+    assert any("HYBRID_SHARD_ZERO2" in line
+               for line in load_run_config(_accelerate(tmp_path, fsdp_config=fsdp)).unmodelled)

@@ -17,7 +17,9 @@ def communicators(setup: TrainingSetup) -> int:
     DeepSpeed clones the world group for data parallelism (deepspeed/utils/groups.py _clone_world_group)."""
     if setup.world_size == 1 or setup.strategy in (Strategy.SINGLE, Strategy.DEVICE_MAP):
         return 0
-    if setup.strategy is Strategy.FSDP_HYBRID and setup.nodes > 1:
+    hybrid = setup.strategy is Strategy.FSDP_HYBRID or (
+        setup.strategy is Strategy.FSDP1 and setup.fsdp1_sharding == "hybrid-shard")  # FSDP1: intra and inter groups
+    if hybrid and setup.nodes > 1:
         return 3
     if setup.strategy in DEEPSPEED_STRATEGIES:
         return 2

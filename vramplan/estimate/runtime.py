@@ -69,9 +69,9 @@ FSDP_LAYERS_CACHED = {(True, False): 12.0, (True, True): 8.0, (False, False): 3.
 # _runtime_utils.py _post_backward_hook, _unshard). Freed in the default stream's forward, the gradients' blocks stay
 # in the post-backward pool, where the forward cannot reuse them: the whole gradient shard is slack; the unshard
 # pool caches up to the rate limiter's two gathered layers (flat, as gathered) beside it. The count is the largest
-# the replays of the matrix's real-size FSDP1 cases need beyond the gradients (2.2, llama-3.1-8b-fsdp1-8-full-ckpt),
-# rounded up.
-FSDP1_LAYERS_CACHED = 2.5
+# the replays of the matrix's real-size FSDP1 cases need beyond the gradients (2.97,
+# llama-3.1-8b-fsdp1-4x2-full-hybrid-ckpt; 2.2 without HYBRID_SHARD), rounded up.
+FSDP1_LAYERS_CACHED = 3.0
 # What every phase holds for the whole step: not transient, never fragments.
 HELD_COMPONENTS = ("weights", "lora_adapters", "optimizer_states")
 

@@ -156,21 +156,29 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
         builder.assume(f"{config_key}.fsdp_version unset: FSDP2, as transformers 5's Trainer defaults it "
                        "(training_args.py fsdp_config.get('version', 2)); an accelerate config without it runs FSDP1")
     if "hybrid_shard" in words or sharding in ("hybrid_shard", "4"):
+        source = key if "hybrid_shard" in words else f"{config_key}.sharding_strategy"
         if flat:
-            builder.not_modelled(f"{config_key}.sharding_strategy", "HYBRID_SHARD",
-                                 "FSDP1 HYBRID_SHARD not modelled (FSDP2's HSDP is: fsdp_version 2); read as fsdp1")
-            builder.options["strategy"] = engine
+            builder.set("strategy", engine, source, "HYBRID_SHARD")
+            builder.set("fsdp1_sharding", "hybrid-shard", source, "HYBRID_SHARD")
         else:
             builder.set("strategy", "fsdp-hybrid", key if "hybrid_shard" in words else
                         f"{config_key}.sharding_strategy", "hybrid_shard")
+    elif "hybrid_shard_zero2" in words or sharding.strip("_") in ("hybrid_shard_zero2", "5"):
+        builder.not_modelled(key if "hybrid_shard_zero2" in words else f"{config_key}.sharding_strategy",
+                             "HYBRID_SHARD_ZERO2", f"HYBRID_SHARD_ZERO2 not modelled; read as {engine}")
+        builder.options["strategy"] = engine
     elif flat and ("shard_grad_op" in words or sharding in ("shard_grad_op", "2")):
         builder.set("strategy", engine, key if "shard_grad_op" in words else f"{config_key}.sharding_strategy",
                     "SHARD_GRAD_OP")
         builder.set("fsdp1_sharding", "shard-grad-op", key if "shard_grad_op" in words else
                     f"{config_key}.sharding_strategy", "SHARD_GRAD_OP")
-    elif "shard_grad_op" in words or "hybrid_shard_zero2" in words or sharding in ("shard_grad_op", "2"):
+    elif "shard_grad_op" in words or sharding in ("shard_grad_op", "2"):
         builder.not_modelled(key, fsdp, f"FSDP SHARD_GRAD_OP (ZeRO-2 style) not modelled; read as {engine}")
         builder.options["strategy"] = engine
+    elif flat and ("no_shard" in words or sharding in ("no_shard", "3")):
+        source = key if "no_shard" in words else f"{config_key}.sharding_strategy"
+        builder.set("strategy", engine, source, "NO_SHARD")
+        builder.set("fsdp1_sharding", "no-shard", source, "NO_SHARD")
     elif "no_shard" in words or sharding in ("no_shard", "3"):
         builder.set("strategy", "ddp", key, fsdp)
     else:
@@ -195,8 +203,9 @@ def read_fsdp(builder: RunBuilder, key: str, fsdp: Any, config: dict[str, Any] |
 
 
 def _read_fsdp1_keys(builder: RunBuilder, config: dict[str, Any], config_key: str) -> None:
-    """FSDP1 settings: the backward prefetch (traced, measure/fsdp/flat.py), and those beyond what vramplan traces
-    (use_orig_params, no forward prefetch, limit_all_gathers), each one named, never answered as the traced one."""
+    """FSDP1 settings: the backward and forward prefetch (traced, measure/fsdp/flat.py), and those beyond what
+    vramplan traces (use_orig_params false, limit_all_gathers off), each one named, never answered as the traced
+    one."""
     prefetch = str(config.get("backward_prefetch", "NO_PREFETCH")).upper()
     if prefetch in ("BACKWARD_PRE", "BACKWARD_POST"):
         builder.set("backward_prefetch", prefetch.lower().replace("_", "-"), f"{config_key}.backward_prefetch",
@@ -204,8 +213,7 @@ def _read_fsdp1_keys(builder: RunBuilder, config: dict[str, Any], config_key: st
     elif prefetch not in ("NO_PREFETCH", "NONE", "FALSE"):
         builder.not_modelled(f"{config_key}.backward_prefetch", prefetch, "unknown FSDP1 backward prefetch")
     if truthy(config.get("forward_prefetch", False)):
-        builder.not_modelled(f"{config_key}.forward_prefetch", config["forward_prefetch"],
-                             "FSDP1 forward prefetch not modelled")
+        builder.set("forward_prefetch", True, f"{config_key}.forward_prefetch", config["forward_prefetch"])
     if not truthy(config.get("limit_all_gathers", True)):
         builder.not_modelled(f"{config_key}.limit_all_gathers", config["limit_all_gathers"],
                              "FSDP1 without the all-gather rate limiter not modelled")

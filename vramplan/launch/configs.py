@@ -90,7 +90,7 @@ def deepspeed_config(setup: TrainingSetup) -> dict:
 
 def _fsdp_options(setup: TrainingSetup, spec: ModelSpec) -> dict:
     """The FSDP settings the estimate models, with accelerate's `fsdp_` key names: FSDP2, or FSDP1 with the
-    Trainer's FSDP1 defaults that vramplan traces (measure/fsdp/flat.py: FULL_SHARD, use_orig_params, no prefetch)."""
+    Trainer's FSDP1 settings that vramplan traces (measure/fsdp/flat.py: the sharding, use_orig_params, prefetch)."""
     if setup.strategy is Strategy.FSDP1:
         return {
             "fsdp_version": 1,
@@ -99,7 +99,7 @@ def _fsdp_options(setup: TrainingSetup, spec: ModelSpec) -> dict:
             "fsdp_sharding_strategy": setup.fsdp1_sharding.upper().replace("-", "_"),
             "fsdp_use_orig_params": True,
             "fsdp_backward_prefetch": setup.backward_prefetch.upper().replace("-", "_").replace("NONE", "NO_PREFETCH"),
-            "fsdp_forward_prefetch": False,
+            "fsdp_forward_prefetch": setup.forward_prefetch,
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_cpu_ram_efficient_loading": True,
             # the Trainer's gradient checkpointing, as traced (TrainingArguments.gradient_checkpointing)

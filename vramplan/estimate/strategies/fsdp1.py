@@ -27,7 +27,7 @@ from vramplan.estimate.strategies.states import (
     RankStates,
 )
 from vramplan.models.spec import ModelSpec
-from vramplan.training import Method, Precision, TrainingSetup
+from vramplan.training import Method, Offload, Precision, TrainingSetup
 
 
 class FlatUnit(BaseModel):
@@ -40,6 +40,7 @@ class FlatUnit(BaseModel):
     gathered_width: int  # the unsharded flat parameter's (MixedPrecision param_dtype, or its own)
     trains: bool
     world: int
+    sharded: bool = True  # False under NO_SHARD: the flat parameter whole on every rank, never gathered
 
     @property
     def numel(self) -> int:
@@ -57,12 +58,17 @@ class FlatUnit(BaseModel):
 
     @property
     def gathered_bytes(self) -> int:
-        """`_full_param_padded`: the padded unsharded flat parameter."""
+        """`_full_param_padded`: the padded unsharded flat parameter. NO_SHARD computes with the flat parameter
+        itself, or with its 16-bit copy (`_mp_shard`, the whole parameter) under MixedPrecision."""
+        if not self.sharded:
+            return tensor_bytes(self.numel * self.gathered_width) if self.gathered_width != self.width else 0
         return tensor_bytes(self.shard * self.world * self.gathered_width)
 
     @property
     def low_precision_shard(self) -> int:
         """`_mp_shard`: the shard cast to param_dtype for the all-gather, freed once it ends (post_unshard)."""
+        if not self.sharded:  # the copy is the unit's compute parameter, in gathered_bytes
+            return 0
         return tensor_bytes(self.shard * self.gathered_width) if self.gathered_width != self.width else 0
 
     @property
@@ -90,6 +96,8 @@ class FlatUnit(BaseModel):
         output in reduce_dtype and its cast to the parameter's dtype (_cast_grad_to_param_dtype)."""
         if not self.trains:
             return 0
+        if not self.sharded:  # _reduce_grad_no_shard: all-reduce in place, then the cast
+            return self.unsharded_gradient + (self.gradient_shard if self.gathered_width != self.width else 0)
         padded = tensor_bytes(self.shard * self.world * self.gathered_width) if self.shard * self.world != self.numel \
             else 0
         output = tensor_bytes(self.shard * self.gathered_width)
@@ -113,6 +121,13 @@ class FlatUnit(BaseModel):
         return pieces
 
 
+def fsdp1_shard_world(setup: TrainingSetup) -> int:
+    """Ranks a flat parameter is sharded over: HYBRID_SHARD shards within the node's GPUs and all-reduces the shards
+    across nodes (_init_utils._init_process_group_state_for_hybrid_shard, device_count() per node), NO_SHARD
+    keeps it whole on every rank."""
+    return {"hybrid-shard": setup.gpus, "no-shard": 1}.get(setup.fsdp1_sharding, setup.world_size)
+
+
 def _flat_order(tensors: list[ParamTensor]) -> list[ParamTensor]:
     """A decoder layer's parameters in registration order: attention and MLP linears (and their adapters), then the
     norms (LlamaDecoderLayer: self_attn, mlp, input_layernorm, post_attention_layernorm)."""
@@ -122,7 +137,7 @@ def _flat_order(tensors: list[ParamTensor]) -> list[ParamTensor]:
 def fsdp1_units(spec: ModelSpec, setup: TrainingSetup) -> list[FlatUnit]:
     """accelerate's FSDP1 wrapping of the model: the transformer-layer policy (plus peft's leaf policy for
     adapters), and the widths the Trainer's precision gives each unit."""
-    world = setup.world_size
+    world = fsdp1_shard_world(setup)
     qlora = setup.method is Method.QLORA
     mixed = qlora or setup.precision not in (Precision.FP32, Precision.BF16_PURE)
     upcast = setup.precision not in (Precision.FP32, Precision.BF16_PURE)  # accelerate's mixed_precision != "no"
@@ -134,7 +149,8 @@ def fsdp1_units(spec: ModelSpec, setup: TrainingSetup) -> list[FlatUnit]:
         trains = any(t.trainable for t in tensors)
         width = FP32_BYTES if upcast and trains else own
         return FlatUnit(name=name, count=count, tensors=tensors, width=width,
-                        gathered_width=HALF_BYTES if mixed else own, trains=trains, world=world)
+                        gathered_width=HALF_BYTES if mixed else own, trains=trains, world=world,
+                        sharded=setup.fsdp1_sharding != "no-shard")
 
     flats = []
     for kind in (DENSE_LAYER, MOE_LAYER):
@@ -149,6 +165,29 @@ def fsdp1_units(spec: ModelSpec, setup: TrainingSetup) -> list[FlatUnit]:
             for name in (EMBEDDING, FINAL_NORM, LM_HEAD) if name in units for t in units[name].tensors]
     flats.append(flat("root", root, 1))
     return flats
+
+
+FSDP1_SHARDING_NOTES = {
+    "full-shard": "FULL_SHARD",
+    "shard-grad-op": "SHARD_GRAD_OP (layers kept gathered from forward to backward)",
+    "hybrid-shard": "HYBRID_SHARD (sharded over the node's {gpus} GPUs, shards all-reduced in place across nodes)",
+    "no-shard": "NO_SHARD (every flat parameter whole on each rank, gradients all-reduced in place)",
+}
+# Layers held gathered beyond the modes' own through the backward by forward_prefetch's prefetches in the recompute,
+# by SHARD_GRAD_OP (False: FULL_SHARD; True: SHARD_GRAD_OP); the most our FSDP1 traces show (tests/estimate/
+# test_fsdp1_rules.py, the matrix's forward-prefetch cases)
+RECOMPUTE_PREFETCHED_LAYERS = {False: 2, True: 1}
+
+
+def forward_prefetched(layers: dict[str, FlatUnit], layer_count: int, setup: TrainingSetup) -> int:
+    """forward_prefetch: each unit's pre-forward all-gathers the next unit in pre-forward order
+    (_runtime_utils._pre_forward_unshard -> _prefetch_handle; _exec_order_utils.get_handle_to_forward_prefetch), so
+    while a layer runs the next layer is gathered too, with its 16-bit shard copy (under peft, the layer's last
+    adapter unit prefetches it). Not in the backward's recompute: the next layer no longer needs a pre-forward
+    unshard there."""
+    if not setup.forward_prefetch or layer_count < 2 or setup.fsdp1_sharding in ("shard-grad-op", "no-shard"):
+        return 0
+    return max(u.gathered_bytes + u.low_precision_shard for u in layers.values())
 
 
 def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
@@ -220,16 +259,24 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
     pre = prefetch == "backward-pre"
     layer_count = len(kind_of)
     in_flight = {
-        FORWARD_LAYER: root.gathered_bytes + layer_gathered(biggest) + still_gathered(layer_count - 1),
+        FORWARD_LAYER: root.gathered_bytes + layer_gathered(biggest) + still_gathered(layer_count - 1)
+        + forward_prefetched(layers, layer_count, setup),
         FORWARD_LOGITS: root.gathered_bytes + still_gathered(layer_count),
         LOSS_BACKWARD: root.gathered_bytes + (prefetched(None) if pre else 0) + still_gathered(layer_count),
         OPTIMIZER_STEP: 0,
     }
+    # forward_prefetch with checkpointing under full fine-tuning: the recompute's pre-forwards prefetch too, and the
+    # traced steady steps hold one or two more layers gathered through the backward (two with a backward prefetch,
+    # one under SHARD_GRAD_OP); the upper end of the traces, none under peft, whose frozen layers trace none
+    recompute_prefetch = RECOMPUTE_PREFETCHED_LAYERS[kept_from_forward] * max(
+        u.gathered_bytes for u in layers.values()) if (
+        setup.forward_prefetch and setup.gradient_checkpointing and not peft and layer_count > 1) else 0
     per_layer, own, mlp, reduce = [], [], [], []
     for i, kind in enumerate(kind_of):
         unit = layers[kind]
-        early = prefetched(i) + still_gathered(i)
-        during = early if pre or kept_from_forward else 0
+        above = recompute_prefetch
+        early = prefetched(i) + still_gathered(i) + above
+        during = (early if pre or kept_from_forward else 0) + (0 if pre or kept_from_forward else above)
         per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + during)
         own.append(unit.concatenated_gradient + sum(u.unsharded_gradient for u in adapters_of[kind]))
         mlp.append(unit.held_gradient(names=("down_proj",)) + sum(
@@ -239,18 +286,37 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
             [unit.reduce_moment, *(u.reduce_moment for u in adapters_of[kind])]))
     if root.trains:
         in_flight[BACKWARD_END] = root.gathered_bytes + max(root.concatenated_gradient, root.reduce_moment)
-    sharding = "SHARD_GRAD_OP (layers kept gathered from forward to backward)" if kept_from_forward else "FULL_SHARD"
+    sharding = FSDP1_SHARDING_NOTES[setup.fsdp1_sharding].format(gpus=setup.gpus) + (
+        "; forward prefetch (the next unit gathered in each pre-forward)" if setup.forward_prefetch else "")
     notes = [f"{setup.strategy.value}: FSDP1 {sharding} (accelerate, use_orig_params) over {setup.world_size} GPUs: "
              "a flat parameter per decoder layer and a root unit (embedding, final norm, lm_head) kept gathered "
              "from forward to backward"
              + ("; each LoRA A and B its own unit (peft fsdp_auto_wrap_policy)" if peft else "")
              + ("; trainable flat parameters upcast to fp32, gathered in 16-bit" if width == FP32_BYTES and
                 setup.precision not in (Precision.FP32, Precision.BF16_PURE) else "")]
+    flight = dict(layer_own_gradients=own, layer_mlp_gradients=mlp, nccl_bytes=nccl_bytes(setup), notes=notes)
+    if setup.offload is Offload.PARAMS:
+        # CPUOffload: shards, their gradients (`_cpu_grad`) and the optimizer step on the host. The traces hold a
+        # device copy of the running trainable units' shards (root and a layer: FlatParamHandle.flat_param_to /
+        # _use_low_precision_shard copy each shard to the GPU before its all-gather); frozen units show none
+        trained_units = [u for u in (*layers.values(), *adapters) if u.trains]
+        copies = (root.sharded_bytes if root.trains else 0) + max((u.sharded_bytes for u in trained_units), default=0)
+        notes.append("offload params (FSDP1 CPUOffload): sharded flat parameters, their gradients and the optimizer "
+                     "step in host RAM; each gathered unit's shard copied to the GPU first")
+        host = weights + adapter_bytes + opt.state_bytes + sum(layer_grads) + root.gradient_shard
+        return RankStates(
+            weights=extra, lora_adapters=0, optimizer_states=0, optimizer_temporaries=0, gradients_at_step=0,
+            # each reduced shard stays on the GPU (`_saved_grad_shard`, _accumulate_sharded_grad) beside its host
+            # copy until prepare_gradient_for_optim, after the backward
+            layer_gradients=layer_grads, before_layer_gradient_bytes=0, host_bytes=host,
+            in_flight={moment: bytes_ + copies for moment, bytes_ in in_flight.items() if moment != OPTIMIZER_STEP},
+            layer_backward_in_flight=[b + copies for b in per_layer],
+            layer_reduce_in_flight=[b + copies for b in reduce], **flight,
+        )
     return RankStates(
         weights=weights, lora_adapters=adapter_bytes, optimizer_states=opt.state_bytes,
         optimizer_temporaries=opt.step_temporary_bytes,
         gradients_at_step=sum(layer_grads) + root.gradient_shard, layer_gradients=layer_grads,
         before_layer_gradient_bytes=0, in_flight=in_flight, layer_backward_in_flight=per_layer,
-        layer_own_gradients=own, layer_mlp_gradients=mlp, layer_reduce_in_flight=reduce,
-        nccl_bytes=nccl_bytes(setup), notes=notes,
+        layer_reduce_in_flight=reduce, **flight,
     )

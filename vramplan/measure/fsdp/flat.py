@@ -24,12 +24,13 @@ from vramplan.result import (
     UNSHARDED_GRADIENTS,
     UNSHARDED_PARAMETERS,
 )
-from vramplan.training import Method, TrainingSetup
+from vramplan.training import Method, Offload, TrainingSetup
 
 # transformers/training_args.py (FSDP1 branch of the fsdp_config defaults) and accelerate's plugin defaults; the
 # backward prefetch is the setup's (`--backward-prefetch`, accelerate's fsdp_backward_prefetch).
-TRAINER_FSDP1_DEFAULTS = dict(use_orig_params=True, forward_prefetch=False, limit_all_gathers=True)
-SHARDING = {"full-shard": "FULL_SHARD", "shard-grad-op": "SHARD_GRAD_OP"}  # `--fsdp1-sharding`
+TRAINER_FSDP1_DEFAULTS = dict(use_orig_params=True, limit_all_gathers=True)  # forward_prefetch: the setup's
+SHARDING = {"full-shard": "FULL_SHARD", "shard-grad-op": "SHARD_GRAD_OP", "hybrid-shard": "HYBRID_SHARD",
+            "no-shard": "NO_SHARD"}  # `--fsdp1-sharding`
 BACKWARD_PREFETCH = {"none": "NO_PREFETCH", "backward-pre": "BACKWARD_PRE", "backward-post": "BACKWARD_POST"}
 
 
@@ -40,7 +41,7 @@ def _fsdp1_plugin(setup: TrainingSetup, offload_params: bool):
         fsdp_version=1, auto_wrap_policy="transformer_based_wrap", cpu_offload=offload_params,
         # sync_module_states broadcasts rank 0's weights once, before training: no bytes of the step.
         sync_module_states=False, cpu_ram_efficient_loading=False,
-        backward_prefetch=BACKWARD_PREFETCH[setup.backward_prefetch],
+        backward_prefetch=BACKWARD_PREFETCH[setup.backward_prefetch], forward_prefetch=setup.forward_prefetch,
         # accelerate launch passes fsdp_sharding_strategy as FSDP_SHARDING_STRATEGY, which prepare_model prefers
         sharding_strategy=SHARDING[setup.fsdp1_sharding], reshard_after_forward=SHARDING[setup.fsdp1_sharding],
         **TRAINER_FSDP1_DEFAULTS,
@@ -70,11 +71,27 @@ def wrap_like_accelerate_fsdp1(model, setup: TrainingSetup, *, offload_params: b
         forward_prefetch=plugin.forward_prefetch, use_orig_params=plugin.use_orig_params,
         limit_all_gathers=plugin.limit_all_gathers, device_id=torch.device("cpu"),
     )
-    with fake_mode or contextlib.nullcontext():
+    with fake_mode or contextlib.nullcontext(), _node_of(setup.gpus):
         model = FSDP(model, **kwargs)
         if mixed_precision != "no":
             _upcast_trainable(model)
     return model, mixed_precision
+
+
+@contextlib.contextmanager
+def _node_of(gpus: int):
+    """HYBRID_SHARD without a process group or mesh (accelerate passes neither) shards over the node's devices,
+    `device_count()` of them (torch/distributed/fsdp/_init_utils.py _init_process_group_state_for_hybrid_shard):
+    on this CPU, the run's --gpus."""
+    import torch.distributed.fsdp._init_utils as init_utils
+
+    original = init_utils._init_intra_and_inter_node_groups
+
+    def node_groups(global_group, _devices):
+        return original(global_group, gpus)
+
+    with patched(init_utils, "_init_intra_and_inter_node_groups", lambda _: node_groups):
+        yield
 
 
 def _upcast_trainable(model) -> None:
@@ -123,14 +140,16 @@ def describe_flat_units(model) -> list[FsdpUnit]:
     units = []
     for module, handle in _units(model):
         flat = handle.flat_param
-        padded = flat._padded_unsharded_size.numel()
+        whole = flat._padded_unsharded_size if handle.uses_sharded_strategy else flat._unpadded_unsharded_size
+        padded = whole.numel()  # NO_SHARD: the flat parameter, never padded
         units.append(FsdpUnit(
             name=handle_name(handle),
             params=padded,
             sharded_bytes=cuda_block_bytes(flat._local_shard.untyped_storage().nbytes()),
             unsharded_bytes=cuda_block_bytes(padded * handle._fwd_bwd_param_dtype.itemsize),
             dtypes=[str(flat.dtype).removeprefix("torch.")],
-            reshard_after_forward=not module._is_root,  # _post_forward_reshard keeps the root's
+            # _post_forward_reshard keeps the root's; NO_SHARD never reshards
+            reshard_after_forward=not module._is_root and handle.uses_sharded_strategy,
         ))
     return units
 
@@ -145,7 +164,8 @@ def build_flat(config, setup: TrainingSetup, fake_mode):
     model = build_fake_model(config, setup, fake_mode, quant_storage=quant_storage)
     total_params = sum(logical_numel(p) for p in model.parameters())
     quant_states = [(name, tensors) for name, tensors in quant_state_tensors(model)]
-    model, mixed_precision = wrap_like_accelerate_fsdp1(model, setup, fake_mode=fake_mode)
+    offload = setup.offload is Offload.PARAMS
+    model, mixed_precision = wrap_like_accelerate_fsdp1(model, setup, offload_params=offload, fake_mode=fake_mode)
     name_units(model)
     for handle in flat_handles(model):
         # The original parameters as views of the (upcast) shard, which FSDP sets at the first reshard: the optimizer
@@ -175,6 +195,11 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _storage_allocated(tensor: torch.Tensor) -> bool:
     """torch.distributed.utils._data_ptr_allocated on storages: fake tensors have no data pointer."""
     return tensor.untyped_storage().nbytes() > 0
+
+
+def _unpinned(tensor: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
+    """Tensor.pin_memory for a fake host tensor: itself (pinning changes no device bytes)."""
+    return tensor
 
 
 def _catch_all_reshard(state) -> None:
@@ -214,8 +239,11 @@ def instrument_fsdp1(tracker):
 
     def post_reduce(original):  # the sharded gradient, kept in `_saved_grad_shard` until the optimizer step
         def wrapped(state, handle, grad_to_offload):
-            if not handle._offload_params:
-                tracker.tag(handle.flat_param._saved_grad_shard, GRADIENTS, handle_name(handle))
+            # NO_SHARD all-reduces `.grad` in place (_reduce_grad_no_shard); under CPUOffload the shard stays on the
+            # device beside its host copy until prepare_gradient_for_optim
+            flat = handle.flat_param
+            kept = flat._saved_grad_shard if handle.uses_sharded_strategy else flat.grad
+            tracker.tag(kept, GRADIENTS, handle_name(handle))
             return original(state, handle, grad_to_offload)
         return wrapped
 
@@ -224,7 +252,7 @@ def instrument_fsdp1(tracker):
             tracker, ALL_GATHER_BUFFERS, lambda h, _: h.flat_param._mp_shard if h._uses_param_mixed_precision
             else None)),
         (FlatParamHandle, "unshard", _tagging_result(
-            tracker, UNSHARDED_PARAMETERS, lambda h, _: h._get_padded_unsharded_flat_param())),
+            tracker, UNSHARDED_PARAMETERS, lambda h, _: h._get_padded_unsharded_flat_param() if h.uses_sharded_strategy else None)),
         *((FlatParamHandle, name, in_unit(tracker, handle_name))
           for name in ("pre_unshard", "unshard", "post_unshard", "reshard", "post_reshard",
                        "prepare_gradient_for_optim")),
@@ -233,10 +261,28 @@ def instrument_fsdp1(tracker):
         (runtime, "_catch_all_reshard", lambda _: _catch_all_reshard),
         # SHARD_GRAD_OP keeps the unsharded views and asserts the gathered storage exists by its data pointer
         (flat_param_module, "_data_ptr_allocated", lambda _: _storage_allocated),
+        # CPUOffload pins its host shards and gradients (host memory: no device bytes); fake tensors cannot be pinned
+        (torch.Tensor, "pin_memory", lambda _: _unpinned),
         # bitsandbytes re-attaches the QuantState to FSDP's view of each 4-bit weight (see tracker.fix_quant_state)
         (bnb_modules, "fix_4bit_weight_quant_state_from_module", lambda _: fix_quant_state),
     ]
     with contextlib.ExitStack() as stack:
         for owner, name, wrap in patches:
             stack.enter_context(patched(owner, name, wrap))
+        stack.enter_context(_cpu_stream_synchronize())
         yield
+
+
+@contextlib.contextmanager
+def _cpu_stream_synchronize():
+    """CPUOffload's post-backward callback waits for the gradient copies to the host (`current_stream().synchronize()`,
+    _runtime_utils._post_backward_final_callback); CPU streams have no such method: here, nothing to wait for."""
+    stream_type = type(torch.cpu.current_stream())
+    added = not hasattr(stream_type, "synchronize")
+    if added:
+        stream_type.synchronize = lambda self: None
+    try:
+        yield
+    finally:
+        if added:
+            del stream_type.synchronize

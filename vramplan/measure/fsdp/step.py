@@ -128,6 +128,11 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
 
     mode = fake_mode()
     flat = setup.strategy is Strategy.FSDP1
+    if flat and (setup.forward_prefetch or offload_params):
+        # FSDP1 prefetches in forward by the pre-forward order its first forward records
+        # (_exec_order_utils.get_handle_to_forward_prefetch), and under CPUOffload allocates each unit's pinned host
+        # gradient at its lazy init (FlatParamHandle.init_flat_param_attributes): the steady step follows a whole step
+        warmup = "step"
     if flat:
         from vramplan.measure.fsdp.flat import build_flat, describe_flat_units, flat_handles, instrument_fsdp1
 
@@ -161,6 +166,8 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
     def warm_up() -> None:
         if warmup == "step":
             training_step(input_ids)
+            if flat and offload_params:
+                _flat_host_state(model, tracker)
         else:
             create_optimizer_states(params, [optimizer])
             if flat:
@@ -174,7 +181,7 @@ def _trace(config, setup, world_size, reshard_after_forward, offload_params, war
         input_ids = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
         tracker.tag(input_ids, ACTIVATIONS, "(inputs)")
         if flat:
-            _track_flat_state(model, tracker, quant_states)
+            _track_flat_state(model, tracker, quant_states, offload_params)
         else:
             _track_model_state(model, tracker, owners, quant_states, offload_params)
         measure_steady_step(tracker, warm_up, lambda: training_step(input_ids))
@@ -222,12 +229,27 @@ def _previous_flat_gradients(model, tracker) -> None:
             tracker.tag(flat.grad, GRADIENTS, handle_name(handle))
 
 
-def _track_flat_state(model, tracker, quant_states) -> None:
-    """Each unit's sharded flat parameter (the original parameters are views into it), buffers and QuantStates."""
+def _flat_host_state(model, tracker) -> None:
+    """CPUOffload: each unit's sharded flat parameter and its pinned gradient (`_cpu_grad`) live in host memory
+    (torch/distributed/fsdp/_flat_param.py init_flat_param_attributes)."""
+    from vramplan.measure.fsdp.flat import flat_handles
+
+    for handle in flat_handles(model):
+        tracker.to_host(handle.flat_param._local_shard)
+        if getattr(handle.flat_param, "_cpu_grad", None) is not None:
+            tracker.to_host(handle.flat_param._cpu_grad)
+
+
+def _track_flat_state(model, tracker, quant_states, offload_params: bool = False) -> None:
+    """Each unit's sharded flat parameter (the original parameters are views into it; host-resident under
+    CPUOffload), buffers and QuantStates."""
     from vramplan.measure.fsdp.flat import flat_handles, handle_name
 
     for handle in flat_handles(model):
-        tracker.tag(handle.flat_param, SHARDED_PARAMETERS, handle_name(handle))
+        if offload_params:
+            tracker.to_host(handle.flat_param)
+        else:
+            tracker.tag(handle.flat_param, SHARDED_PARAMETERS, handle_name(handle))
     tracker.track_all(model.buffers(), REPLICATED_TENSORS)
     for name, tensors in quant_states:
         tracker.track_all(tensors, REPLICATED_TENSORS, name)
