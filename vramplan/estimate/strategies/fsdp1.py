@@ -183,8 +183,7 @@ def forward_prefetched(layers: dict[str, FlatUnit], layer_count: int, setup: Tra
     """forward_prefetch: each unit's pre-forward all-gathers the next unit in pre-forward order
     (_runtime_utils._pre_forward_unshard -> _prefetch_handle; _exec_order_utils.get_handle_to_forward_prefetch), so
     while a layer runs the next layer is gathered too, with its 16-bit shard copy (under peft, the layer's last
-    adapter unit prefetches it). Not in the backward's recompute: the next layer no longer needs a pre-forward
-    unshard there."""
+    adapter unit prefetches it). The backward's recompute is fsdp1_states' RECOMPUTE_PREFETCHED_LAYERS."""
     if not setup.forward_prefetch or layer_count < 2 or setup.fsdp1_sharding in ("shard-grad-op", "no-shard"):
         return 0
     return max(u.gathered_bytes + u.low_precision_shard for u in layers.values())
@@ -274,9 +273,8 @@ def fsdp1_states(spec: ModelSpec, setup: TrainingSetup) -> RankStates:
     per_layer, own, mlp, reduce = [], [], [], []
     for i, kind in enumerate(kind_of):
         unit = layers[kind]
-        above = recompute_prefetch
-        early = prefetched(i) + still_gathered(i) + above
-        during = (early if pre or kept_from_forward else 0) + (0 if pre or kept_from_forward else above)
+        early = prefetched(i) + still_gathered(i) + recompute_prefetch
+        during = early if pre or kept_from_forward else recompute_prefetch
         per_layer.append(root.gathered_bytes + held_root + layer_gathered(kind) + during)
         own.append(unit.concatenated_gradient + sum(u.unsharded_gradient for u in adapters_of[kind]))
         mlp.append(unit.held_gradient(names=("down_proj",)) + sum(

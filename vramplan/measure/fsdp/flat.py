@@ -252,7 +252,8 @@ def instrument_fsdp1(tracker):
             tracker, ALL_GATHER_BUFFERS, lambda h, _: h.flat_param._mp_shard if h._uses_param_mixed_precision
             else None)),
         (FlatParamHandle, "unshard", _tagging_result(
-            tracker, UNSHARDED_PARAMETERS, lambda h, _: h._get_padded_unsharded_flat_param() if h.uses_sharded_strategy else None)),
+            tracker, UNSHARDED_PARAMETERS,  # NO_SHARD gathers nothing
+            lambda h, _: h._get_padded_unsharded_flat_param() if h.uses_sharded_strategy else None)),
         *((FlatParamHandle, name, in_unit(tracker, handle_name))
           for name in ("pre_unshard", "unshard", "post_unshard", "reshard", "post_reshard",
                        "prepare_gradient_for_optim")),
