@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {
     "plan 32b lora (full catalog)": ["plan", "--model", "32b", "--method", "lora", "--tokens", "50M", "--epochs", "2",
                                      "--format", "json"],
+    "plan 70b full (memory trades, several nodes)": ["plan", "--model", "70b", "--method", "full", "--format",
+                                                     "json"],
+    "report examples/jobs.toml (3 jobs, HTML + charts)": ["report", "examples/jobs.toml", "--out",
+                                                          "/tmp/vramplan-bench-report"],
     "fit rtx-4090 8b qlora --solve seq-len": ["fit", "--gpu", "rtx-4090", "--model", "8b", "--method", "qlora",
                                               "--solve", "seq-len", "--format", "json"],
     "estimate 70b qlora (reference)": ["estimate", "--model", "70b", "--method", "qlora", "--format", "json"],

@@ -80,7 +80,8 @@ def test_plan_json_carries_the_layout(capsys):
     assert 0 < h200["communication_share"] < 1 and h200["gpu_link"] == "NVLink" and h200["choice"]
     assert {"host_bytes_needed", "host_ram_bytes", "layouts_tried", "offload"} <= set(h200)
     code, out, _ = run(["plan", "--model", "70b", "--method", "full"], capsys)
-    assert code == 0 and "nodes x GPUs" in out and "comm" in out and "$ cheapest:" in out
+    assert code == 0 and "nodes x GPUs" in out and "comm" in out and "$ cheapest for this job:" in out
+    assert "B cheapest to buy:" in out and "R cheapest to rent:" in out and "buy USD" in out
 
 
 def test_plan_emits_the_cheapest_options_config(tmp_path, capsys):

@@ -8,7 +8,7 @@ from vramplan.api import estimate
 from vramplan.hardware.catalog import HardwareCatalog, load_hardware
 from vramplan.hardware.links import links_of
 from vramplan.hardware.plan import CostAssumptions, plan_options
-from vramplan.hardware.throughput import step_flops, step_time, step_traffic
+from vramplan.hardware.throughput import step_flops, step_time, step_traffic, step_work
 from vramplan.models.catalog import resolve_model
 from vramplan.training import resolve_setup
 
@@ -87,13 +87,14 @@ def test_step_time_adds_communication_and_device_map_runs_one_gpu_at_a_time(hard
     links = links_of(gpu, p5)
     setup = resolve_setup("full", gpus=8, strategy="fsdp")
     flops = step_flops(SPEC_8B, setup).per_token
-    timing = step_time(flops, setup, step_traffic(SPEC_8B, setup), links, gpu.bf16_dense_tflops, 0.4)
+    work = step_work(SPEC_8B, setup, 0)
+    timing = step_time(work, setup, step_traffic(SPEC_8B, setup), links, gpu, 0.4)
     compute = flops * 2048 / (gpu.bf16_dense_tflops * 1e12 * 0.4)
     comm = 3 * PARAMS_8B * 2 * 7 / 8 / (450 * 10**9)
     assert timing.compute_s == pytest.approx(compute) and timing.communication_s == pytest.approx(comm, rel=1e-6)
     assert timing.tokens_per_second == pytest.approx(8 * 2048 / (compute + comm), rel=1e-6)
     mapped = resolve_setup("lora", gpus=8, strategy="device-map")
-    one = step_time(flops, mapped, step_traffic(SPEC_8B, mapped), links, gpu.bf16_dense_tflops, 0.4)
+    one = step_time(step_work(SPEC_8B, mapped, 0), mapped, step_traffic(SPEC_8B, mapped), links, gpu, 0.4)
     assert one.communication_s == 0 and one.tokens_per_second == pytest.approx(2048 / one.compute_s)
 
 

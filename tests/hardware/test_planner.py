@@ -3,9 +3,9 @@
 import pytest
 
 from vramplan.api import estimate
-from vramplan.hardware.catalog import Price, load_hardware
+from vramplan.hardware.catalog import load_hardware
 from vramplan.hardware.fit import largest_fitting
-from vramplan.hardware.plan import CostAssumptions, _cost, plan_options
+from vramplan.hardware.plan import CostAssumptions, plan_options
 from vramplan.hardware.suggest import suggest_changes
 from vramplan.request import RunRequest
 from vramplan.hardware.throughput import step_flops, tokens_per_second
@@ -41,19 +41,6 @@ def test_tokens_per_second_by_hand():
     assert tokens_per_second(48 * 10**9, 989.4, 0.40) == pytest.approx(8245.0)
 
 
-def test_cloud_cost_is_hourly_price_times_hours():
-    price = Price(amount=55.04, currency="USD", kind="cloud-hourly", date="2026-01-21", source="t")
-    cost, basis = _cost(price, 10.0, 5600, CostAssumptions())
-    assert cost == pytest.approx(550.40) and "55.04 USD/h" in basis
-
-
-def test_purchase_cost_is_amortised_share_plus_energy():
-    price = Price(amount=30000, currency="USD", kind="msrp", date="2022", source="t")
-    hours = 26.28  # 1/1000 of three years
-    cost, _ = _cost(price, hours, 700, CostAssumptions(amortisation_years=3, energy_usd_per_kwh=0.15))
-    assert cost == pytest.approx(30.0 + 0.7 * 26.28 * 0.15)
-
-
 def test_plan_marks_cheapest_and_fastest_and_respects_headroom():
     job = estimate("8b", "qlora", batch_size=1, seq_len=2048)
     plan = plan_options(job, load_hardware(), 50_000_000, CostAssumptions(headroom=0.10))
@@ -63,11 +50,20 @@ def test_plan_marks_cheapest_and_fastest_and_respects_headroom():
     assert all(job.device_bytes > o.gpu_memory_bytes * 0.9 for o in plan.rejected)
     costs = [o.cost_usd for o in plan.options if o.cost_usd is not None]
     assert costs == sorted(costs)
-    assert sum(o.cheapest for o in plan.options) == 1 and sum(o.fastest for o in plan.options) == 1
+    for flag in ("cheapest", "cheapest_buy", "cheapest_rent", "fastest"):
+        assert sum(getattr(o, flag) for o in plan.options) == 1
+    cuda = [o for o in plan.options if not o.rocm]
     cheapest = next(o for o in plan.options if o.cheapest)
-    assert cheapest.cost_usd == min(costs)
+    assert not cheapest.rocm and cheapest.cost_usd == min(o.cost_usd for o in cuda if o.cost_usd is not None)
     fastest = next(o for o in plan.options if o.fastest)
-    assert fastest.hours == min(o.hours for o in plan.options if o.hours is not None)
+    assert fastest.hours == min(o.hours for o in cuda if o.hours is not None)
+    buy = next(o for o in plan.options if o.cheapest_buy)
+    assert buy.purchase.upfront_usd == min(o.purchase.upfront_usd for o in cuda if o.purchase is not None)
+    rent = next(o for o in plan.options if o.cheapest_rent)
+    assert rent.rent_usd == min(o.rent_usd for o in cuda if o.rent_usd is not None)
+    # a cloud instance is rented, never bought; an SXM module is never bought bare
+    assert all(o.purchase is None for o in plan.options if o.id.startswith(("aws-", "gcp-", "lambda-")))
+    assert all(o.purchase is None and "module" in o.not_buyable for o in plan.options if o.id == "h100-sxm5-80gb")
     for option in plan.options:
         if option.tokens_per_second:
             assert option.hours == pytest.approx(50_000_000 / option.tokens_per_second / 3600)
@@ -110,3 +106,25 @@ def test_suggestions_are_ranked_by_memory_saved():
     assert qlora.needed_bytes == estimate("70b", "qlora", **short).device_bytes
 
 
+
+
+def test_rocm_parts_take_no_mark_unless_allowed():
+    from vramplan.hardware.plan import mark_options
+
+    plan = plan_options(estimate("8b", "lora"), load_hardware(), 10**8, CostAssumptions())
+    keep = next(o for o in plan.options if o.rent_usd is not None)
+    flipped = [o.model_copy(update={"rocm": o is not keep}) for o in plan.options]
+    marked = mark_options(flipped, allow_rocm=False)
+    assert all(not (o.cheapest or o.cheapest_buy or o.cheapest_rent or o.fastest) for o in marked if o.rocm)
+    allowed = mark_options(flipped, allow_rocm=True)
+    assert any(o.rocm and (o.cheapest or o.fastest) for o in allowed)
+
+
+def test_planner_trades_time_for_memory_before_adding_nodes():
+    # 70B full fine-tuning without checkpointing: one 8 x B200 node fits once checkpointing is on, and says so
+    job = estimate("70b", "full", gradient_checkpointing=False)
+    plan = plan_options(job, load_hardware(), 10**8, CostAssumptions())
+    b200 = next(o for o in plan.options if o.id == "hgx-b200-8gpu")
+    assert b200.nodes == 1 and b200.traded == ["gradient checkpointing"]
+    assert b200.settings == {"gradient_checkpointing": True} and "trading time for memory" in b200.choice
+    assert not any(c.fits for c in b200.layouts_tried if not c.traded and c.nodes == 1 and c.offload == "none")

@@ -25,4 +25,4 @@ def test_notebook_runs(path):
     outputs = [output for cell in book.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     text = "".join(output.get("text", "") for output in outputs)
-    assert "GiB" in text or "Recommended" in text
+    assert "GiB" in text or "upfront" in text

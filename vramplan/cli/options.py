@@ -113,8 +113,14 @@ def _finite(option: str, low: float, high: float, low_open: bool = False):
 Tokens = Annotated[str, typer.Option("--tokens", help="Training tokens per epoch, e.g. 50M.")]
 Epochs = Annotated[float, typer.Option("--epochs", help="Passes over the tokens (at most 10,000).",
                                        callback=_finite("--epochs", 0, 10_000, low_open=True))]
-Utilisation = Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation of dense BF16 (0.01 to 1).",
-                                            callback=_finite("--mfu", 0.01, 1))]
+Utilisation = Annotated[Optional[float], typer.Option(
+    "--mfu", help="Replace the step model with one model FLOPs utilisation of dense BF16 for every GPU (0.01 to 1). "
+                  "[default: the step model, validated against published runs]", callback=_finite("--mfu", 0.01, 1))]
+BusyShare = Annotated[float, typer.Option("--busy-share", help="Share of the year a bought machine runs jobs "
+                                          "(0.01 to 1): amortisation and yearly energy.",
+                                          callback=_finite("--busy-share", 0.01, 1))]
+AllowRocm = Annotated[bool, typer.Option("--allow-rocm", help="Let ROCm parts lead the cheapest/fastest marks "
+                                         "(the estimate models the CUDA stack).")]
 Years = Annotated[float, typer.Option("--amortise-years", help="Years a purchase is spread over (at most 50).",
                                       callback=_finite("--amortise-years", 0, 50, low_open=True))]
 Kwh = Annotated[float, typer.Option("--kwh-price", help="Energy price in USD per kWh (0 to 100).",

@@ -81,6 +81,29 @@ def _strategy_text(option) -> str:
     return option.strategy + (f" +{option.offload}" if option.offload != "none" else "")
 
 
+# (PlanOption flag, mark in the table, what it means)
+PLAN_MARKS = (("cheapest", "$", "cheapest for this job"), ("cheapest_buy", "B", "cheapest to buy"),
+              ("cheapest_rent", "R", "cheapest to rent"), ("fastest", ">", "fastest"))
+
+
+def _hours_text(option) -> str:
+    if option.hours is None:
+        return "?"
+    digits = 2 if option.hours < 1 else 1
+    if option.hours_low is None:
+        return f"{option.hours:,.{digits}f}"
+    return f"{option.hours_low:,.{digits}f}-{option.hours_high:,.{digits}f}"
+
+
+def _mark_money(flag: str, option) -> str:
+    if flag == "cheapest_buy" and option.purchase is not None:
+        text = f"buy for {option.purchase.upfront_usd:,.0f} USD upfront ({option.purchase.basis})"
+        if option.purchase.host_requirements:
+            text += f"; needs a {option.purchase.host_requirements}"
+        return text
+    return option.cost_basis
+
+
 def _share(value) -> str:
     return "?" if value is None else f"{value:.0%}"
 
@@ -94,30 +117,38 @@ def emit_plan(plan, suggestions, top: int) -> None:
                   f"on one GPU (device), {plan.training_tokens:,} training tokens, "
                   f"{plan.flops_per_token / 1e9:.1f} GFLOPs per token", highlight=False)
     if plan.options:
-        numeric = ("free GiB", "host GiB", "comm", "tok/s", "hours", "USD")
+        numeric = ("free GiB", "host GiB", "comm", "tok/s", "hours", "buy USD", "rent USD", "job USD")
         priorities = {"": 95, "option": 100, "nodes x GPUs": 75, "strategy": 60, "free GiB": 50, "host GiB": 20,
-                      "comm": 30, "tok/s": 80, "hours": 85, "USD": 90}
+                      "comm": 30, "tok/s": 45, "hours": 85, "buy USD": 88, "rent USD": 87, "job USD": 80}
         columns = [Column(name, priority, "right" if name in numeric else "left")
                    for name, priority in priorities.items()]
         rows = []
         for option in plan.options[:top]:
-            marks = ("$" if option.cheapest else "") + (">" if option.fastest else "")
+            marks = "".join(symbol for flag, symbol, _ in PLAN_MARKS if getattr(option, flag))
             host = f"{gib(option.host_bytes_needed):,.0f}" if option.host_bytes_needed else "-"
             comm = _share(option.communication_share) if option.gpus_used * option.nodes > 1 else "-"
+            buy = "-" if option.purchase is None else \
+                ("~" if option.purchase.estimated else "") + f"{option.purchase.upfront_usd:,.0f}"
+            rent = "-" if option.rent_usd is None else f"{option.rent_usd:,.2f}"
             rows.append([
                 marks, option.id, _layout_text(option), _strategy_text(option), f"{gib(option.headroom_bytes):.1f}",
-                host, comm, _number(option.tokens_per_second),
-                "?" if option.hours is None else f"{option.hours:,.1f}",
+                host, comm, _number(option.tokens_per_second), _hours_text(option), buy, rent,
                 "?" if option.cost_usd is None else f"{option.cost_usd:,.2f}"])
         table = whole_cell_table(
             console, columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-            title=f"{len(plan.options)} options that fit, cheapest first (top {min(top, len(plan.options))})")
+            title=f"{len(plan.options)} options that fit, by job cost (top {min(top, len(plan.options))})")
         console.print(table)
-        for mark, symbol in (("cheapest", "$"), ("fastest", ">")):
-            chosen = next((option for option in plan.options if getattr(option, mark)), None)
+        console.print("buy USD: upfront price of the machine (nodes included; ~ estimated from its parts); rent USD: "
+                      "total rent for the job's hours; job USD: the rent, or for a bought machine its amortised share "
+                      "of the purchase plus energy (not what you pay)", style="dim", highlight=False, soft_wrap=True)
+        for flag, symbol, words in PLAN_MARKS:
+            chosen = next((option for option in plan.options if getattr(option, flag)), None)
             if chosen is not None:
-                console.print(f"{symbol} {mark}: {chosen.id}: {chosen.choice}; {chosen.cost_basis}", highlight=False,
-                              soft_wrap=True)
+                console.print(f"{symbol} {words}: {chosen.id}: {chosen.choice}; {_mark_money(flag, chosen)}",
+                              highlight=False, soft_wrap=True)
+        if not plan.assumptions.allow_rocm and any(option.rocm for option in plan.options):
+            console.print("ROCm parts are listed, never marked (the estimate models the CUDA stack); --allow-rocm "
+                          "lets them lead", style="dim", highlight=False, soft_wrap=True)
     else:
         most = plan.assumptions.max_nodes
         console.print("nothing in the catalog fits this job" + (f" (up to {most} nodes of a system)" if most > 1
@@ -128,14 +159,22 @@ def emit_plan(plan, suggestions, top: int) -> None:
                       f"{gib(largest.gpu_memory_bytes):.1f} GiB; --format json lists every layout tried and why)",
                       highlight=False)
     _emit_suggestions(console, suggestions)
+    from vramplan.hardware.plan import speed_assumption
+
     a = plan.assumptions
-    console.print(f"assumptions: a system runs the job on all its GPUs with the fastest strategy that fits, else with "
-                  f"host-RAM offload, else on up to {a.max_nodes} nodes; {a.utilisation:.0%} of dense BF16 per GPU; "
-                  "communication (ring collectives over NVLink, PCIe x16 or the system's network) not overlapped "
-                  f"with compute, so times are upper bounds; CPU optimizer steps under offload not timed; "
-                  f"{a.headroom:.0%} memory headroom; purchases over {a.amortisation_years:g} years plus "
-                  f"energy at {a.energy_usd_per_kwh} USD/kWh (TDP x GPUs used x hours); cloud at the catalog's hourly "
-                  "price x nodes; host and power-supply costs left out", highlight=False, soft_wrap=True, style="dim")
+    console.print(f"assumptions: a system runs the job on all its GPUs with the fastest strategy that fits, else "
+                  "trading time for memory (checkpointing, micro-batch 1 with accumulation, 8-bit AdamW), else with "
+                  f"host-RAM offload, else on up to {a.max_nodes} nodes; {speed_assumption(a)}; communication not "
+                  "overlapped with compute; CPU optimizer steps under offload not timed; "
+                  f"{a.headroom:.0%} memory headroom; purchases: the machine's catalog price, else estimated from "
+                  f"its cards' price (MSRP as launched) + a {a.host_usd:,.0f} USD desktop (one card) or "
+                  f"{a.workstation_host_usd:,.0f} USD workstation host (~); energy at {a.energy_usd_per_kwh} USD/kWh; "
+                  f"amortised over the hours busy in {a.amortisation_years:g} years ({a.busy_share:.0%} busy); "
+                  "cloud at the catalog's hourly price x nodes",
+                  highlight=False, soft_wrap=True, style="dim")
+
+
+
 
 
 def _emit_suggestions(console, suggestions) -> None:

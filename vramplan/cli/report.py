@@ -13,6 +13,7 @@ def report_command(
     jobs: Annotated[str, typer.Argument(help="TOML file of planned jobs (see examples/jobs.toml).")],
     out: Annotated[str, typer.Option("--out", help="Folder for report.html, report.md and the charts.")] = "report",
     catalog: o.CatalogDir = None,
+    allow_rocm: o.AllowRocm = False,
 ) -> None:
     """Write a procurement report (HTML and Markdown) for a team's planned jobs. Exit 2 on a bad jobs file, 4 when
     the report extra (matplotlib) is missing."""
@@ -24,6 +25,9 @@ def report_command(
     from vramplan.report.jobs import load_jobs
 
     planned = load_jobs(Path(jobs))  # the user's file first: a bad one is exit 2 whatever is installed
+    if allow_rocm:
+        planned = planned.model_copy(update={"assumptions": planned.assumptions.model_copy(
+            update={"allow_rocm": True})})
     hardware = load_hardware(catalog)
     require_extra("report", "matplotlib")
     from vramplan.report.build import build_report
@@ -31,6 +35,19 @@ def report_command(
 
     report = build_report(planned, hardware)
     written = write_report(report, Path(out))
-    if report.recommended is not None:
-        sys.stdout.write(f"recommended: {report.recommended.id} ({report.recommended.name})\n")
+    buy, rent, even = report.cheapest_buy, report.cheapest_rent, report.break_even
+    if buy is not None:
+        parts = " (estimated from parts)" if buy.estimated_price else ""
+        sys.stdout.write(f"buy: {buy.id} ({buy.name}), {buy.upfront_usd:,.0f} USD upfront{parts}\n")
+    if rent is not None:
+        sys.stdout.write(f"rent: {rent.id} ({rent.name}), {rent.rent_usd:,.0f} USD in rent for all the jobs\n")
+    if buy is not None and rent is not None and even is not None:
+        years = report.assumptions.amortisation_years
+        if even.gpu_hours_per_month is None:
+            sys.stdout.write("break-even: none; renting costs less than the bought machine's electricity\n")
+        elif not even.within_reach:
+            sys.stdout.write(f"break-even: none within {years:g} years, even busy every hour\n")
+        else:
+            sys.stdout.write(f"break-even: buying {buy.id} beats renting {rent.id} above "
+                             f"{even.gpu_hours_per_month:,.0f} {buy.gpu} GPU-hours a month\n")
     sys.stdout.write("wrote " + ", ".join(str(path) for path in written) + "\n")

@@ -6,6 +6,10 @@ model-state bytes while compute per rank stays constant). The tiers, tried in or
 
 1. one node, no offload: full fine-tuning tries ddp, zero1, zero2, zero3, fsdp; LoRA/QLoRA tries ddp, zero3,
    fsdp and device-map (device_map="auto": layers split over the GPUs of one process);
+1b. the same node with the run's settings traded for memory, one more trade per tier (MEMORY_TRADES): gradient
+   checkpointing on, then micro-batch 1 with gradient accumulation (the same tokens per optimizer step), then the
+   8-bit AdamW (bitsandbytes; not under DeepSpeed, whose engine builds its own optimizer); each trade is named in
+   the answer;
 2. one node with host-RAM offload (ZeRO-Offload of the optimizer, ZeRO-3 or FSDP2 parameter offload), each
    checked against the system's host RAM;
 3. several nodes (NODE_COUNTS, cloud instances and servers with a known network figure) with fsdp, zero3 and
@@ -17,6 +21,7 @@ Within the first tier that fits, the fastest layout is chosen; every layout trie
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -24,8 +29,8 @@ from vramplan.errors import VramplanError
 from vramplan.result import Estimate
 from vramplan.hardware.catalog import Gpu, System
 from vramplan.hardware.links import Links
-from vramplan.hardware.throughput import StepTime, step_time, step_traffic
-from vramplan.training import Method, Offload, Strategy, TrainingSetup, resolve_setup
+from vramplan.hardware.throughput import StepTime, step_time, step_traffic, step_work
+from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Optimizer, Strategy, TrainingSetup, resolve_setup
 from vramplan.units import gib
 
 # Node counts tried for multi-node layouts: powers of two, as clusters are usually allocated.
@@ -51,16 +56,52 @@ class LayoutCheck(BaseModel):
     tokens_per_second: float | None
     communication_share: float | None
     reason: str  # why it does not fit, or what limits its speed
+    traded: list[str] = []  # the settings changed to save memory, in words
+    settings: dict[str, Any] = {}  # the same changes as option values (gradient_checkpointing, batch_size, optimizer)
 
     @property
     def label(self) -> str:
         gpus = f"{self.gpus} GPU" + ("s" if self.gpus > 1 else "")
         nodes = f" x {self.nodes} nodes" if self.nodes > 1 else ""
         offload = f" + offload {self.offload}" if self.offload != "none" else ""
-        return f"{self.strategy} on {gpus}{nodes}{offload}"
+        traded = f" with {', '.join(self.traded)}" if self.traded else ""
+        return f"{self.strategy} on {gpus}{nodes}{offload}{traded}"
 
 
 Estimator = Callable[[TrainingSetup], Estimate]
+
+
+def memory_trades(setup: TrainingSetup, strategy: Strategy | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The trades of time for memory the run has not made yet, cumulative: each entry adds one to the one before."""
+    trades: list[tuple[str, dict[str, Any]]] = []
+    changes: dict[str, Any] = {}
+    if not setup.gradient_checkpointing:
+        changes["gradient_checkpointing"] = True
+        trades.append(("gradient checkpointing", dict(changes)))
+    if setup.batch_size > 1:
+        changes["batch_size"] = 1
+        trades.append((f"micro-batch 1 x {setup.batch_size} accumulation steps", dict(changes)))
+    eight_bit = setup.optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FUSED) and strategy not in DEEPSPEED_STRATEGIES
+    if eight_bit and setup.stack.value == "hf":
+        changes["optimizer"] = Optimizer.ADAMW_8BIT
+        trades.append(("8-bit AdamW", dict(changes)))
+    return trades
+
+
+def traded(setup: TrainingSetup, settings: dict[str, Any]) -> TrainingSetup:
+    """The run with trade settings applied (validated again by variant's resolve_setup)."""
+    return setup.model_copy(update=settings) if settings else setup
+
+
+def _trade_names(setup: TrainingSetup, settings: dict[str, Any]) -> list[str]:
+    names = []
+    if settings.get("gradient_checkpointing"):
+        names.append("gradient checkpointing")
+    if "batch_size" in settings:
+        names.append(f"micro-batch 1 x {setup.batch_size} accumulation steps")
+    if "optimizer" in settings:
+        names.append("8-bit AdamW")
+    return names
 
 
 def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, offload: Offload) -> TrainingSetup:
@@ -82,10 +123,14 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
 
 def check_layout(
     setup: TrainingSetup, estimator: Estimator, gpu: Gpu, system: System | None, links: Links,
-    flops_per_token: int, usable_bytes: int, utilisation: float,
+    usable_bytes: int, utilisation: float | None, original: TrainingSetup | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[LayoutCheck, StepTime | None]:
+    """`setup` is the layout to check; `original` the run before `settings` traded memory for time."""
+    settings = settings or {}
+    original = original or setup
     base = {"strategy": setup.strategy.value, "gpus": setup.gpus, "nodes": setup.nodes,
-            "offload": setup.offload.value}
+            "offload": setup.offload.value, "traded": _trade_names(original, settings), "settings": settings}
     try:
         estimate = estimator(setup)
     except VramplanError as err:
@@ -94,8 +139,9 @@ def check_layout(
     needed, host = estimate.device_bytes, estimate.host_bytes * setup.gpus
     timing = None
     if gpu.bf16_dense_tflops is not None:
-        timing = step_time(flops_per_token, setup, step_traffic(estimate.model.spec, setup), links,
-                           gpu.bf16_dense_tflops, utilisation)
+        spec = estimate.model.spec
+        work = step_work(spec, setup, estimate.components.get("optimizer_states", 0))
+        timing = step_time(work, setup, step_traffic(spec, setup), links, gpu, utilisation)
     reason = ""
     if needed > usable_bytes:
         reason = f"needs {gib(needed):.1f} GiB per GPU of {gib(usable_bytes):.1f} GiB usable"
@@ -113,18 +159,29 @@ def check_layout(
 
 
 def _tiers(setup: TrainingSetup, gpus: int, system: System | None, max_nodes: int):
-    """The layouts to try, tier by tier; a tier is (name, [setups or (layout, refusal reason)])."""
-    def build(count: int, nodes: int, strategy: Strategy, offload: Offload = Offload.NONE):
+    """The layouts to try, tier by tier; a tier is (name, [(setup, trade settings) or (layout, refusal reason)])."""
+    def build(count: int, nodes: int, strategy: Strategy, offload: Offload = Offload.NONE,
+              settings: dict[str, Any] | None = None):
+        settings = settings or {}
         try:
-            return variant(setup, count, nodes, strategy, offload)
+            return variant(traded(setup, settings), count, nodes, strategy, offload), settings
         except VramplanError as err:
             return (f"{strategy.value} on {count} GPUs x {nodes}", str(err))
 
     if gpus == 1:
-        yield "one GPU", [build(1, 1, Strategy.SINGLE)]
+        node, strategies = "one GPU", (Strategy.SINGLE,)
     else:
+        node = f"one node of {gpus} GPUs"
         strategies = FULL_STRATEGIES if setup.method is Method.FULL else ADAPTER_STRATEGIES
-        yield f"one node of {gpus} GPUs", [build(gpus, 1, strategy) for strategy in strategies]
+    count = 1 if gpus == 1 else gpus
+    yield node, [build(count, 1, strategy) for strategy in strategies]
+    for depth in range(len(memory_trades(setup))):
+        layouts = []
+        for strategy in strategies:
+            trades = memory_trades(setup, strategy)
+            if depth < len(trades):
+                layouts.append(build(count, 1, strategy, settings=trades[depth][1]))
+        yield f"{node}, trading time for memory", layouts
     yield "host-RAM offload", [build(gpus, 1, strategy, offload) for strategy, offload in OFFLOAD_LAYOUTS]
     if system is None or gpus == 1 or max_nodes < 2:
         return
@@ -134,9 +191,13 @@ def _tiers(setup: TrainingSetup, gpus: int, system: System | None, max_nodes: in
     if system.network_gbps is None:
         yield "several nodes", [("several nodes", "network bandwidth between nodes unknown (network_gbps)")]
         return
+    # before more nodes, the cheapest trade (checkpointing) is made where the run has not made it
+    first = memory_trades(setup)[:1]
+    settings = first[0][1] if first and "gradient_checkpointing" in first[0][1] else {}
     for nodes in NODE_COUNTS:
         if nodes <= max_nodes:
-            yield f"{nodes} nodes", [build(gpus, nodes, strategy) for strategy in MULTI_NODE_STRATEGIES]
+            yield f"{nodes} nodes", [build(gpus, nodes, strategy, settings=settings)
+                                     for strategy in MULTI_NODE_STRATEGIES]
 
 
 def _refused(label: str, reason: str) -> LayoutCheck:
@@ -147,19 +208,19 @@ def _refused(label: str, reason: str) -> LayoutCheck:
 
 def choose_layout(
     setup: TrainingSetup, estimator: Estimator, gpu: Gpu, system: System | None, gpus: int, links: Links,
-    flops_per_token: int, usable_bytes: int, utilisation: float, max_nodes: int,
+    usable_bytes: int, utilisation: float | None, max_nodes: int,
 ) -> tuple[LayoutCheck | None, StepTime | None, list[LayoutCheck], str]:
     """(chosen layout, its step time, every layout tried, why it was chosen)."""
     tried: list[LayoutCheck] = []
     offloaded = None  # the best host-RAM offload layout, weighed against the fewest nodes that fit without it
     for tier, setups in _tiers(setup, gpus, system, max_nodes):
         results = []
-        for candidate in setups:
-            if isinstance(candidate, tuple):
-                tried.append(_refused(*candidate))
+        for candidate, detail in setups:
+            if isinstance(candidate, str):
+                tried.append(_refused(candidate, detail))
                 continue
-            check, timing = check_layout(candidate, estimator, gpu, system, links, flops_per_token, usable_bytes,
-                                         utilisation)
+            check, timing = check_layout(candidate, estimator, gpu, system, links, usable_bytes, utilisation,
+                                         original=setup, settings=detail)
             tried.append(check)
             if check.fits:
                 results.append((check, timing))

@@ -7,6 +7,12 @@ Matmul FLOPs only (the other ops are memory-bound and small next to them), count
   that train (full fine-tuning; for LoRA/QLoRA just the adapters);
 - gradient checkpointing recomputes the forward once more.
 
+The GPU's share (step_work, compute_seconds): matmuls run at the GPU's maximum achievable matmul rate (MAMF, a
+measured fraction of the datasheet's dense BF16 peak); the memory-bound work (elementwise ops over the activations,
+QLoRA's dequantisation, the optimizer step) runs at the memory bandwidth; the sum is divided by STACK_EFFICIENCY, the
+share of that ideal the real training stacks reach (measured against published runs: validation/RESULTS.md,
+"Training throughput").
+
 Several GPUs add communication (step_traffic, step_time): the bytes each strategy's collectives move per step,
 over the link they cross (vramplan/hardware/links.py). Ring collectives (NCCL's ring algorithm; Patarasuk and
 Yuan 2009, "Bandwidth optimal all-reduce algorithms"): an all-gather or reduce-scatter of B bytes over n ranks
@@ -21,8 +27,10 @@ import math
 
 from pydantic import BaseModel
 
+from vramplan.estimate.components.activations.layer import activation_bytes
 from vramplan.estimate.components.weights import adapter_tensor_elements, weight_memory
 from vramplan.estimate.dtypes import HALF_BYTES, trainable_bytes_per_param
+from vramplan.hardware.catalog import Gpu
 from vramplan.hardware.links import Links
 from vramplan.models.spec import ModelSpec
 from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Strategy, TrainingSetup
@@ -37,6 +45,38 @@ PARAM_GATHERS_PER_STEP = 2
 # updated 16-bit parameters back (ZeRO-Offload paper, Ren et al. 2021, section 4.1); offloaded parameters are
 # fetched once for forward and once for backward.
 OFFLOAD_CROSSINGS = 2
+
+# Maximum achievable matmul FLOPS (BF16 inputs, no sparsity) that mamf-finder measured: stas00/ml-engineering
+# compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table" (A100 SXM 267.9 of 312, A100 PCIe
+# 256.4, H100 SXM 792.1 of 989, GH200 821.0 of 989, MI300X 781.9 of 1300 with ROCm 6.2).
+MAMF_BF16_TFLOPS = {"a100-sxm4-80gb": 267.9, "a100-sxm4-40gb": 267.9, "a800-sxm4-80gb": 267.9,
+                    "a100-pcie-80gb": 256.4, "h100-sxm5-80gb": 792.1, "h800-sxm-80gb": 792.1,
+                    "h200-sxm-141gb": 821.0, "mi300x": 781.9}
+# A GPU the table does not measure: the median efficiency of its NVIDIA rows (85.9, 83.0, 82.2, 80.1 %).
+DEFAULT_MATMUL_EFFICIENCY = 0.826
+# Memory-bound kernels (elementwise ops, dequantisation, the optimizer's foreach ops) stream at this share of the
+# datasheet bandwidth: a 4 GiB device copy reaches 90.6% of peak on an H100 NVL (a public ceiling probe, read via
+# find_string "Maximum Achievable Matmul FLOPS"); the many small eager kernels of a step reach less, which
+# STACK_EFFICIENCY absorbs.
+BANDWIDTH_EFFICIENCY = 0.9
+# Saved activations cross memory four times a step: written in the forward, read in the backward, and their gradients
+# written and read there; checkpointing's recompute writes them once more.
+ACTIVATION_PASSES = 4
+# bitsandbytes dequantises each 4-bit weight into a 16-bit copy before every matmul (bnb.functional.dequantize_4bit
+# under MatMul4Bit: forward, and the backward's input gradient): it reads half a byte, writes two, and the matmul
+# reads the two back.
+DEQUANT_BYTES_PER_WEIGHT = 4.5
+# AdamW's step reads parameter, gradient and both moments and writes parameter and moments: 7 tensors for every 2 of
+# state, so 3.5 bytes move per byte of optimizer state (torch/optim/adamw.py _multi_tensor_adamw).
+OPTIMIZER_BYTES_PER_STATE_BYTE = 3.5
+# The share of the ideal step (matmuls at MAMF + memory-bound work at the bandwidth) that real fine-tuning stacks
+# reach: the median of measured / ideal over the published runs in validation/throughput/ (kernel launches, the
+# attention kernel, the loss, the data loader, Python). Recomputed by scripts/validate_throughput.py;
+# tests/hardware/test_throughput_validation.py keeps this figure equal to that median.
+STACK_EFFICIENCY = 0.76
+# The job time a run really takes, as a multiple of the predicted time: the 10th and 90th percentiles of measured /
+# predicted time over the same published runs (scripts/validate_throughput.py). The report quotes times as this range.
+TIME_RANGE = (0.70, 1.37)
 
 
 class StepFlops(BaseModel):
@@ -54,10 +94,7 @@ class StepFlops(BaseModel):
 def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
     # Every layer's nn.Linear weights, plus, in an MoE layer, the experts each token is routed to (top-k of E: the
     # 3D expert tensors hold E experts' weights).
-    linear_weights = sum(lin.weight_params for lin in spec.all_layer_linears)
-    if spec.moe is not None:
-        per_expert = sum(math.prod(shape[1:]) for shape in spec.expert_tensor_shapes()[:2])
-        linear_weights += len(spec.moe_layer_ids) * spec.moe.experts_per_token * per_expert
+    linear_weights = _linear_weights(spec)
     lm_head = spec.vocab_size * spec.hidden_size
     adapters = sum(adapter_tensor_elements(spec, setup))
     # Causal attention: QK^T and AV are each seq_len x q_size MACs per token, halved by the causal mask.
@@ -76,6 +113,68 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
         backward_per_token=input_grads + weight_grads + attention_backward,
         recompute_per_token=recompute,
     )
+
+
+class StepWork(BaseModel):
+    """What one rank computes and streams for one micro-batch: matmul FLOPs per token and memory-bound bytes."""
+
+    flops_per_token: int
+    activation_bytes: int  # elementwise traffic over the saved activations, per micro-batch
+    dequant_bytes: int  # QLoRA's dequantisation traffic, per micro-batch
+    optimizer_bytes: int  # the optimizer step's traffic (one step per micro-batch: no accumulation modelled)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.activation_bytes + self.dequant_bytes + self.optimizer_bytes
+
+
+def _linear_weights(spec: ModelSpec) -> int:
+    """Weights every token's matmuls read: the layers' linears plus, in MoE layers, the experts it is routed to."""
+    weights = sum(lin.weight_params for lin in spec.all_layer_linears)
+    if spec.moe is not None:
+        per_expert = sum(math.prod(shape[1:]) for shape in spec.expert_tensor_shapes()[:2])
+        weights += len(spec.moe_layer_ids) * spec.moe.experts_per_token * per_expert
+    return weights
+
+
+def step_work(spec: ModelSpec, setup: TrainingSetup, optimizer_state_bytes: int) -> StepWork:
+    """One rank's micro-batch; `optimizer_state_bytes` is the rank's optimizer state (sharded where the layout
+    shards it)."""
+    saved, _ = activation_bytes(spec, setup.model_copy(update={"gradient_checkpointing": False}))
+    passes = ACTIVATION_PASSES + (1 if setup.gradient_checkpointing else 0)
+    dequant = 0
+    if setup.method is Method.QLORA:
+        # every pass over a layer dequantises all of its 4-bit weights (the experts all, not only the routed ones)
+        quantised = sum(lin.weight_params for lin in spec.all_layer_linears)
+        if spec.moe is not None:
+            quantised += len(spec.moe_layer_ids) * sum(math.prod(s) for s in spec.expert_tensor_shapes()[:2])
+        weight_passes = 2 + (1 if setup.gradient_checkpointing else 0)
+        dequant = round(DEQUANT_BYTES_PER_WEIGHT * quantised * weight_passes)
+    return StepWork(flops_per_token=step_flops(spec, setup).per_token, activation_bytes=saved * passes,
+                    dequant_bytes=dequant,
+                    optimizer_bytes=round(OPTIMIZER_BYTES_PER_STATE_BYTE * optimizer_state_bytes))
+
+
+def matmul_efficiency(gpu: Gpu) -> tuple[float, str]:
+    """(share of the dense BF16 peak large matmuls reach, where the figure comes from)."""
+    mamf = MAMF_BF16_TFLOPS.get(gpu.id)
+    if mamf is not None and gpu.bf16_dense_tflops:
+        return mamf / gpu.bf16_dense_tflops, f"measured MAMF {mamf:g} TFLOPS"
+    return DEFAULT_MATMUL_EFFICIENCY, "no MAMF measurement: the median of the measured NVIDIA parts"
+
+
+def compute_seconds(work: StepWork, tokens: int, gpu: Gpu, utilisation: float | None = None) -> float:
+    """One rank's micro-batch of `tokens`, communication left out. `utilisation` (a user's MFU) replaces the model:
+    matmul FLOPs at that share of the dense BF16 peak, nothing else."""
+    peak = gpu.bf16_dense_tflops * TERA
+    if utilisation is not None:
+        return work.flops_per_token * tokens / (peak * utilisation)
+    efficiency, _ = matmul_efficiency(gpu)
+    matmuls = work.flops_per_token * tokens / (peak * efficiency)
+    memory = 0.0
+    if gpu.bandwidth_gb_s:
+        memory = work.memory_bytes / (gpu.bandwidth_gb_s * 10**9 * BANDWIDTH_EFFICIENCY)
+    return (matmuls + memory) / STACK_EFFICIENCY
 
 
 def tokens_per_second(flops_per_token: int, bf16_dense_tflops: float, utilisation: float) -> float:
@@ -183,11 +282,11 @@ def _seconds(nbytes: int, bandwidth: int | None) -> float | None:
     return None if bandwidth is None else nbytes / bandwidth
 
 
-def step_time(flops_per_token: int, setup: TrainingSetup, traffic: StepTraffic, links: Links,
-              bf16_dense_tflops: float, utilisation: float) -> StepTime:
-    """Compute (every rank at `utilisation` of dense BF16) plus communication, not overlapped."""
+def step_time(work: StepWork, setup: TrainingSetup, traffic: StepTraffic, links: Links, gpu: Gpu,
+              utilisation: float | None = None) -> StepTime:
+    """Compute (compute_seconds, every rank alike) plus communication, not overlapped."""
     rank_tokens = setup.tokens_per_step
-    compute = flops_per_token * rank_tokens / (bf16_dense_tflops * TERA * utilisation)
+    compute = compute_seconds(work, rank_tokens, gpu, utilisation)
     # device_map="auto" is one process: its GPUs take turns, so the layout trains one micro-batch at a time.
     replicas = 1 if setup.strategy is Strategy.DEVICE_MAP else setup.world_size
     gpu = _seconds(traffic.gpu_link_bytes, links.gpu_to_gpu)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vramplan.tomlfile import RunRecord, parse_record, read_toml
+from vramplan.hardware.purchase import DESKTOP_HOST_USD, WORKSTATION_HOST_USD
 from vramplan.units import DEFAULT_HEADROOM
 
 
@@ -20,9 +21,14 @@ class ReportAssumptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     headroom: str = f"{DEFAULT_HEADROOM:.0%}"  # the default check, fit and plan keep
-    mfu: float = Field(default=0.40, gt=0, le=1)
-    amortise_years: float = Field(default=3.0, gt=0)
-    kwh_price: float = Field(default=0.15, ge=0)
+    # None: the step model (validated against published runs); a number replaces it for every GPU
+    mfu: float | None = Field(default=None, gt=0, le=1)
+    amortise_years: float = Field(default=3.0, gt=0, le=50)
+    kwh_price: float = Field(default=0.15, ge=0, le=100)
+    busy_share: float = Field(default=0.5, gt=0, le=1)  # share of the year a bought machine runs jobs (energy)
+    host_usd: float = Field(default=DESKTOP_HOST_USD, ge=0, le=1e6)  # the desktop PC around a bought card
+    workstation_host_usd: float = Field(default=WORKSTATION_HOST_USD, ge=0, le=1e6)  # the host around 2-4 cards
+    allow_rocm: bool = Field(default=False, strict=True)  # let ROCm parts lead the recommendations
 
 
 class JobsFile(BaseModel):
@@ -31,6 +37,14 @@ class JobsFile(BaseModel):
     title: str = "GPU procurement report"
     assumptions: ReportAssumptions = ReportAssumptions()
     job: list[Job] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> JobsFile:
+        names = [job.name for job in self.job]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"job names must differ: {', '.join(repeated)} repeated")
+        return self
 
 
 def load_jobs(path: Path) -> JobsFile:

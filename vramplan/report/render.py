@@ -7,7 +7,10 @@ import html
 import io
 from pathlib import Path
 
-from vramplan.report.build import GB, Report
+from vramplan.hardware.plan import hours_text, speed_assumption
+from vramplan.hardware.purchase import SERVER_HOST_SHARE_OF_GPU_W, WORKSTATION_HOST_W
+from vramplan.report.build import Report
+from vramplan.report.rules import GB, RULE_BATCH, RULE_SEQ_LEN
 from vramplan.units import gib
 
 COMPONENT_ORDER = ("weights", "lora_adapters", "gradients", "optimizer_states", "optimizer_temporaries",
@@ -15,14 +18,20 @@ COMPONENT_ORDER = ("weights", "lora_adapters", "gradients", "optimizer_states", 
 CHART_NAMES = ("memory.png", "cost_time.png")
 
 
+# Rows of the options table (the rest are in the JSON of `vramplan plan`).
+OPTION_ROWS = 25
+# Common card sizes (GB as marketed) drawn as reference lines on the memory chart.
+CARD_SIZES_GB = (24, 48, 80, 96, 141)
+
+
 def _memory_chart(report: Report) -> bytes:
-    """Stacked bars: each job's peak phase split into components, in GiB."""
+    """Stacked bars: each job's peak phase split into components, in GiB, against common card sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 1.2 + 0.7 * len(report.jobs)))
+    figure, axis = plt.subplots(figsize=(9, 1.6 + 0.7 * len(report.jobs)))
     names = [job.name for job in report.jobs]
     left = [0.0] * len(names)
     for component in COMPONENT_ORDER:
@@ -32,44 +41,72 @@ def _memory_chart(report: Report) -> bytes:
             left = [a + b for a, b in zip(left, values)]
     runtime = [gib(job.estimate.device_bytes - job.estimate.peak_allocated_bytes) for job in report.jobs]
     axis.barh(names, runtime, left=left, label="allocator + CUDA context", color="lightgrey")
-    axis.set_xlabel("GiB per GPU at the peak (device)")
+    totals = [a + b for a, b in zip(left, runtime)]
+    for row, total in enumerate(totals):
+        axis.annotate(f"{total:.1f} GiB", (total, row), xytext=(4, 0), textcoords="offset points", va="center",
+                      fontsize=8)
+    largest_card = CARD_SIZES_GB[-1] * GB / 2**30
+    for size in CARD_SIZES_GB:
+        line = size * GB / 2**30
+        axis.axvline(line, color="black", linestyle=":", linewidth=0.8)
+        axis.annotate(f"{size} GB", (line, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
+                      va="top", ha="right")
+    axis.set_xlim(0, max(max(totals) * 1.15, largest_card * 1.05))
+    axis.set_xlabel("GiB per GPU at the peak (device); dotted: common card sizes in GB as marketed")
     axis.invert_yaxis()
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axis.set_title("Where each job's memory goes")
+    axis.set_title("Where each job's memory goes (one GPU, as each job is given)")
     return _png(figure)
 
 
 def _cost_time_chart(report: Report) -> bytes:
-    """Every option that runs all jobs: total hours against total cost."""
+    """Every option that runs all jobs: total hours against what it costs, buying (upfront) and renting (total)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 5))
-    shown = [c for c in report.candidates if c.cost_usd is not None and c.hours is not None]
-    if not shown:
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    bought = [c for c in report.candidates if c.upfront_usd is not None and c.hours is not None]
+    rented = [c for c in report.candidates if c.rent_usd is not None and c.hours is not None]
+    if not bought and not rented:
         axis.text(0.5, 0.5, "no priced option runs every job", ha="center", va="center")
         axis.set_axis_off()
         return _png(figure)
-    for kind, marker in (("gpu", "o"), ("system", "s")):
-        points = [c for c in shown if c.kind == kind]
-        axis.scatter([c.hours for c in points], [c.cost_usd for c in points], marker=marker,
-                     label="GPU (bought)" if kind == "gpu" else "system (bought or rented)")
-    labelled: set[tuple[float, float]] = set()
-    for candidate in shown[:10]:  # the cheapest; one label per point where options coincide
-        point = (round(candidate.hours, 1), round(candidate.cost_usd, 0))
-        if point not in labelled:
-            labelled.add(point)
-            axis.annotate(candidate.id, (candidate.hours, candidate.cost_usd), fontsize=7, xytext=(4, 2),
-                          textcoords="offset points")
+    axis.scatter([c.hours for c in bought], [c.upfront_usd for c in bought], marker="s", label="buy: upfront USD")
+    axis.scatter([c.hours for c in rented], [c.rent_usd for c in rented], marker="o",
+                 label="rent: total USD for the jobs")
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlabel("total hours for all jobs")
-    axis.set_ylabel("total cost (USD)")
-    axis.set_title("Options that run every job: time against cost")
+    points = [(c, c.upfront_usd) for c in bought] + [(c, c.rent_usd) for c in rented]
+    _label_points(figure, axis, [(c.id + (" (ROCm)" if c.rocm else ""), c.hours, value) for c, value in points])
+    axis.set_xlabel("total hours for all jobs (step model; see the range in the table)")
+    axis.set_ylabel("USD (log scale)")
+    axis.set_title("Options that run every job: time against money")
     axis.legend(fontsize=8)
     return _png(figure)
+
+
+# Label placement: offsets tried in turn (points) until a label overlaps no label placed before it.
+LABEL_OFFSETS = ((4, 2), (4, -9), (4, 11), (4, -20), (4, 22), (-4, 2), (-4, -9), (-4, 11))
+LABEL_FONT_SIZE = 7
+
+
+def _label_points(figure, axis, points: list[tuple[str, float, float]]) -> None:
+    """Every point labelled with its name, each label placed where it overlaps none placed before it (the last
+    offset is kept when every one collides)."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    placed = []
+    for name, x, y in sorted(points, key=lambda point: (point[1], -point[2])):
+        for dx, dy in LABEL_OFFSETS:
+            text = axis.annotate(name, (x, y), fontsize=LABEL_FONT_SIZE, xytext=(dx, dy), textcoords="offset points",
+                                 ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == LABEL_OFFSETS[-1]:
+                placed.append(box)
+                break
+            text.remove()
 
 
 def _png(figure) -> bytes:
@@ -82,39 +119,142 @@ def _png(figure) -> bytes:
 
 
 def _money(value: float | None) -> str:
-    return "n/a" if value is None else f"${value:,.2f}"
+    if value is None:
+        return "n/a"
+    return f"${value:,.0f}" if value >= 1000 or value == 0 else f"${value:,.2f}"
 
 
 def _hours(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.1f} h"
+    return "n/a" if value is None else hours_text(value)
+
+
+def _range(low: float | None, point: float | None, high: float | None) -> str:
+    if point is None:
+        return "n/a (speed unknown: no dense BF16 figure)"
+    if low is None or high is None:
+        return _hours(point)
+    if high < 1:
+        return f"{low * 60:.0f}-{high * 60:.0f} min"
+    return f"{low:,.1f}-{high:,.1f} h"
+
+
+def _runs(candidate) -> str:
+    return "; ".join(f"{run.job}: {_range(run.hours_low, run.hours, run.hours_high)} ({run.layout})"
+                     for run in candidate.runs)
+
+
+def _recommendation(report: Report) -> list[str]:
+    a = report.assumptions
+    buy, rent, fastest = report.cheapest_buy, report.cheapest_rent, report.fastest
+    lines = []
+    if buy is None:
+        lines.append("Buy: no machine in the catalog that can be bought runs every job; see the budget tiers.")
+    else:
+        estimated = f" (estimated from its parts: {buy.purchase_basis})" if buy.estimated_price else ""
+        nodes = f" x {buy.most_nodes}" if buy.most_nodes > 1 else ""
+        energy = "" if buy.yearly_energy_usd is None else (
+            f", {buy.watts:,.0f} W at full load, about {_money(buy.yearly_energy_usd)} of energy a year at "
+            f"{a.busy_share:.0%} busy")
+        lines.append(f"Buy: {buy.name} ({buy.id}){nodes} for {_money(buy.upfront_usd)} upfront{estimated}"
+                     f"{energy}. It runs every job: {_runs(buy)}.")
+        if buy.host_requirements:
+            lines.append(f"Host for the card: a {buy.host_requirements}.")
+    if rent is None:
+        lines.append("Rent: no cloud instance in the catalog runs every job at a known hourly price.")
+    else:
+        lines.append(f"Rent: {rent.name} ({rent.id}) for {_money(rent.rent_usd)} in rent for all the jobs together, "
+                     f"{_range(rent.hours_low, rent.hours, rent.hours_high)} of renting: {_runs(rent)}.")
+    be = report.break_even
+    if buy is not None and rent is not None and buy.hours is None:
+        lines.append(f"Break-even: not given; the speed of {buy.id} is unknown (no dense BF16 figure).")
+    if be is not None and buy is not None and rent is not None:
+        if be.runs is None:
+            lines.append("Break-even: renting costs less than the bought machine's electricity; buying never pays.")
+        else:
+            reach = ("" if be.within_reach else
+                     f" (more than a month has: over {a.amortisation_years:g} years the purchase does not pay)")
+            lines.append(f"Break-even: buying {buy.id} beats renting {rent.id} after {be.runs:,.1f} runs of these "
+                         f"jobs, or above {be.gpu_hours_per_month:,.0f} {buy.gpu} GPU-hours a month "
+                         f"({be.hours_per_month:,.0f} hours of the whole machine) over a "
+                         f"{a.amortisation_years:g}-year life{reach}.")
+    if fastest is not None:
+        cost = (f"{_money(fastest.rent_usd)} in rent" if fastest.rent_usd is not None else
+                f"{_money(fastest.upfront_usd)} upfront" if fastest.upfront_usd is not None else "no price")
+        lines.append(f"Fastest: {fastest.name} ({fastest.id}), "
+                     f"{_range(fastest.hours_low, fastest.hours, fastest.hours_high)} for all the jobs, {cost}.")
+    for unfit in report.unfit_jobs:
+        lines.append(f"'{unfit.job}' fits nothing in the catalog: it needs {gib(unfit.needed_bytes):,.1f} GiB on one "
+                     f"GPU and no layout of any option brings it under the headroom (the largest GPU holds "
+                     f"{gib(unfit.largest_gpu_bytes):,.1f} GiB); see `vramplan plan` for what would make it fit.")
+    offloaded = [run.job for pick in (buy, rent) if pick is not None for run in pick.runs if "offload" in run.layout]
+    if offloaded:
+        lines.append("Offloaded runs (" + ", ".join(sorted(set(offloaded))) + ") step their optimizer on the CPU, "
+                     "which the times leave out: expect them to take longer than shown.")
+    for big in report.big_jobs:
+        rent_it = (f"; rent it instead on {big.rent_it} for {_money(big.rent_it_usd)}" if big.rent_it else "")
+        lines.append(f"One job decides the purchase: without '{big.job}', {big.without_it} "
+                     f"({_money(big.without_it_usd)}) runs the others{rent_it}.")
+    return lines
+
+
+def _option_rows(report: Report) -> list[list[str]]:
+    rows = [["option", "buy (upfront)", "rent (total)", "hours, all jobs", "amortised (jobs' share)",
+             "power, energy/yr", "layout per job", "smallest headroom"]]
+    shown = sorted(report.candidates, key=lambda c: (c.rocm and not report.assumptions.allow_rocm,
+                                                      c.upfront_usd is None, c.upfront_usd or 0.0,
+                                                      c.rent_usd if c.rent_usd is not None else float("inf"), c.id))
+    for c in shown[:OPTION_ROWS]:
+        name = c.id + (" (ROCm: listed, not recommended)" if c.rocm and not report.assumptions.allow_rocm else "")
+        buy = "-" if c.upfront_usd is None else _money(c.upfront_usd) + (" (parts)" if c.estimated_price else "")
+        power = "-" if c.watts is None else f"{c.watts:,.0f} W, {_money(c.yearly_energy_usd)}"
+        rows.append([name, buy, _money(c.rent_usd) if c.rent_usd is not None else "-",
+                     _range(c.hours_low, c.hours, c.hours_high),
+                     _money(c.amortised_usd) if c.amortised_usd is not None else "-", power,
+                     "; ".join(c.layouts), f"{gib(c.smallest_headroom_bytes):.1f} GiB"])
+    return rows
+
+
+def _tier_rows(report: Report) -> list[list[str]]:
+    rows = [["budget (upfront)", "best buy", "price", "hours for the jobs it runs", "jobs it cannot run"]]
+    for tier in report.tiers:
+        band = (f"{_money(tier.low_usd)}-{_money(tier.high_usd)}" if tier.high_usd is not None
+                else f"{_money(tier.low_usd)} and up")
+        if tier.option is None:
+            rows.append([band, "nothing in the catalog at this price runs any of the jobs", "-", "-", "all"])
+            continue
+        rows.append([band, tier.option, _money(tier.upfront_usd), _hours(tier.hours),
+                     ", ".join(tier.jobs_left) or "none"])
+    return rows
+
+
+def _rule_rows(report: Report) -> list[list[str]]:
+    rows = [["model", "method", "rule of thumb", "vramplan: model state", "vramplan: per GPU",
+             "what the rule leaves out", "smallest single GPU"]]
+    for rule in report.rules:
+        terms = ", ".join(f"{name.replace('_', ' ')} {gib(value):.1f}" for name, value in
+                          sorted(rule.terms.items(), key=lambda item: -item[1]) if gib(value) >= 0.05)
+        method = rule.method + (" (pure bf16)" if rule.method == "full" and rule.precision == "bf16" else
+                                " (fp32 master weights)" if rule.precision == "bf16-mixed" else "")
+        rows.append([rule.model, method, f"{rule.rule_bytes / GB:,.0f} GB ({gib(rule.rule_bytes):,.0f} GiB)",
+                     f"{gib(rule.state_bytes):,.0f} GiB", f"{gib(rule.vramplan_bytes):,.1f} GiB",
+                     terms + " GiB" if terms else "-", rule.smallest_gpu or "none: needs several GPUs"])
+    return rows
 
 
 def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, paragraphs, table rows with the header first) for both renderings."""
     a = report.assumptions
-    recommended = report.recommended
-    if recommended is None:
-        advice = ["No single catalog option runs every job with the requested headroom and a price; see "
-                  "the per-job sections."]
-    else:
-        nodes = f" ({recommended.most_nodes} of them for the largest job)" if recommended.most_nodes > 1 else ""
-        where = f"one {recommended.gpu}" if recommended.kind == "gpu" else f"its {recommended.gpu} GPUs"
-        advice = [f"Buy or rent: {recommended.name} ({recommended.id}){nodes}. It runs every job on {where} "
-                  f"with at least {gib(recommended.smallest_headroom_bytes):.1f} GiB per GPU "
-                  f"to spare, in {_hours(recommended.hours)} for {_money(recommended.cost_usd)} in all.",
-                  "Layout per job: " + "; ".join(recommended.layouts) + ".",
-                  f"Cost basis of one job: {recommended.cost_basis}."]
-    sections = [("Recommendation", advice, [])]
-    rows = [["option", "kind", "GPU", "layout per job", "host RAM per node", "comm share", "total hours",
-             "total cost", "smallest headroom"]]
-    for candidate in report.candidates[:20]:
-        gpu = candidate.gpu + (" (ROCm: listed, not recommended)" if candidate.rocm else "")
-        share = candidate.largest_communication_share
-        rows.append([candidate.id, candidate.kind, gpu, "; ".join(candidate.layouts),
-                     f"{gib(candidate.host_bytes_per_node):,.0f} GiB" if candidate.host_bytes_per_node else "-",
-                     "-" if share is None else f"up to {share:.0%}", _hours(candidate.hours),
-                     _money(candidate.cost_usd), f"{gib(candidate.smallest_headroom_bytes):.1f} GiB"])
-    sections.append(("Options that run every job", [f"{len(report.candidates)} options; the 20 cheapest:"], rows))
+    sections = [("Recommendation", _recommendation(report), [])]
+    sections.append(("Best buy per budget", [
+        "The machine in each price band that runs the most of the jobs, then the fastest; a job it cannot run is "
+        "named (rent it, or buy the next tier)."], _tier_rows(report)))
+    sections.append(("Options that run every job", [
+        f"{len(report.candidates)} options; the first {min(OPTION_ROWS, len(report.candidates))} shown, purchases by "
+        "upfront price, then rentals by total rent. Buy is the upfront price (every node a job needs; \"(parts)\": "
+        "estimated from the cards' price and a host); rent is the total for all the jobs' hours; amortised is the "
+        "purchase's share for those hours (over the hours it is busy in its life) plus energy: what the jobs cost "
+        "of a machine you own, not what you pay. Hours are a range: the step model's error against published runs."],
+        _option_rows(report)))
     job_rows = [["job", "model", "method", "batch x seq", "peak phase", "per-GPU need", "tokens", "options"]]
     for job in report.jobs:
         setup = job.estimate.setup
@@ -122,29 +262,34 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                          f"{setup.batch_size} x {setup.seq_len}", job.estimate.peak_phase,
                          f"{gib(job.estimate.device_bytes):.2f} GiB", f"{job.plan.training_tokens:,}",
                          str(len(job.plan.options))])
-    sections.append(("Jobs", ["Per-GPU need is what nvidia-smi would show: the estimate's peak plus allocator "
-                              "reserve and CUDA context."], job_rows))
-    rule_rows = [["model", "method", "rule of thumb", "vramplan (b1 x 2048)", "smallest single GPU"]]
-    for rule in report.rules:
-        rule_rows.append([rule.model, rule.method, rule.rule, f"{rule.vramplan_bytes / GB:.1f} GB",
-                          rule.smallest_gpu or "none: needs several GPUs"])
-    sections.append(("Rules of thumb beside vramplan",
-                     ["The seed guide's table next to vramplan's estimate for the same model and method at batch 1, "
-                      "sequence 2048 (GB = 10^9 bytes, as the guide writes). Where the guide's hardware holds more "
-                      "than the estimate, the rule leaves headroom; where it holds less, the run would not fit."],
-                     rule_rows))
+    sections.append(("Jobs", ["Per-GPU need is what nvidia-smi would show on one GPU: the estimate's peak plus "
+                              "allocator reserve and CUDA context (a layout over several GPUs needs less per GPU)."],
+                     job_rows))
+    sections.append(("The rule of thumb, reproduced and corrected", [
+        "Vendors size fine-tuning at 16 / 2 / 0.5 GB per billion parameters for full / LoRA / QLoRA. 16 bytes is "
+        "bf16 weights and gradients plus fp32 master weights and AdamW moments; pure bf16 training holds half of "
+        "that. The rule leaves out activations, logits and loss, QLoRA's k-bit preparation, allocator reserve and "
+        f"the CUDA context. vramplan at batch {RULE_BATCH}, sequence {RULE_SEQ_LEN}, one GPU (GiB = 2^30 bytes, "
+        "GB = 10^9)."], _rule_rows(report)))
     sections.append(("Assumptions", [
-        f"Speed: {a.utilisation:.0%} of each GPU's dense BF16 tensor rate on the step's matmul FLOPs.",
-        f"Purchases are spread over {a.amortisation_years:g} years of use, plus energy at TDP x hours at "
-        f"{a.energy_usd_per_kwh} USD/kWh. Cloud instances are priced at the catalog's hourly price, whose date is "
-        "in the catalog (vramplan catalog show ID). Host, chassis and power costs are left out of bare GPUs.",
+        f"Speed: {speed_assumption(a)}. Validation: validation/RESULTS.md, \"Training throughput\".",
+        "Buying: whole workstations and servers at their catalog price (list, street or MSRP, dated in the catalog); "
+        f"a machine without a price, or a bare consumer or workstation card, is estimated from its cards' price (MSRP "
+        f"as launched, dated) plus a host: {a.host_usd:,.0f} USD for a one-card desktop (host_usd), "
+        f"{a.workstation_host_usd:,.0f} USD for a 2-4 card workstation (workstation_host_usd). SXM/OAM modules and "
+        "passive datacenter cards are bought inside servers only; cloud instances are rented only.",
+        f"Energy: GPUs' TDP plus the host (workstation {WORKSTATION_HOST_W:.0f} W; server "
+        f"{SERVER_HOST_SHARE_OF_GPU_W:.0%} of the GPUs' TDP, after DGX H100's 10.2 kW), at {a.energy_usd_per_kwh} "
+        f"USD/kWh, {a.busy_share:.0%} of the year busy. Amortised: over the busy hours of {a.amortisation_years:g} "
+        "years.",
         f"Memory headroom kept free on every GPU: {a.headroom:.0%}.",
         "A multi-GPU system runs each job on all its GPUs with the fastest strategy that fits (DDP, ZeRO 1-3, FSDP2, "
-        "device_map), else with host-RAM offload checked against the system's RAM, else on several nodes of it "
-        f"(up to {a.max_nodes}, where the catalog gives its network bandwidth); cloud prices and purchases scale "
-        "with the nodes used.",
-        "Communication: ring collectives over NVLink, PCIe x16 or the network, not overlapped with compute, so "
-        "times are upper bounds; the CPU optimizer step under offload is not timed.",
+        "device_map), else trading time for memory (gradient checkpointing, micro-batch 1 with accumulation, 8-bit "
+        "AdamW; named per job), else with host-RAM offload, else on several nodes of it "
+        f"(up to {a.max_nodes}, where the catalog gives its network bandwidth).",
+        "ROCm parts are listed, never recommended" + (" (allowed here by allow_rocm)." if a.allow_rocm else
+                                                        " (set allow_rocm = true to let them lead)."),
+        "Offload: the CPU optimizer step under offload is not timed, so offloaded runs take longer than shown.",
         f"Made with vramplan on {report.made_on.isoformat()}."], []))
     return sections
 
@@ -168,7 +313,8 @@ def _md_table(rows: list[list[str]]) -> str:
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9em; margin: 0.6em 0; }
+table { border-collapse: collapse; width: 100%; font-size: 0.85em; margin: 0.6em 0; }
+td { overflow-wrap: anywhere; vertical-align: top; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; } th { background: #f4f4f4; }
 img { max-width: 100%; border: 1px solid #eee; }
 """
@@ -190,7 +336,7 @@ def write_report(report: Report, out: Path) -> list[Path]:
         parts += [f"<p>{html.escape(text)}</p>" for text in paragraphs]
         parts.append(_html_table(rows))
         md += [f"## {heading}", "", *[f"{text}\n" for text in paragraphs], _md_table(rows), ""]
-        if heading == "Jobs":
+        if heading == "Jobs":  # the charts follow the jobs table
             for name, alt in (("memory.png", "Memory breakdown per job"), ("cost_time.png", "Time against cost")):
                 encoded = base64.b64encode(charts[name]).decode("ascii")
                 parts.append(f"<p><img src=\"data:image/png;base64,{encoded}\" alt=\"{alt}\"></p>")
