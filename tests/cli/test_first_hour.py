@@ -161,7 +161,17 @@ def test_validate_skips_and_counts_cases_whose_extra_is_missing(capsys, tmp_path
 
 # 5. A --from key that changes memory and is not modelled -----------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["stage: dpo", "use_unsloth: true"])
+def test_a_preference_stage_is_refused_by_every_command(tmp_path, capsys):
+    # a DPO job is not an SFT job: no command answers it, --accept-unmodelled or not (issue 18)
+    config = tmp_path / "lf.yaml"
+    config.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: dpo\nfinetuning_type: lora\n")
+    for args in (["estimate"], ["check", "--gpu", "h100-sxm5-80gb", "--accept-unmodelled"], ["plan"],
+                 ["fit", "--gpu", "h100-sxm5-80gb"]):
+        code, out, err = run([args[0], "--from", str(config), *args[1:]], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "stage: dpo" in err
+
+
+@pytest.mark.parametrize("key", ["use_unsloth: true"])
 def test_unmodelled_llama_factory_keys_stop_check(tmp_path, capsys, key):
     config = tmp_path / "lf.yaml"
     config.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nstage: sft\ndo_train: true\n"

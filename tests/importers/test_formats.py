@@ -85,12 +85,31 @@ def test_unknown_optimizer_is_unmodelled_not_guessed(tmp_path):
 
 
 def test_llama_factory_defaults_and_unmodelled(tmp_path):
-    text = "model_name_or_path: Qwen/Qwen2.5-7B\nstage: dpo\nquantization_bit: 4\nuse_dora: true\n"
+    text = "model_name_or_path: Qwen/Qwen2.5-7B\nstage: sft\nquantization_bit: 4\nuse_dora: true\n"
     run = load_run_config(_write(tmp_path, "lf.yaml", text))
     assert run.method == "qlora"
     assert run.options.given()["lora_rank"] == 8 and run.options.given()["lora_targets"] == "all-linear"
     assert run.options.given()["batch_size"] == 8 and run.options.given()["seq_len"] == 2048 and run.options.given()["double_quant"] is True
-    assert [entry.split("=")[0] for entry in run.unmodelled] == ["stage", "use_dora"]
+    assert [entry.split("=")[0] for entry in run.unmodelled] == ["use_dora"]
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: dpo\nfinetuning_type: lora\n", "stage: dpo is preference"),
+    ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: kto\n", "stage: kto is KTO"),
+    ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: ppo\n", "stage: ppo is PPO"),
+    ("a.yml", "base_model: Qwen/Qwen3-8B\nrl: grpo\nadapter: lora\n", "rl: grpo is preference or RL"),
+    ("a.yml", "base_model: Qwen/Qwen3-8B\ndatasets: []\nreward_model: true\n", "reward_model: True is reward-model"),
+    ("dpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "max_length": 1024}), "beta: 0.1 is a preference"),
+    ("grpo.json", json.dumps({"output_dir": "o", "beta": 0.0, "num_generations": 8, "use_vllm": True}),
+     "num_generations: 8 is GRPO/RLOO"),
+    ("kto.json", json.dumps({"output_dir": "o", "desirable_weight": 1.0}), "is KTO"),
+    ("dpo2.json", json.dumps({"output_dir": "o", "precompute_ref_log_probs": True}), "is DPO"),
+])
+def test_preference_and_rl_objectives_are_refused_not_estimated_as_sft(tmp_path, name, text, words):
+    from vramplan.errors import NotModelledError
+
+    with pytest.raises(NotModelledError, match=words):
+        load_run_config(_write(tmp_path, name, text))
 
 
 def test_axolotl_defaults_when_keys_are_absent(tmp_path):

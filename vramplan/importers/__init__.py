@@ -56,10 +56,14 @@ def _read(fmt: str, raw: dict[str, Any], path: Path) -> ImportedRun:
     """Run the format's reader; a key holding a value of the wrong type is one line naming the file and the key."""
     from pydantic import ValidationError
 
+    from vramplan.errors import NotModelledError
+
     try:
         return READERS[fmt](raw, path).build()
     except ConfigValueError as err:
         raise UsageError(f"{path}: {err}") from None
+    except NotModelledError as err:  # a training objective vramplan does not model: refused with the file named
+        raise NotModelledError(f"{path}: {err}") from None
     except ValidationError as err:  # ImportedRun's own fields (a model name that is not a string, ...)
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

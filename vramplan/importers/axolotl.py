@@ -16,8 +16,20 @@ PEFT = "axolotl default: src/axolotl/utils/schemas/peft.py"
 LIGER = "axolotl.integrations.liger"
 
 
+# axolotl keys that change the training objective (src/axolotl/utils/schemas/config.py: `rl` is an RLType, dpo /
+# ipo / orpo / kto / simpo / grpo; `reward_model` and `process_reward_model` train a reward head).
+OBJECTIVE_KEYS = {
+    "rl": "preference or RL training (rl: dpo, ipo, orpo, kto, simpo, grpo)",
+    "reward_model": "reward-model training (a value head, paired batches)",
+    "process_reward_model": "process-reward-model training (a token-classification head)",
+}
+
+
 def read_axolotl(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder.for_stack("axolotl", raw, "base_model")
+    for key, objective in OBJECTIVE_KEYS.items():
+        if builder.get(key) not in (None, False, "", [], {}):
+            builder.refuse_objective(key, builder.raw[key], objective)
     _method(builder)
     _shape(builder)
     _precision(builder)

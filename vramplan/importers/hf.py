@@ -24,8 +24,28 @@ TRL_NLL_UPPER_BOUND = ("TRL SFT loss (nll): TRL 1.x computes it in chunks throug
                        "an upper bound (OOM-safe)")
 
 
+# Fields that only TRL's preference, RL and reward configs have (trl/trainer/{dpo,kto,grpo,rloo,reward}_config.py and
+# trl/experimental/orpo/orpo_config.py at TRL 1.16, beyond TrainingArguments and SFTConfig), by the objective they
+# name; the first group present names the file's objective.
+TRL_OBJECTIVE_KEYS = (
+    ("GRPO/RLOO online RL (generated completions, an optional reference model)",
+     ("num_generations", "max_completion_length", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization",
+      "steps_per_generation", "generation_batch_size", "reward_weights", "num_iterations")),
+    ("KTO preference training (a reference model, a KL batch)", ("desirable_weight", "undesirable_weight")),
+    ("DPO preference training (a reference model, paired batches)",
+     ("precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergence_type", "sync_ref_model", "ld_alpha",
+      "use_weighting", "ref_model_init_kwargs", "rpo_alpha", "loss_weights")),
+    ("reward-model training (a value head, paired batches)", ("center_rewards_coefficient",)),
+    ("a preference objective (DPO, ORPO, KTO or GRPO: `beta` weighs a reference or odds-ratio term)", ("beta",)),
+)
+
+
 def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder("trl", raw)
+    for objective, keys in TRL_OBJECTIVE_KEYS:
+        present = [key for key in keys if raw.get(key) is not None]
+        if present:
+            builder.refuse_objective(present[0], raw[present[0]], objective)
     sft = any(key in raw for key in SFT_KEYS)
     kind = "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments"
     builder.set("stack", "hf", "format", kind)

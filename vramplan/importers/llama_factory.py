@@ -57,11 +57,19 @@ UNMODELLED_FLAGS = {
 }
 
 
+# LLaMA-Factory's training stages other than sft/pt, as its hparams/finetuning_args.py names them.
+LF_STAGES = {"rm": "reward-model training (a value head, paired batches)",
+             "ppo": "PPO (a reward model, a value head, generation)",
+             "dpo": "preference training (DPO and the pref_loss variants: a reference model, paired batches)",
+             "kto": "KTO preference training (a reference model, a KL batch)"}
+
+
 def read_llama_factory(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder.for_stack("llama-factory", raw, "model_name_or_path")
     stage = builder.get("stage", "sft")
     if stage not in ("sft", "pt"):
-        builder.not_modelled("stage", stage, "reward/preference stages (extra models, paired batches): not modelled")
+        # LLaMA-Factory's stages (hparams/finetuning_args.py): pt, sft, rm, ppo, dpo, kto
+        builder.refuse_objective("stage", stage, LF_STAGES.get(str(stage), "a training stage other than sft or pt"))
     _method(builder)
     _shape(builder, stage)
     _precision(builder)

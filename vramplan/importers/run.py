@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vramplan.errors import UsageError
+from vramplan.errors import NotModelledError, UsageError
 from vramplan.options import RunOptions
 
 Format = Literal["axolotl", "llama-factory", "torchtune", "trl", "deepspeed", "accelerate"]
@@ -183,6 +183,14 @@ class RunBuilder:
 
     def not_modelled(self, key: str, value: Any, why: str) -> None:
         self.unmodelled.append(f"{key}={show(value)} ({why})")
+
+    def refuse_objective(self, key: str, value: Any, objective: str) -> None:
+        """A training objective vramplan does not model (preference, RL, reward): no answer at all, whatever the
+        command, since an SFT estimate of it would be a different job's memory."""
+        raise NotModelledError(
+            f"{key}: {show(value)} is {objective}, which vramplan does not model yet (a reference model, paired or "
+            "generated batches, a reward head change memory); an SFT estimate would not be this job's, so none is "
+            "given")
 
     def leftovers(self, quiet: frozenset[str], where: str = "") -> None:
         """Report each top-level key neither read nor known to leave memory alone."""
