@@ -109,7 +109,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     optimizer = make_optimizer(params, setup.optimizer)
     with removing(hooks), mode, as_on_gpu(setup.packing), loss_kernels, attribute_modules(model, tracker), tracker:
         input_ids = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
-        _track_model(model, tracker, owners)
+        track_model(model, tracker, owners)
         measure_steady_step(tracker, warm_up, lambda: training_step(input_ids))
     return StepTrace.from_tracker(
         tracker,
@@ -118,7 +118,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     )
 
 
-def _track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:
+def track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:
     """Parameters, buffers and each 4-bit weight's QuantState, filed under PARAMETERS."""
     for param in model.parameters():
         tracker.tag(param, PARAMETERS, owners.get(id(param), "(model)"))
