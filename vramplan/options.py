@@ -66,6 +66,13 @@ class RunOptions(BaseModel):
     alloc_conf: str | None = _option(
         "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
         "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")
+    objective: str | None = _option(
+        "sft | dpo: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
+        "chosen and rejected rows; --batch-size counts pairs; DPOConfig's defaults for unset options: 8 pairs, "
+        "max_length 1024, checkpointing on). orpo | kto | grpo are refused [default: sft]")
+    prompt_len: int | None = _option(
+        "dpo: prompt tokens of each row (the rest, to --seq-len, is the completion the loss scores) [default: 1, "
+        "every position scored: the upper end]")
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
     nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
     strategy: str | None = _option(

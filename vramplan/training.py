@@ -76,6 +76,9 @@ class TrainingSetup(BaseModel):
     backward_prefetch: Literal["none", "backward-pre", "backward-post"] = "none"  # FSDP1's BackwardPrefetch
     fsdp1_sharding: Literal["full-shard", "shard-grad-op", "hybrid-shard", "no-shard"] = "full-shard"  # FSDP1's
     forward_prefetch: bool = False  # FSDP1's forward_prefetch: the next unit's all-gather issued in each pre-forward
+    # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step)
+    objective: Literal["sft", "dpo"] = "sft"
+    prompt_len: int | None = None  # dpo: prompt tokens per row; None: 1 (every position scored, the upper end)
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -92,6 +95,16 @@ class TrainingSetup(BaseModel):
     @property
     def world_size(self) -> int:
         return self.gpus * self.nodes
+
+    @property
+    def rows(self) -> int:
+        """Sequences per micro-batch: a DPO pair is its chosen and its rejected row (TRL concatenates them)."""
+        return 2 * self.batch_size if self.objective == "dpo" else self.batch_size
+
+    @property
+    def labelled_tokens(self) -> int:
+        """DPO: the positions its loss scores, the completion tokens of every row (next-token labels)."""
+        return self.rows * (self.seq_len - (self.prompt_len or 1))
 
     @property
     def tokens_per_step(self) -> int:
@@ -133,22 +146,67 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         optimizer_in_backward=bool(run.optimizer_in_backward),
         activation_offload=bool(run.activation_offload),
     )
-    if run.gradient_checkpointing is None:
+    dpo = (run.objective or "sft").strip().lower() == "dpo"
+    if run.gradient_checkpointing is None and dpo:
+        checkpointing = DPO_DEFAULTS["gradient_checkpointing"]
+    elif run.gradient_checkpointing is None:
         checkpointing = preset.checkpointing_full if method is Method.FULL else preset.checkpointing_adapters
     else:
         checkpointing = run.gradient_checkpointing
     precision = _enum(Precision, run.precision, "precision") if run.precision is not None else Precision.BF16
     return TrainingSetup(
         method=method, precision=precision, optimizer=optimizer,
-        batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else DEFAULT_BATCH_SIZE,
-        seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else DEFAULT_SEQ_LEN,
+        batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else (
+            DPO_DEFAULTS["batch_size"] if dpo else DEFAULT_BATCH_SIZE),
+        seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else (
+            DPO_DEFAULTS["seq_len"] if dpo else DEFAULT_SEQ_LEN),
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
         offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
         transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
         fsdp1_sharding=_fsdp1_sharding(run.fsdp1_sharding, strategy),
         forward_prefetch=_forward_prefetch(run.forward_prefetch, strategy),
+        **_objective(run, stack, strategy, switches),
         **switches,
     )
+
+
+# DPOConfig's defaults (trl/trainer/dpo_config.py, TRL 1.16) for options not given with --objective dpo:
+# per_device_train_batch_size 8 (pairs), max_length 1024, gradient_checkpointing True.
+DPO_DEFAULTS = {"batch_size": 8, "seq_len": 1024, "gradient_checkpointing": True}
+
+# Objectives issue 18 names that are not modelled yet, with what they add.
+UNMODELLED_OBJECTIVES = {
+    "orpo": "ORPO (chosen and rejected rows, an odds-ratio term over their log-probabilities)",
+    "kto": "KTO (a reference model and a KL batch of mismatched pairs)",
+    "grpo": "GRPO (generation with a KV cache or vLLM, num_generations completions, an optional reference model)",
+}
+
+
+def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict) -> dict:
+    """objective and prompt_len, or a UsageError/NotModelledError naming what is not modelled."""
+    objective = (run.objective or "sft").strip().lower()
+    if objective in UNMODELLED_OBJECTIVES:
+        raise NotModelledError(f"--objective {objective}: {UNMODELLED_OBJECTIVES[objective]} is not modelled yet")
+    if objective not in ("sft", "dpo"):
+        raise UsageError(f"--objective {run.objective}: choose sft or dpo (orpo, kto and grpo are not modelled yet)")
+    if objective == "sft":
+        if run.prompt_len is not None:
+            raise UsageError("--prompt-len applies to --objective dpo")
+        return {"objective": "sft", "prompt_len": None}
+    if stack is not Stack.HF or strategy is not Strategy.SINGLE:
+        raise NotModelledError("--objective dpo is modelled for TRL's DPOTrainer on one GPU (--stack hf, no "
+                               "--strategy) so far")
+    if switches["packing"] or switches["liger"] or switches["loss"] is not Loss.STANDARD or switches["attn"] is \
+            Attention.EAGER or switches["activation_offload"] or switches["optimizer_in_backward"]:
+        raise NotModelledError("--objective dpo is modelled with TRL's defaults so far: no packing, Liger, fused "
+                               "loss, eager attention, activation offload or optimizer in backward")
+    prompt = None
+    if run.prompt_len is not None:
+        prompt = _positive(run.prompt_len, "--prompt-len")
+        seq_len = run.seq_len if run.seq_len is not None else DPO_DEFAULTS["seq_len"]
+        if prompt >= seq_len:
+            raise UsageError(f"--prompt-len {prompt} leaves no completion in --seq-len {seq_len}")
+    return {"objective": "dpo", "prompt_len": prompt}
 
 
 def _adapters(method: Method, run: RunOptions, preset, fsdp1: bool = False

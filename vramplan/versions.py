@@ -21,6 +21,7 @@ TESTED_VERSIONS = {
     "torchtune": "==0.6.1",
     "torchao": "==0.16.0",
     "liger-kernel": "==0.8.5",
+    "trl": "==1.16.0",
 }
 
 

@@ -48,3 +48,23 @@ def test_the_fused_head_allocates_its_gpu_buffers_not_the_logits(traces):
 def test_prompt_length_must_leave_a_completion():
     with pytest.raises(ValueError, match="prompt_len"):
         trace_dpo_step(CONFIG, resolve_setup("lora", batch_size=1, seq_len=64), prompt_len=64)
+
+
+def test_cli_traces_and_estimates_dpo_and_refuses_the_other_objectives(capsys):
+    from vramplan.cli.app import main
+
+    config = str(Path(__file__).resolve().parents[2] / "validation" / "configs" / "tiny-llama.json")
+    args = ["--model", config, "--method", "lora", "--objective", "dpo", "--batch-size", "1", "--seq-len", "128",
+            "--prompt-len", "64"]
+    assert main(["trace", *args]) == 0
+    assert "DPO: TRL 1.16's DPOTrainer._compute_loss" in capsys.readouterr().out
+    assert main(["estimate", *args]) == 0
+    assert "objective: DPO, TRL 1.16 DPOTrainer" in capsys.readouterr().out
+    assert main(["check", "--gpu", "24GB", *args]) == 0
+    capsys.readouterr()
+    # DPO is modelled on one GPU: a several-GPU layout is refused, not answered as SFT
+    assert main(["estimate", *args, "--gpus", "2", "--strategy", "ddp"]) == 2
+    assert "one GPU" in capsys.readouterr().err
+    for objective in ("grpo", "kto", "orpo"):
+        assert main(["estimate", "--model", "8b", "--objective", objective]) == 2
+        assert "not modelled yet" in capsys.readouterr().err

@@ -12,10 +12,11 @@ from vramplan.versions import TESTED_VERSIONS, untested_versions, untested_warni
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # The extras whose libraries the trace runs, and what in them is not a tested range: triton's kernels never run in
 # the trace (vramplan/measure/liger_kernels.py and liger_loss.py make them no-ops), it only has to import.
-TRACED_EXTRAS = ("probe", "torchtune", "liger")
+TRACED_EXTRAS = ("probe", "torchtune", "liger", "trl")
 NOT_TRACED = {"triton"}
 TESTED_INSTALL = {"torch": "2.13.0+cpu", "transformers": "5.25.0", "accelerate": "1.16.0", "peft": "0.21.2",
-                  "bitsandbytes": "0.50.2", "torchtune": "0.6.1", "torchao": "0.16.0", "liger-kernel": "0.8.5"}
+                  "bitsandbytes": "0.50.2", "torchtune": "0.6.1", "torchao": "0.16.0", "liger-kernel": "0.8.5",
+                  "trl": "1.16.0"}
 
 
 def _extras() -> dict[str, str]:

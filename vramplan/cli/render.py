@@ -13,6 +13,7 @@ from vramplan.units import gib
 COMPONENT_LABELS = {
     "weights": "weights",
     "lora_adapters": "LoRA adapters",
+    "reference_model": "reference model (DPO: a frozen copy)",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
     "optimizer_temporaries": "optimizer step temporaries",

@@ -48,10 +48,27 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         lines.append(fused_loss_assumption(model.spec, setup))
     if setup.liger:
         lines.append(LIGER_ASSUMPTION)
+    if setup.objective == "dpo":
+        lines += dpo_lines(setup)
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
     return [*lines, *device_lines(setup), *version_lines(model, setup)]
+
+
+def dpo_lines(setup: TrainingSetup) -> list[str]:
+    """What a DPO estimate models (vramplan/estimate/compose/dpo.py), said with its answer."""
+    prompt = (f"{setup.prompt_len} prompt tokens per row" if setup.prompt_len else
+              "every position scored (no --prompt-len: the upper end)")
+    reference = ("a frozen copy of the model in its dtype (full fine-tuning)" if setup.method is Method.FULL else
+                 "the base model with the adapters disabled (peft: no second copy)")
+    return [
+        f"objective: DPO, TRL 1.16 DPOTrainer (sigmoid loss): {setup.batch_size} pair(s) = {setup.rows} rows of "
+        f"{setup.seq_len} tokens (chosen and rejected concatenated), {prompt}",
+        f"reference: {reference}, run under no_grad after the policy's forward (precompute_ref_log_probs off)",
+        "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits)",
+        "rows unpadded: chosen and rejected of the full length; padding adds an attention mask (not modelled)",
+    ]
 
 
 _STACK_TEXT = {

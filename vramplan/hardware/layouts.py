@@ -118,6 +118,7 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
         # into a plain HF one
         stack=setup.stack, loss=setup.loss, liger=setup.liger, packing=setup.packing, attn=setup.attn,
         optimizer_in_backward=setup.optimizer_in_backward, activation_offload=setup.activation_offload,
+        objective=setup.objective, prompt_len=setup.prompt_len,
     )
 
 

@@ -85,10 +85,11 @@ class StepFlops(BaseModel):
     forward_per_token: int
     backward_per_token: int
     recompute_per_token: int
+    reference_per_token: int = 0  # DPO: the reference model's forward (no backward) over the same rows
 
     @property
     def per_token(self) -> int:
-        return self.forward_per_token + self.backward_per_token + self.recompute_per_token
+        return self.forward_per_token + self.backward_per_token + self.recompute_per_token + self.reference_per_token
 
 
 def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
@@ -108,10 +109,13 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
     # Attention's backward recomputes nothing but needs gradients for q, k and v: two more passes.
     attention_backward = FLOPS_PER_MAC * attention
     recompute = forward - FLOPS_PER_MAC * lm_head if setup.gradient_checkpointing else 0
+    # DPOTrainer._compute_loss runs the reference forward over the same rows (the adapter-disabled base under peft)
+    reference = forward - FLOPS_PER_MAC * adapters if setup.objective == "dpo" else 0
     return StepFlops(
         forward_per_token=forward,
         backward_per_token=input_grads + weight_grads + attention_backward,
         recompute_per_token=recompute,
+        reference_per_token=reference,
     )
 
 
@@ -140,7 +144,10 @@ def _linear_weights(spec: ModelSpec) -> int:
 def step_work(spec: ModelSpec, setup: TrainingSetup, optimizer_state_bytes: int) -> StepWork:
     """One rank's micro-batch; `optimizer_state_bytes` is the rank's optimizer state (sharded where the layout
     shards it)."""
-    saved, _ = activation_bytes(spec, setup.model_copy(update={"gradient_checkpointing": False}))
+    # a DPO step's activations are its rows' (chosen and rejected)
+    rows = setup.model_copy(update={"gradient_checkpointing": False, "batch_size": setup.rows, "objective": "sft",
+                                    "prompt_len": None})
+    saved, _ = activation_bytes(spec, rows)
     passes = ACTIVATION_PASSES + (1 if setup.gradient_checkpointing else 0)
     dequant = 0
     if setup.method is Method.QLORA:
@@ -284,8 +291,9 @@ def _seconds(nbytes: int, bandwidth: int | None) -> float | None:
 
 def step_time(work: StepWork, setup: TrainingSetup, traffic: StepTraffic, links: Links, gpu: Gpu,
               utilisation: float | None = None) -> StepTime:
-    """Compute (compute_seconds, every rank alike) plus communication, not overlapped."""
-    rank_tokens = setup.tokens_per_step
+    """Compute (compute_seconds, every rank alike) plus communication, not overlapped. A DPO step runs its rows
+    (chosen and rejected: twice the pairs), all of them counted as training tokens."""
+    rank_tokens = setup.rows * setup.seq_len
     compute = compute_seconds(work, rank_tokens, gpu, utilisation)
     # device_map="auto" is one process: its GPUs take turns, so the layout trains one micro-batch at a time.
     replicas = 1 if setup.strategy is Strategy.DEVICE_MAP else setup.world_size

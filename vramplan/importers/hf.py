@@ -32,7 +32,8 @@ TRL_OBJECTIVE_KEYS = (
      ("num_generations", "max_completion_length", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization",
       "steps_per_generation", "generation_batch_size", "reward_weights", "num_iterations")),
     ("KTO preference training (a reference model, a KL batch)", ("desirable_weight", "undesirable_weight")),
-    ("DPO preference training (a reference model, paired batches)",
+    ("DPO preference training (a reference model, paired batches; `--objective dpo` with --batch-size, --seq-len "
+     "and --prompt-len models TRL 1.16's DPOTrainer, but --from does not read DPO configs yet)",
      ("precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergence_type", "sync_ref_model", "ld_alpha",
       "use_weighting", "ref_model_init_kwargs", "rpo_alpha", "loss_weights")),
     ("reward-model training (a value head, paired batches)", ("center_rewards_coefficient",)),

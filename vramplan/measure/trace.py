@@ -124,6 +124,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     else:
         refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
     warn_untested_libraries(setup)
+    if setup.objective == "dpo":
+        return _trace_dpo(model, setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
     if setup.stack is Stack.TORCHTUNE:
@@ -153,6 +155,23 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     if setup.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         notes.append(AUTOCAST_NOTE)
     return _as_trace(model, setup, step, notes, started)
+
+
+# What a DPO trace measures, said with its answer.
+DPO_TRACE_NOTE = ("DPO: TRL 1.16's DPOTrainer._compute_loss run on fake tensors (sigmoid loss, beta 0.1): the policy "
+                  "forward over 2 x batch rows (chosen and rejected), the reference forward under no_grad (a frozen "
+                  "copy for full fine-tuning, the adapter-disabled policy under peft), TRL's fused LM head on its GPU "
+                  "path (labelled positions only)")
+
+
+def _trace_dpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    require_extra("trl", "trl")
+    from vramplan.measure.trl_dpo import trace_dpo_step
+
+    started = time.perf_counter()
+    step = trace_dpo_step(model.config, setup, prompt_len=setup.prompt_len or 1)
+    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, DPO_TRACE_NOTE], started)
 
 
 def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float, *,

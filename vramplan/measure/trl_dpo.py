@@ -15,7 +15,9 @@ gradients), not the CPU fallback's upcast copies and full-vocabulary temporaries
 mask selects the first `labelled` rows: the count of labelled positions, which the harness knows because it builds
 the labels (fake tensors cannot evaluate a mask).
 
-This is the tracing half of issue 18's DPO work: the estimate's rule for it is not written yet.
+The rows are unpadded (every chosen and rejected row `seq_len` tokens): transformers' `_ignore_causal_mask_sdpa`
+answers as it does on a GPU for an all-ones attention mask (no mask; SDPA's `is_causal`), which fake tensors cannot
+evaluate. `cuda_paths.as_on_gpu` applies the other CUDA branches (dropout's bool mask, SDPA's kernel choice).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from vramplan.measure.build import AUTOCAST_DTYPE, build_fake_model, make_optimizer
+from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
     attribute_modules,
@@ -90,31 +93,56 @@ class _NoKernel:
 
 
 @contextlib.contextmanager
+def unpadded_rows():
+    """transformers' mask skip as a GPU takes it for an all-ones attention mask: no 4D mask, SDPA with is_causal."""
+    from transformers import masking_utils
+
+    original = masking_utils._ignore_causal_mask_sdpa
+    masking_utils._ignore_causal_mask_sdpa = lambda *args, **kwargs: True
+    try:
+        yield
+    finally:
+        masking_utils._ignore_causal_mask_sdpa = original
+
+
+class _LabelledRows(torch.overrides.TorchFunctionMode):
+    """`tensor[bool_mask]` as the first `labelled` rows (the mask's count, which fake tensors cannot evaluate); a
+    torch function mode, so Tensor itself is never patched."""
+
+    def __init__(self, labelled: int):
+        super().__init__()
+        self.labelled = labelled
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__getitem__ and len(args) == 2:
+            tensor, index = args
+            if isinstance(index, torch.Tensor) and index.dtype == torch.bool \
+                    and index.shape == tensor.shape[:index.dim()]:
+                rows = tensor.reshape(-1, *tensor.shape[index.dim():])
+                return func(rows, slice(0, self.labelled))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
 def gpu_fused_head(labelled: int):
     """TRL's fused head on its GPU path, `labelled` positions scored (see the module's docstring)."""
     from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
 
     saved = (chunked_logprob._use_triton, trl_utils._use_triton, chunked_logprob._forward_kernel,
-             chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32, torch.Tensor.__getitem__)
-    getitem = torch.Tensor.__getitem__
-
-    def masked_rows(self, index):
-        if isinstance(index, torch.Tensor) and index.dtype == torch.bool and index.shape == self.shape[:index.dim()]:
-            return getitem(self.reshape(-1, *self.shape[index.dim():]), slice(0, labelled))
-        return getitem(self, index)
-
+             chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32)
     chunked_logprob._use_triton = trl_utils._use_triton = lambda device: True
     chunked_logprob._forward_kernel = chunked_logprob._backward_kernel = _NoKernel()
     # On CUDA `_addmm_fp32` accumulates into its fp32 buffer in place (torch.addmm(..., out_dtype=float32, out=acc));
     # the CPU branch upcasts both operands first. The buffer exists already: nothing to allocate.
     chunked_logprob._addmm_fp32 = lambda acc, a, b: None
-    torch.Tensor.__getitem__ = masked_rows
     try:
-        yield
+        with _LabelledRows(labelled):
+            yield
     finally:
         (chunked_logprob._use_triton, trl_utils._use_triton, chunked_logprob._forward_kernel,
-         chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32, torch.Tensor.__getitem__) = saved
+         chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32) = saved
 
 
 def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False):
@@ -174,7 +202,8 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: 
             return DPOTrainer._compute_loss(trainer, model, inputs, False)
 
     optimizer = make_optimizer(params, setup.optimizer)
-    with removing(hooks), mode, gpu_fused_head(labelled), attribute_modules(model, tracker), tracker:
+    with removing(hooks), mode, as_on_gpu(), unpadded_rows(), gpu_fused_head(labelled), \
+            attribute_modules(model, tracker), tracker:
         completion = torch.zeros(rows, length, dtype=torch.long)
         completion[:, prompt_len:] = 1
         inputs = {"input_ids": torch.randint(0, int(config["vocab_size"]), (rows, length)),

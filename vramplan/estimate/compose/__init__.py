@@ -16,6 +16,11 @@ from vramplan.training import Stack, Strategy, TrainingSetup
 
 def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     """One GPU's memory for one training step of `model` under `setup`."""
+    if setup.objective == "dpo":
+        from vramplan.estimate.compose.dpo import estimate_dpo
+
+        refuse_unmodelled(model.spec, setup)
+        return estimate_dpo(model, setup)
     if setup.stack is Stack.TORCHTUNE:  # imported when used: the cold start of an HF estimate skips them
         from vramplan.estimate.compose.torchtune import estimate_torchtune
 

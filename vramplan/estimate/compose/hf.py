@@ -34,7 +34,7 @@ from vramplan.result import Estimate, PhasePeak
 from vramplan.training import Attention, Loss, TrainingSetup
 
 
-def _parts(spec: ModelSpec, setup: TrainingSetup, states: RankStates) -> StepParts:
+def step_parts(spec: ModelSpec, setup: TrainingSetup, states: RankStates) -> StepParts:
     tokens = setup.tokens_per_step
     kept, _ = activation_bytes(spec, setup)
     # --loss fused: Liger's fused linear cross-entropy, whose chunked logits replace the full ones.
@@ -51,7 +51,7 @@ def _parts(spec: ModelSpec, setup: TrainingSetup, states: RankStates) -> StepPar
     )
 
 
-def _forward_peak(spec: ModelSpec, setup: TrainingSetup, parts: StepParts) -> PhasePeak:
+def forward_peak(spec: ModelSpec, setup: TrainingSetup, parts: StepParts) -> PhasePeak:
     """The largest of: the logits and loss, the last layer's down_proj, and (eager attention) its softmax."""
     states, persistent, copies = parts.states, parts.persistent, parts.copies.forward_bytes
     forward = PhasePeak(phase="forward", components={
@@ -90,7 +90,7 @@ def _eager_softmax_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     return tensor_bytes(scores * FP32_BYTES) - tensor_bytes(scores * compute)
 
 
-def _backward_peak(spec: ModelSpec, setup: TrainingSetup, parts: StepParts) -> PhasePeak:
+def backward_peak(spec: ModelSpec, setup: TrainingSetup, parts: StepParts) -> PhasePeak:
     """The largest of: the loss and lm_head's backward, the layers' (compose/layer_backward.py), and under sharded
     strategies the input embedding's, after every layer."""
     states, fused = parts.states, setup.loss is Loss.FUSED
@@ -124,9 +124,9 @@ def estimate_hf(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     weights = weights_of(units)
     opt = optimizer_memory(setup.optimizer, trainable_shapes(units), trainable_bytes_per_param(setup))
     states = rank_states(spec, setup)
-    parts = _parts(spec, setup, states)
-    forward = _forward_peak(spec, setup, parts)
-    backward = _backward_peak(spec, setup, parts)
+    parts = step_parts(spec, setup, states)
+    forward = forward_peak(spec, setup, parts)
+    backward = backward_peak(spec, setup, parts)
     step = PhasePeak(phase="optimizer", components={
         **parts.persistent,
         "gradients": states.gradients_at_step,

@@ -1,0 +1,80 @@
+"""TRL's DPO step on one GPU (trl/trainer/dpo_trainer.py `DPOTrainer._compute_loss`, TRL 1.16), composed from the
+Hugging Face step's terms (hf.py) at twice the rows, TRL's fused head (components/trl_head.py) in place of the
+logits, and the reference forward.
+
+In `_compute_loss` the policy's forward runs first over the concatenated chosen and rejected rows, keeping its
+activations and its head's saved rows; then the reference forward runs under `torch.no_grad()` beside them (for
+full fine-tuning a frozen copy of the model in its dtype, loaded by DPOTrainer.__init__; under peft the policy with
+its adapters disabled); then the loss and backward. Traced: vramplan/measure/trl_dpo.py.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimate.components.activations.flow import hidden_state_bytes
+from vramplan.estimate.components.activations.mlp import mlp_forward_transient_bytes
+from vramplan.estimate.components.activations.norms import final_norm_forward_bytes, final_norm_saved_bytes
+from vramplan.estimate.components.optimizer import optimizer_memory
+from vramplan.estimate.components.trl_head import fused_head_memory
+from vramplan.estimate.components.weights import weights_of
+from vramplan.estimate.compose.hf import backward_peak, forward_peak, step_parts
+from vramplan.estimate.compose.parts import in_flight
+from vramplan.estimate.compose.peak import estimate_from_phases
+from vramplan.estimate.dtypes import trainable_bytes_per_param
+from vramplan.estimate.params import model_units, trainable_shapes
+from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS, OPTIMIZER_STEP
+from vramplan.models.catalog import ResolvedModel
+from vramplan.result import Estimate, PhasePeak
+from vramplan.training import Method, TrainingSetup
+
+REFERENCE = "reference_model"
+
+
+def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
+    spec = model.spec
+    rows = setup.model_copy(update={"batch_size": setup.rows, "objective": "sft", "prompt_len": None})
+    tokens = rows.tokens_per_step
+    units = model_units(spec, rows)
+    weights = weights_of(units)
+    opt = optimizer_memory(rows.optimizer, trainable_shapes(units), trainable_bytes_per_param(rows))
+    states = rank_states(spec, rows)
+    parts = step_parts(spec, rows, states)
+    head = fused_head_memory(spec, rows, setup.labelled_tokens)
+    # dpo_trainer.py __init__: full fine-tuning loads the reference model in the policy's dtype; under peft the
+    # reference is the base model with the adapters disabled (no second copy)
+    reference = states.weights if setup.method is Method.FULL else 0
+    persistent = {**parts.persistent, REFERENCE: reference}
+    parts = parts.model_copy(update={"logits": head, "persistent": persistent})
+    forward = forward_peak(spec, rows, parts)
+    # Beside the policy's kept activations and its head's saved rows: the reference's last layer (no_grad: its
+    # transients only) and the reference's head.
+    policy_kept = parts.kept + parts.inputs + final_norm_saved_bytes(spec, rows, tokens) + head.saved_bytes
+    reference_head = PhasePeak(phase="forward", components={
+        **persistent,
+        "activations": policy_kept + parts.hidden + final_norm_forward_bytes(spec, rows),
+        "autocast_weight_copies": parts.copies.forward_bytes,
+        "logits_loss": head.forward_peak_bytes,
+        **in_flight(states, FORWARD_LOGITS),
+    })
+    # the reference layer runs under no_grad: its MLP's tensors are all transient, as in a checkpointed layer's forward
+    no_grad = rows.model_copy(update={"gradient_checkpointing": True})
+    reference_layer = PhasePeak(phase="forward", components={
+        **persistent,
+        "activations": policy_kept + hidden_state_bytes(spec, rows, tokens)
+        + mlp_forward_transient_bytes(spec, no_grad, tokens),
+        "autocast_weight_copies": parts.copies.forward_bytes,
+        **in_flight(states, FORWARD_LAYER),
+    })
+    forward = max([forward, reference_head, reference_layer], key=lambda p: p.total_bytes)
+    backward = backward_peak(spec, rows, parts)
+    step = PhasePeak(phase="optimizer", components={
+        **persistent,
+        "gradients": states.gradients_at_step,
+        "optimizer_temporaries": states.optimizer_temporaries,
+        **in_flight(states, OPTIMIZER_STEP),
+    })
+    return estimate_from_phases(
+        model, setup, [forward, backward, step], total_params=weights.total_params,
+        trainable_params=weights.trainable_params, paged_bytes=opt.paged_state_bytes, nccl_bytes=states.nccl_bytes,
+        host_bytes=states.host_bytes, notes=states.notes,
+    )
