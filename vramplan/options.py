@@ -73,6 +73,10 @@ class RunOptions(BaseModel):
     prompt_len: int | None = _option(
         "dpo: prompt tokens of each row (the rest, to --seq-len, is the completion the loss scores) [default: 1, "
         "every position scored: the upper end]")
+    precompute_ref: bool | None = _option(
+        "dpo: DPOConfig precompute_ref_log_probs: the reference log-probs computed before training, so the step holds "
+        "no reference model and runs no reference forward [default: off, DPOConfig's]",
+        switch="--precompute-ref/--no-precompute-ref")
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)
     nodes: int | None = _option("Machines, each with --gpus GPUs. [default: 1]", layout=True)
     strategy: str | None = _option(

@@ -79,6 +79,7 @@ class TrainingSetup(BaseModel):
     # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step)
     objective: Literal["sft", "dpo"] = "sft"
     prompt_len: int | None = None  # dpo: prompt tokens per row; None: 1 (every position scored, the upper end)
+    precompute_ref: bool = False  # dpo: precompute_ref_log_probs (no reference model or forward in the step)
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -190,9 +191,9 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
     if objective not in ("sft", "dpo"):
         raise UsageError(f"--objective {run.objective}: choose sft or dpo (orpo, kto and grpo are not modelled yet)")
     if objective == "sft":
-        if run.prompt_len is not None:
-            raise UsageError("--prompt-len applies to --objective dpo")
-        return {"objective": "sft", "prompt_len": None}
+        if run.prompt_len is not None or run.precompute_ref is not None:
+            raise UsageError("--prompt-len and --precompute-ref apply to --objective dpo")
+        return {"objective": "sft", "prompt_len": None, "precompute_ref": False}
     if stack is not Stack.HF or strategy is not Strategy.SINGLE:
         raise NotModelledError("--objective dpo is modelled for TRL's DPOTrainer on one GPU (--stack hf, no "
                                "--strategy) so far")
@@ -206,7 +207,7 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
         seq_len = run.seq_len if run.seq_len is not None else DPO_DEFAULTS["seq_len"]
         if prompt >= seq_len:
             raise UsageError(f"--prompt-len {prompt} leaves no completion in --seq-len {seq_len}")
-    return {"objective": "dpo", "prompt_len": prompt}
+    return {"objective": "dpo", "prompt_len": prompt, "precompute_ref": bool(run.precompute_ref)}
 
 
 def _adapters(method: Method, run: RunOptions, preset, fsdp1: bool = False

@@ -62,10 +62,13 @@ def dpo_lines(setup: TrainingSetup) -> list[str]:
               "every position scored (no --prompt-len: the upper end)")
     reference = ("a frozen copy of the model in its dtype (full fine-tuning)" if setup.method is Method.FULL else
                  "the base model with the adapters disabled (peft: no second copy)")
+    when = "run under no_grad after the policy's forward (precompute_ref_log_probs off)"
+    if setup.precompute_ref:
+        reference, when = "precomputed before training (precompute_ref_log_probs)", "none in the step"
     return [
         f"objective: DPO, TRL 1.16 DPOTrainer (sigmoid loss): {setup.batch_size} pair(s) = {setup.rows} rows of "
         f"{setup.seq_len} tokens (chosen and rejected concatenated), {prompt}",
-        f"reference: {reference}, run under no_grad after the policy's forward (precompute_ref_log_probs off)",
+        f"reference: {reference}, {when}",
         "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits)",
         "rows unpadded: chosen and rejected of the full length; padding adds an attention mask (not modelled)",
     ]

@@ -119,6 +119,7 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
         stack=setup.stack, loss=setup.loss, liger=setup.liger, packing=setup.packing, attn=setup.attn,
         optimizer_in_backward=setup.optimizer_in_backward, activation_offload=setup.activation_offload,
         objective=setup.objective, prompt_len=setup.prompt_len,
+        precompute_ref=setup.precompute_ref if setup.objective == "dpo" else None,
     )
 
 

@@ -145,7 +145,8 @@ def gpu_fused_head(labelled: int):
          chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32) = saved
 
 
-def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False):
+def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False,
+                          precompute_ref: bool = False):
     """The attributes DPOTrainer._compute_loss reads, at DPOConfig's defaults."""
     metric = _MetricValue()
     accelerator = types.SimpleNamespace(unwrap_model=lambda module: module, device=torch.device("cpu"),
@@ -153,7 +154,7 @@ def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_che
     args = types.SimpleNamespace(gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=None)
     return types.SimpleNamespace(
         model=model, ref_model=ref_model, accelerator=accelerator, args=args, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=False, f_divergence_type="reverse_kl", loss_types=["sigmoid"], loss_weights=[1.0],
+        precompute_ref_logps=precompute_ref, f_divergence_type="reverse_kl", loss_types=["sigmoid"], loss_weights=[1.0],
         beta=beta, label_smoothing=0.0, use_weighting=False, rpo_alpha=None, _metrics={"train": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
     )
@@ -180,7 +181,8 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     add_fused_lm_head(base, outputs=DPO_HEAD_OUTPUTS)
     reference = None
-    if setup.method is Method.FULL:  # dpo_trainer.py __init__: a second model loaded in the policy's dtype
+    if setup.method is Method.FULL and not setup.precompute_ref:
+        # dpo_trainer.py __init__: a second model loaded in the policy's dtype (none with precompute_ref_log_probs)
         reference = build_fake_model(config, setup, mode)
         reference.requires_grad_(False)
         reference.eval()
@@ -189,7 +191,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: 
     owners = parameter_owners(model)
     tracker = LiveBytesTracker()
     hooks = tag_gradients(params, tracker, owners)
-    trainer = dpo_trainer_namespace(model, reference, beta, setup.gradient_checkpointing)
+    trainer = dpo_trainer_namespace(model, reference, beta, setup.gradient_checkpointing, setup.precompute_ref)
     autocast = (
         torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision]) if setup.autocast else contextlib.nullcontext()
     )
@@ -208,6 +210,9 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: 
         completion[:, prompt_len:] = 1
         inputs = {"input_ids": torch.randint(0, int(config["vocab_size"]), (rows, length)),
                   "attention_mask": torch.ones(rows, length, dtype=torch.long), "completion_mask": completion}
+        if setup.precompute_ref:  # the dataset's precomputed columns, one fp32 per pair each
+            inputs["ref_chosen_logps"] = torch.zeros(setup.batch_size)
+            inputs["ref_rejected_logps"] = torch.zeros(setup.batch_size)
         track_model(model, tracker, owners)
         if reference is not None:
             track_model(reference, tracker, parameter_owners(reference))

@@ -42,7 +42,9 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     head = fused_head_memory(spec, rows, setup.labelled_tokens)
     # dpo_trainer.py __init__: full fine-tuning loads the reference model in the policy's dtype; under peft the
     # reference is the base model with the adapters disabled (no second copy)
-    reference = states.weights if setup.method is Method.FULL else 0
+    # precompute_ref_log_probs: the reference log-probs are columns of the dataset, computed before training
+    # (dpo_trainer.py __init__ sets ref_model None on one GPU; _compute_loss reads them from the batch)
+    reference = states.weights if setup.method is Method.FULL and not setup.precompute_ref else 0
     persistent = {**parts.persistent, REFERENCE: reference}
     parts = parts.model_copy(update={"logits": head, "persistent": persistent})
     forward = forward_peak(spec, rows, parts)
@@ -65,7 +67,8 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         "autocast_weight_copies": parts.copies.forward_bytes,
         **in_flight(states, FORWARD_LAYER),
     })
-    forward = max([forward, reference_head, reference_layer], key=lambda p: p.total_bytes)
+    candidates = [forward] if setup.precompute_ref else [forward, reference_head, reference_layer]
+    forward = max(candidates, key=lambda p: p.total_bytes)
     backward = backward_peak(spec, rows, parts)
     step = PhasePeak(phase="optimizer", components={
         **persistent,
