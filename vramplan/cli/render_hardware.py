@@ -16,9 +16,11 @@ def _console():
 
 
 def _price_text(prices) -> str:
-    if not prices:
+    from vramplan.hardware.catalog import newest_price
+
+    price = newest_price(prices)
+    if price is None:
         return "-"
-    price = max(prices, key=lambda p: p.date)
     symbol = "$" if price.currency == "USD" else f"{price.currency} "
     when = price.date.split(" ")[0]
     if price.kind == "cloud-hourly":

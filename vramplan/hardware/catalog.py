@@ -65,6 +65,11 @@ class Price(BaseModel):
     note: str = ""
 
 
+def newest_price(prices: list[Price]) -> Price | None:
+    """The newest of `prices` (dates compare as strings: '2026-01-21' > '2025' > '2022'), None for none."""
+    return max(prices, key=lambda price: price.date) if prices else None
+
+
 class Gpu(BaseModel):
     """One GPU model. `memory_bytes` is what the driver reports as total when a reading is known
     (`memory_basis` says which reading), else the marketed size."""

@@ -14,7 +14,7 @@ from vramplan.errors import VramplanError
 from vramplan.units import DEFAULT_HEADROOM
 from vramplan.estimate import estimate_memory
 from vramplan.result import Estimate
-from vramplan.hardware.catalog import Gpu, HardwareCatalog, Price, System
+from vramplan.hardware.catalog import Gpu, HardwareCatalog, Price, System, newest_price
 from vramplan.hardware.costs import amortised_usd, energy_usd, rent_usd
 from vramplan.hardware.layouts import NODE_COUNTS, LayoutCheck, choose_layout
 from vramplan.hardware.links import links_of
@@ -95,18 +95,13 @@ class Plan(BaseModel):
     rejected: list[PlanOption]
 
 
-def _price_of(prices: list[Price]) -> Price | None:
-    """The newest price (dates compare as strings: '2026-01-21' > '2025' > '2022')."""
-    return max(prices, key=lambda price: price.date) if prices else None
-
-
 def hours_text(hours: float) -> str:
     """Hours as people read them: minutes below one hour."""
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:,.1f} h"
 
 
-def _job_cost(option_kind: str, record: Gpu | System, hours: float | None, purchase: Purchase | None,
-              hourly: Price | None, nodes: int, assumptions: CostAssumptions) -> dict:
+def _job_cost(hours: float | None, purchase: Purchase | None, hourly: Price | None, nodes: int,
+              assumptions: CostAssumptions) -> dict:
     """The job's rent (cloud) or amortised share and energy (bought), and the basis in words."""
     if hours is None:
         return {"cost_usd": None, "cost_basis": "no throughput figure (dense BF16 TFLOPS unknown)"}
@@ -163,12 +158,12 @@ def _option(
         notes.append("traded time for memory: " + ", ".join(chosen.traded))
     hourly = None
     if isinstance(record, System) and record.kind == "cloud":
-        hourly = _price_of([p for p in record.prices if p.kind == "cloud-hourly" and p.currency == "USD"])
+        hourly = newest_price([p for p in record.prices if p.kind == "cloud-hourly" and p.currency == "USD"])
         if hourly is None:
             notes.append("no hourly price in the catalog")
     purchase, not_buyable = purchase_of(record, gpu, chosen.nodes, assumptions.host_usd,
                                         assumptions.workstation_host_usd)
-    costs = _job_cost(kind, record, hours, purchase, hourly, chosen.nodes, assumptions)
+    costs = _job_cost(hours, purchase, hourly, chosen.nodes, assumptions)
     low, high = TIME_RANGE if assumptions.utilisation is None else (None, None)
     return PlanOption(
         kind=kind,
@@ -193,7 +188,7 @@ def _option(
         hours=hours,
         hours_low=hours * low if hours is not None and low is not None else None,
         hours_high=hours * high if hours is not None and high is not None else None,
-        price=hourly or (None if purchase is None else _price_of(record.prices)),
+        price=hourly or (None if purchase is None else newest_price(record.prices)),
         purchase=purchase,
         not_buyable=not_buyable,
         rocm=rocm,

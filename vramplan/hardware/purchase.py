@@ -13,7 +13,7 @@ import math
 
 from pydantic import BaseModel
 
-from vramplan.hardware.catalog import Gpu, Price, System
+from vramplan.hardware.catalog import Gpu, Price, System, newest_price
 
 # The desktop PC around one PCIe card, USD: the single-RTX-5090 build of an Excelfore workstation cost report (public
 # file id 12045472057, section 11, prices checked on Amazon/Newegg/Best Buy 2026-02-15) without its card: Ryzen 7
@@ -51,8 +51,7 @@ class Purchase(BaseModel):
 
 
 def _newest(prices: list[Price]) -> Price | None:
-    bought = [price for price in prices if price.kind in PURCHASE_KINDS and price.currency == "USD"]
-    return max(bought, key=lambda price: price.date) if bought else None
+    return newest_price([price for price in prices if price.kind in PURCHASE_KINDS and price.currency == "USD"])
 
 
 def machine_watts(gpu: Gpu, gpus: int, kind: str) -> float | None:

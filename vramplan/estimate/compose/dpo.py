@@ -13,16 +13,11 @@ from __future__ import annotations
 from vramplan.estimate.components.activations.flow import hidden_state_bytes
 from vramplan.estimate.components.activations.mlp import mlp_forward_transient_bytes
 from vramplan.estimate.components.activations.norms import final_norm_forward_bytes, final_norm_saved_bytes
-from vramplan.estimate.components.optimizer import optimizer_memory
 from vramplan.estimate.components.trl_head import fused_head_memory
-from vramplan.estimate.components.weights import weights_of
-from vramplan.estimate.compose.hf import backward_peak, forward_peak, step_parts
+from vramplan.estimate.compose.hf import backward_peak, estimate_with_step, forward_peak, step_parts
 from vramplan.estimate.compose.parts import in_flight
-from vramplan.estimate.compose.peak import estimate_from_phases
-from vramplan.estimate.dtypes import trainable_bytes_per_param
-from vramplan.estimate.params import model_units, trainable_shapes
 from vramplan.estimate.strategies import rank_states
-from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS, OPTIMIZER_STEP
+from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS
 from vramplan.models.catalog import ResolvedModel
 from vramplan.result import Estimate, PhasePeak
 from vramplan.training import Method, TrainingSetup
@@ -34,9 +29,6 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     rows = setup.model_copy(update={"batch_size": setup.rows, "objective": "sft", "prompt_len": None})
     tokens = rows.tokens_per_step
-    units = model_units(spec, rows)
-    weights = weights_of(units)
-    opt = optimizer_memory(rows.optimizer, trainable_shapes(units), trainable_bytes_per_param(rows))
     states = rank_states(spec, rows)
     parts = step_parts(spec, rows, states)
     head = fused_head_memory(spec, rows, setup.labelled_tokens)
@@ -69,15 +61,4 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     })
     candidates = [forward] if setup.precompute_ref else [forward, reference_head, reference_layer]
     forward = max(candidates, key=lambda p: p.total_bytes)
-    backward = backward_peak(spec, rows, parts)
-    step = PhasePeak(phase="optimizer", components={
-        **persistent,
-        "gradients": states.gradients_at_step,
-        "optimizer_temporaries": states.optimizer_temporaries,
-        **in_flight(states, OPTIMIZER_STEP),
-    })
-    return estimate_from_phases(
-        model, setup, [forward, backward, step], total_params=weights.total_params,
-        trainable_params=weights.trainable_params, paged_bytes=opt.paged_state_bytes, nccl_bytes=states.nccl_bytes,
-        host_bytes=states.host_bytes, notes=states.notes,
-    )
+    return estimate_with_step(model, setup, rows, parts, forward, backward_peak(spec, rows, parts))

@@ -120,13 +120,20 @@ def backward_peak(spec: ModelSpec, setup: TrainingSetup, parts: StepParts) -> Ph
 def estimate_hf(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     """One rank's peak on the Hugging Face stacks (estimate_memory has refused what is not modelled)."""
     spec = model.spec
-    units = model_units(spec, setup)
-    weights = weights_of(units)
-    opt = optimizer_memory(setup.optimizer, trainable_shapes(units), trainable_bytes_per_param(setup))
     states = rank_states(spec, setup)
     parts = step_parts(spec, setup, states)
-    forward = forward_peak(spec, setup, parts)
-    backward = backward_peak(spec, setup, parts)
+    return estimate_with_step(model, setup, setup, parts, forward_peak(spec, setup, parts),
+                              backward_peak(spec, setup, parts))
+
+
+def estimate_with_step(model: ResolvedModel, setup: TrainingSetup, terms: TrainingSetup, parts: StepParts,
+                       forward: PhasePeak, backward: PhasePeak) -> Estimate:
+    """The Estimate of `setup` from its forward and backward peaks, the optimizer step's peak added; `terms` is the
+    setup the step's terms were computed at (DPO's doubled rows; `setup` itself otherwise)."""
+    units = model_units(model.spec, terms)
+    weights = weights_of(units)
+    opt = optimizer_memory(terms.optimizer, trainable_shapes(units), trainable_bytes_per_param(terms))
+    states = parts.states
     step = PhasePeak(phase="optimizer", components={
         **parts.persistent,
         "gradients": states.gradients_at_step,
