@@ -67,12 +67,37 @@ class RunOptions(BaseModel):
         "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
         "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")
     objective: str | None = _option(
-        "sft | dpo: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
+        "sft | dpo | grpo: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
         "chosen and rejected rows; --batch-size counts pairs; DPOConfig's defaults for unset options: 8 pairs, "
-        "max_length 1024, checkpointing on). orpo | kto | grpo are refused [default: sft]")
+        "max_length 1024, checkpointing on); grpo is TRL 1.16's GRPOTrainer with transformers generate (--batch-size "
+        "counts completions; GRPOConfig's defaults: 8 per device, 8 generations, 512 completion tokens, beta 0, "
+        "checkpointing on). orpo | kto are refused [default: sft]")
     prompt_len: int | None = _option(
-        "dpo: prompt tokens of each row (the rest, to --seq-len, is the completion the loss scores) [default: 1, "
-        "every position scored: the upper end]")
+        "dpo | grpo: prompt tokens of each row (dpo: the rest, to --seq-len, is the completion the loss scores) "
+        "[default: dpo 1, every position scored: the upper end; grpo 512]")
+    completion_len: int | None = _option(
+        "grpo: GRPOConfig max_completion_length, tokens generated per completion (the sequence is --prompt-len + "
+        "this) [default: 512]")
+    num_generations: int | None = _option("grpo: GRPOConfig num_generations, completions per prompt [default: 8]")
+    steps_per_generation: int | None = _option(
+        "grpo: GRPOConfig steps_per_generation, micro-batches per generation batch: each GPU generates --batch-size "
+        "x this many completions at once [default: 1, gradient_accumulation_steps']")
+    beta: float | None = _option(
+        "grpo: GRPOConfig beta, the KL weight: above 0 a reference model (full fine-tuning: a frozen copy) and its "
+        "log-probs [default: 0.0, GRPOConfig's]")
+    generation: str | None = _option(
+        "grpo: transformers (generate on the training GPU, a KV cache) | vllm-colocate (vLLM in the training "
+        "process, its gpu_memory_utilization share of the GPU) | vllm-server (refused: GPUs of its own) "
+        "[default: transformers, GRPOConfig use_vllm False]")
+    vllm_gpu_memory_utilization: float | None = _option(
+        "grpo, vllm-colocate: GRPOConfig vllm_gpu_memory_utilization, vLLM's share of each GPU's total memory "
+        "[default: 0.3]")
+    vllm_sleep: bool | None = _option(
+        "grpo, vllm-colocate: GRPOConfig vllm_enable_sleep_mode, vLLM's memory released while the step trains "
+        "[default: off]", switch="--vllm-sleep/--no-vllm-sleep")
+    vllm_max_model_len: int | None = _option(
+        "grpo, vllm-colocate: GRPOConfig vllm_max_model_length; vLLM must hold one sequence this long [default: the "
+        "model's max_position_embeddings]")
     precompute_ref: bool | None = _option(
         "dpo: DPOConfig precompute_ref_log_probs: the reference log-probs computed before training, so the step holds "
         "no reference model and runs no reference forward [default: off, DPOConfig's]",

@@ -35,7 +35,7 @@ def document_kinds() -> dict[str, Any]:
     return {
         "estimate": _estimate, "trace": _trace, "plan": _plan, "fit": _fit, "check": _check, "probe": _probe,
         "validate": _free_form, "models": _models, "catalog-gpus": _gpus, "catalog-systems": _systems,
-        "catalog-show": _record,
+        "catalog-show": _record, "serve-size": _serve_size,
     }
 
 
@@ -126,6 +126,12 @@ def _probe():
     from vramplan.measure.probe import ProbeRecord
 
     return ProbeRecord.model_json_schema(mode="serialization")
+
+
+def _serve_size():
+    from vramplan.serving.sizing import ServePlan
+
+    return ServePlan.model_json_schema(mode="serialization")
 
 
 def _free_form():

@@ -8,13 +8,15 @@ the total (two wrong terms can no longer cancel).
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, PrivateAttr
 
 from vramplan.allocator.caching import ReplayResult, TracedEvent
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import TrainingSetup
 
-PHASES = ("forward", "backward", "optimizer")
+PHASES = ("generation", "forward", "backward", "optimizer")  # generation: GRPO's, before its step
 
 # The estimate's components (vramplan/estimate/README.md says where each is computed).
 WEIGHTS = "weights"
@@ -80,6 +82,19 @@ class StepPeak(BaseModel):
     peak_allocated_bytes: int
 
 
+class ColocatedEngine(BaseModel):
+    """A generation engine sharing the training GPU (GRPO's vLLM in colocate mode): it takes its
+    gpu_memory_utilization share of the GPU's total memory, so what a GPU needs depends on the GPU."""
+
+    engine: str
+    gpu_memory_utilization: float
+    sleeps: bool  # vllm_enable_sleep_mode: level 2 between generations, its memory released while training
+    floor_bytes: int  # the least its share must hold to start: weights, profiling peak, graphs, one sequence's KV
+    floor_terms: dict[str, int]
+    generation_bytes: int  # the training side's device bytes while it generates (state held, no step running)
+    asleep_bytes: int = 0  # what it keeps while asleep (sleeps): its CUDA graphs and non-torch memory
+
+
 class Estimate(StepPeak):
     """One GPU's memory for one training step; every figure in bytes."""
 
@@ -91,6 +106,21 @@ class Estimate(StepPeak):
     host_bytes: int = 0  # host RAM per GPU for offloaded states (multiply by GPUs per node for a machine)
     strategy_notes: list[str] = []
     assumptions: list[str]
+    colocated: ColocatedEngine | None = None  # GRPO's colocated vLLM: see needed_on
+
+    def needed_on(self, total_bytes: int) -> int:
+        """What a GPU of `total_bytes` must hold for this job: device_bytes, plus a colocated engine's share of the
+        GPU (vLLM requests ceil(utilization x total), vllm/v1/worker/utils.py request_memory). A share below the
+        engine's floor cannot start it: more than the GPU."""
+        engine = self.colocated
+        if engine is None:
+            return self.device_bytes
+        share = math.ceil(engine.gpu_memory_utilization * total_bytes)
+        if share < engine.floor_bytes:
+            return total_bytes + engine.floor_bytes - share
+        if engine.sleeps:  # asleep while the step runs; awake beside the held state while it generates
+            return max(self.device_bytes + engine.asleep_bytes, engine.generation_bytes + share)
+        return self.device_bytes + share
 
 
 class ModulePeak(BaseModel):

@@ -47,6 +47,24 @@ class QuantSettings(BaseModel):
     kbit_prep: bool = True
 
 
+class GrpoSettings(BaseModel):
+    """TRL 1.16 GRPOConfig fields that change memory (trl/trainer/grpo_config.py); generation by transformers'
+    `generate` on the training GPU (GRPOConfig use_vllm False, its default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_generations: int = Field(8, ge=2)  # completions per prompt (GRPOConfig num_generations)
+    # steps_per_generation: micro-batches per generation batch (GRPOConfig: gradient_accumulation_steps when unset);
+    # the generation batch is per_device_train_batch_size x steps_per_generation rows on each GPU
+    steps_per_generation: int = Field(1, gt=0)
+    beta: float = Field(0.0, ge=0.0)  # the KL weight: a reference model (or its log-probs) only when beta > 0
+    # who generates: transformers' generate on the training GPU, or vLLM colocated on it (use_vllm, vllm_mode)
+    generation: Literal["transformers", "vllm-colocate"] = "transformers"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)  # GRPOConfig's default
+    vllm_sleep: bool = False  # vllm_enable_sleep_mode (level 2 between generations)
+    vllm_max_model_len: int | None = Field(None, gt=0)  # vllm_max_model_length; None: the model's own maximum
+
+
 class TrainingSetup(BaseModel):
     """One GPU's share of a training run: the knobs that move peak memory."""
 
@@ -76,10 +94,12 @@ class TrainingSetup(BaseModel):
     backward_prefetch: Literal["none", "backward-pre", "backward-post"] = "none"  # FSDP1's BackwardPrefetch
     fsdp1_sharding: Literal["full-shard", "shard-grad-op", "hybrid-shard", "no-shard"] = "full-shard"  # FSDP1's
     forward_prefetch: bool = False  # FSDP1's forward_prefetch: the next unit's all-gather issued in each pre-forward
-    # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step)
-    objective: Literal["sft", "dpo"] = "sft"
-    prompt_len: int | None = None  # dpo: prompt tokens per row; None: 1 (every position scored, the upper end)
+    # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step);
+    # "grpo" is TRL's GRPOTrainer (batch_size counts completions; seq_len is prompt + max_completion_length)
+    objective: Literal["sft", "dpo", "grpo"] = "sft"
+    prompt_len: int | None = None  # dpo/grpo: prompt tokens per row; None (dpo): 1, every position scored
     precompute_ref: bool = False  # dpo: precompute_ref_log_probs (no reference model or forward in the step)
+    grpo: GrpoSettings | None = None  # grpo: what GRPOConfig adds
 
     @model_validator(mode="after")
     def _method_matches_settings(self) -> TrainingSetup:
@@ -104,8 +124,19 @@ class TrainingSetup(BaseModel):
 
     @property
     def labelled_tokens(self) -> int:
-        """DPO: the positions its loss scores, the completion tokens of every row (next-token labels)."""
+        """DPO and GRPO: the positions the loss scores, the completion tokens of every row (next-token labels)."""
         return self.rows * (self.seq_len - (self.prompt_len or 1))
+
+    @property
+    def completion_len(self) -> int:
+        """GRPO: max_completion_length, the tokens each row generates (the rest of seq_len after the prompt)."""
+        return self.seq_len - (self.prompt_len or 1)
+
+    @property
+    def generation_rows(self) -> int:
+        """GRPO: the rows one GPU generates at once, per_device_train_batch_size x steps_per_generation
+        (grpo_config.py __post_init__: generation_batch_size over the processes)."""
+        return self.batch_size * (self.grpo.steps_per_generation if self.grpo else 1)
 
     @property
     def tokens_per_step(self) -> int:
@@ -147,9 +178,10 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         optimizer_in_backward=bool(run.optimizer_in_backward),
         activation_offload=bool(run.activation_offload),
     )
-    dpo = (run.objective or "sft").strip().lower() == "dpo"
-    if run.gradient_checkpointing is None and dpo:
-        checkpointing = DPO_DEFAULTS["gradient_checkpointing"]
+    objective = (run.objective or "sft").strip().lower()
+    dpo = objective == "dpo"
+    if run.gradient_checkpointing is None and objective in ("dpo", "grpo"):
+        checkpointing = True  # DPOConfig and GRPOConfig (trl/trainer/base_config.py): gradient_checkpointing True
     elif run.gradient_checkpointing is None:
         checkpointing = preset.checkpointing_full if method is Method.FULL else preset.checkpointing_adapters
     else:
@@ -158,9 +190,8 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
     return TrainingSetup(
         method=method, precision=precision, optimizer=optimizer,
         batch_size=_positive(run.batch_size, "--batch-size") if run.batch_size is not None else (
-            DPO_DEFAULTS["batch_size"] if dpo else DEFAULT_BATCH_SIZE),
-        seq_len=_positive(run.seq_len, "--seq-len") if run.seq_len is not None else (
-            DPO_DEFAULTS["seq_len"] if dpo else DEFAULT_SEQ_LEN),
+            OBJECTIVE_BATCH_SIZE.get(objective, DEFAULT_BATCH_SIZE)),
+        seq_len=_seq_len(run, objective),
         gradient_checkpointing=checkpointing, lora=lora, quant=quant, gpus=gpus, nodes=nodes, strategy=strategy,
         offload=offload, stack=stack, allocator=parse_alloc_conf(run.alloc_conf),
         transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
@@ -174,13 +205,51 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
 # DPOConfig's defaults (trl/trainer/dpo_config.py, TRL 1.16) for options not given with --objective dpo:
 # per_device_train_batch_size 8 (pairs), max_length 1024, gradient_checkpointing True.
 DPO_DEFAULTS = {"batch_size": 8, "seq_len": 1024, "gradient_checkpointing": True}
+# GRPOConfig's (trl/trainer/grpo_config.py, TRL 1.16): per_device_train_batch_size 8 (TrainingArguments'),
+# max_completion_length 512. TRL 1.16 has no max_prompt_length (prompts are not truncated): 512 prompt tokens are
+# assumed when --prompt-len is not given (TRL 0.x's max_prompt_length default) and said so.
+GRPO_DEFAULTS = {"batch_size": 8, "completion_len": 512, "prompt_len": 512}
+OBJECTIVE_BATCH_SIZE = {"dpo": DPO_DEFAULTS["batch_size"], "grpo": GRPO_DEFAULTS["batch_size"]}
+# What each generation engine is, for GRPO: only transformers' generate on the training GPU is modelled so far.
+GRPO_GENERATION = ("transformers", "vllm-colocate", "vllm-server")
 
 # Objectives issue 18 names that are not modelled yet, with what they add.
 UNMODELLED_OBJECTIVES = {
     "orpo": "ORPO (chosen and rejected rows, an odds-ratio term over their log-probabilities)",
     "kto": "KTO (a reference model and a KL batch of mismatched pairs)",
-    "grpo": "GRPO (generation with a KV cache or vLLM, num_generations completions, an optional reference model)",
 }
+VLLM_ONLY = ("vllm_gpu_memory_utilization", "vllm_sleep", "vllm_max_model_len")
+GRPO_ONLY = ("completion_len", "num_generations", "steps_per_generation", "beta", "generation", *VLLM_ONLY)
+
+
+def objective_options(setup: TrainingSetup) -> dict:
+    """The RunOptions fields that give `setup`'s objective back (a layout or a fit re-resolving the run): DPO's
+    prompt and precompute_ref; GRPO's prompt, completion and GRPOConfig fields in place of seq_len."""
+    if setup.objective == "dpo":
+        return {"objective": "dpo", "seq_len": setup.seq_len, "prompt_len": setup.prompt_len,
+                "precompute_ref": setup.precompute_ref}
+    if setup.objective == "grpo":
+        return {"objective": "grpo", "prompt_len": setup.prompt_len, "completion_len": setup.completion_len,
+                "num_generations": setup.grpo.num_generations,
+                "steps_per_generation": setup.grpo.steps_per_generation, "beta": setup.grpo.beta,
+                "generation": setup.grpo.generation,
+                **({"vllm_gpu_memory_utilization": setup.grpo.vllm_gpu_memory_utilization,
+                    "vllm_sleep": setup.grpo.vllm_sleep, "vllm_max_model_len": setup.grpo.vllm_max_model_len}
+                   if setup.grpo.generation == "vllm-colocate" else {})}
+    return {"seq_len": setup.seq_len}
+
+
+def _seq_len(run: RunOptions, objective: str) -> int:
+    if objective == "grpo":  # prompt + max_completion_length: the longest row the step sees
+        if run.seq_len is not None:
+            raise UsageError("--objective grpo sizes rows as --prompt-len + --completion-len; --seq-len does not apply")
+        prompt = GRPO_DEFAULTS["prompt_len"] if run.prompt_len is None else _positive(run.prompt_len, "--prompt-len")
+        completion = GRPO_DEFAULTS["completion_len"] if run.completion_len is None else _positive(
+            run.completion_len, "--completion-len")
+        return prompt + completion
+    if run.seq_len is not None:
+        return _positive(run.seq_len, "--seq-len")
+    return DPO_DEFAULTS["seq_len"] if objective == "dpo" else DEFAULT_SEQ_LEN
 
 
 def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict) -> dict:
@@ -188,19 +257,24 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
     objective = (run.objective or "sft").strip().lower()
     if objective in UNMODELLED_OBJECTIVES:
         raise NotModelledError(f"--objective {objective}: {UNMODELLED_OBJECTIVES[objective]} is not modelled yet")
-    if objective not in ("sft", "dpo"):
-        raise UsageError(f"--objective {run.objective}: choose sft or dpo (orpo, kto and grpo are not modelled yet)")
+    if objective not in ("sft", "dpo", "grpo"):
+        raise UsageError(f"--objective {run.objective}: choose sft, dpo or grpo (orpo and kto are not modelled yet)")
+    grpo_given = [name for name in GRPO_ONLY if getattr(run, name) is not None]
+    if objective != "grpo" and grpo_given:
+        raise UsageError(f"--{grpo_given[0].replace('_', '-')} applies to --objective grpo")
     if objective == "sft":
         if run.prompt_len is not None or run.precompute_ref is not None:
-            raise UsageError("--prompt-len and --precompute-ref apply to --objective dpo")
+            raise UsageError("--prompt-len and --precompute-ref apply to --objective dpo or grpo")
         return {"objective": "sft", "prompt_len": None, "precompute_ref": False}
     if stack is not Stack.HF or strategy is not Strategy.SINGLE:
-        raise NotModelledError("--objective dpo is modelled for TRL's DPOTrainer on one GPU (--stack hf, no "
+        raise NotModelledError(f"--objective {objective} is modelled for TRL's trainer on one GPU (--stack hf, no "
                                "--strategy) so far")
     if switches["packing"] or switches["liger"] or switches["loss"] is not Loss.STANDARD or switches["attn"] is \
             Attention.EAGER or switches["activation_offload"] or switches["optimizer_in_backward"]:
-        raise NotModelledError("--objective dpo is modelled with TRL's defaults so far: no packing, Liger, fused "
-                               "loss, eager attention, activation offload or optimizer in backward")
+        raise NotModelledError(f"--objective {objective} is modelled with TRL's defaults so far: no packing, Liger, "
+                               "fused loss, eager attention, activation offload or optimizer in backward")
+    if objective == "grpo":
+        return _grpo(run)
     prompt = None
     if run.prompt_len is not None:
         prompt = _positive(run.prompt_len, "--prompt-len")
@@ -208,6 +282,44 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
         if prompt >= seq_len:
             raise UsageError(f"--prompt-len {prompt} leaves no completion in --seq-len {seq_len}")
     return {"objective": "dpo", "prompt_len": prompt, "precompute_ref": bool(run.precompute_ref)}
+
+
+def _grpo(run: RunOptions) -> dict:
+    """GRPO's settings at GRPOConfig's defaults, TRL's own checks applied (grpo_config.py __post_init__)."""
+    if run.precompute_ref is not None:
+        raise UsageError("--precompute-ref applies to --objective dpo (GRPO scores its reference per generation)")
+    generation = (run.generation or "transformers").strip().lower()
+    if generation not in GRPO_GENERATION:
+        raise UsageError(f"--generation {run.generation}: choose {', '.join(GRPO_GENERATION)}")
+    if generation == "vllm-server":
+        raise NotModelledError("--generation vllm-server: vLLM on GPUs of its own, which the planner does not count "
+                               "yet; --generation transformers or vllm-colocate are modelled")
+    vllm = {name: getattr(run, name) for name in VLLM_ONLY if getattr(run, name) is not None}
+    if vllm and generation != "vllm-colocate":
+        raise UsageError(f"--{next(iter(vllm)).replace('_', '-')} applies to --generation vllm-colocate")
+    utilization = vllm.get("vllm_gpu_memory_utilization")
+    if utilization is not None and not 0 < utilization <= 1:
+        raise UsageError(f"--vllm-gpu-memory-utilization {utilization}: a share of the GPU, in (0, 1]")
+    if vllm.get("vllm_max_model_len") is not None:
+        _positive(vllm["vllm_max_model_len"], "--vllm-max-model-len")
+    if run.num_generations is not None and run.num_generations < 2:
+        raise UsageError(f"--num-generations {run.num_generations}: GRPO needs at least 2 (grpo_config.py)")
+    if run.beta is not None and run.beta < 0:
+        raise UsageError(f"--beta {run.beta}: must be >= 0")
+    settings = GrpoSettings(
+        num_generations=GrpoSettings().num_generations if run.num_generations is None else run.num_generations,
+        steps_per_generation=1 if run.steps_per_generation is None else _positive(
+            run.steps_per_generation, "--steps-per-generation"),
+        beta=0.0 if run.beta is None else float(run.beta), generation=generation,
+        **vllm)
+    batch = run.batch_size if run.batch_size is not None else GRPO_DEFAULTS["batch_size"]
+    rows = batch * settings.steps_per_generation
+    if rows % settings.num_generations:
+        # grpo_config.py __post_init__: the generation batch holds whole prompt groups
+        raise UsageError(f"the generation batch ({batch} x {settings.steps_per_generation} steps per generation = "
+                         f"{rows} completions) must be divisible by --num-generations {settings.num_generations}")
+    prompt = GRPO_DEFAULTS["prompt_len"] if run.prompt_len is None else _positive(run.prompt_len, "--prompt-len")
+    return {"objective": "grpo", "prompt_len": prompt, "precompute_ref": False, "grpo": settings}
 
 
 def _adapters(method: Method, run: RunOptions, preset, fsdp1: bool = False

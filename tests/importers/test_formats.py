@@ -94,22 +94,64 @@ def test_llama_factory_defaults_and_unmodelled(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, words", [
-    ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: dpo\nfinetuning_type: lora\n", "stage: dpo is preference"),
+    ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: dpo\nfinetuning_type: lora\n",
+     "stage: dpo is LLaMA-Factory's own DPO trainer"),
     ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: kto\n", "stage: kto is KTO"),
     ("lf.yaml", "model_name_or_path: Qwen/Qwen2.5-7B\nstage: ppo\n", "stage: ppo is PPO"),
     ("a.yml", "base_model: Qwen/Qwen3-8B\nrl: grpo\nadapter: lora\n", "rl: grpo is preference or RL"),
     ("a.yml", "base_model: Qwen/Qwen3-8B\ndatasets: []\nreward_model: true\n", "reward_model: True is reward-model"),
     ("dpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "max_length": 1024}), "beta: 0.1 is a preference"),
-    ("grpo.json", json.dumps({"output_dir": "o", "beta": 0.0, "num_generations": 8, "use_vllm": True}),
-     "num_generations: 8 is GRPO/RLOO"),
+    ("grpo.json", json.dumps({"output_dir": "o", "num_generations": 8, "use_vllm": True, "vllm_mode": "server"}),
+     "vllm_mode: server is GRPO with a vLLM server"),
     ("kto.json", json.dumps({"output_dir": "o", "desirable_weight": 1.0}), "is KTO"),
-    ("dpo2.json", json.dumps({"output_dir": "o", "precompute_ref_log_probs": True}), "is DPO"),
 ])
 def test_preference_and_rl_objectives_are_refused_not_estimated_as_sft(tmp_path, name, text, words):
     from vramplan.errors import NotModelledError
 
     with pytest.raises(NotModelledError, match=words):
         load_run_config(_write(tmp_path, name, text))
+
+
+def test_trl_grpo_config_reads_into_the_grpo_objective(tmp_path):
+    text = json.dumps({"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "per_device_train_batch_size": 4,
+                       "gradient_accumulation_steps": 2, "num_generations": 8, "max_completion_length": 256,
+                       "beta": 0.04, "learning_rate": 1e-6, "temperature": 0.9, "loss_type": "dapo"})
+    run = load_run_config(_write(tmp_path, "grpo.json", text))
+    given = run.options.given()
+    assert (given["objective"], given["batch_size"], given["completion_len"]) == ("grpo", 4, 256)
+    assert (given["num_generations"], given["steps_per_generation"], given["beta"]) == (8, 2, 0.04)
+    assert given["gradient_checkpointing"] is True and given["precision"] == "bf16"  # TRL's BaseConfig defaults
+    assert "seq_len" not in given and not run.unmodelled
+    assert any("512 tokens assumed" in line for line in run.assumptions)
+
+
+def test_trl_grpo_config_defaults_and_unmodelled_iterations(tmp_path):
+    text = json.dumps({"model_name_or_path": "x", "num_generations": 4, "num_iterations": 2})
+    run = load_run_config(_write(tmp_path, "grpo.json", text))
+    given = run.options.given()
+    assert (given["batch_size"], given["completion_len"], given["steps_per_generation"], given["beta"]) == (
+        8, 512, 1, 0.0)
+    assert [entry.split("=")[0] for entry in run.unmodelled] == ["num_iterations"]
+
+
+def test_trl_grpo_config_with_colocated_vllm(tmp_path):
+    text = json.dumps({"model_name_or_path": "x", "num_generations": 8, "use_vllm": True,
+                       "vllm_gpu_memory_utilization": 0.5, "vllm_enable_sleep_mode": True,
+                       "vllm_max_model_length": 2048})
+    given = load_run_config(_write(tmp_path, "grpo.json", text)).options.given()
+    assert (given["generation"], given["vllm_gpu_memory_utilization"], given["vllm_sleep"]) == (
+        "vllm-colocate", 0.5, True)
+    assert given["vllm_max_model_len"] == 2048
+
+
+def test_trl_dpo_config_reads_into_the_dpo_objective(tmp_path):
+    text = json.dumps({"model_name_or_path": "x", "per_device_train_batch_size": 2, "beta": 0.1,
+                       "precompute_ref_log_probs": True, "loss_type": ["sigmoid"]})
+    run = load_run_config(_write(tmp_path, "dpo.json", text))
+    given = run.options.given()
+    assert (given["objective"], given["batch_size"], given["seq_len"], given["precompute_ref"]) == (
+        "dpo", 2, 1024, True)
+    assert not run.unmodelled
 
 
 def test_axolotl_defaults_when_keys_are_absent(tmp_path):

@@ -115,7 +115,7 @@ def check_local(estimate: Estimate, devices: list[int] | None = None, headroom: 
         if mine:
             notes.append(f"GPU {index}: {mine / 2**30:.2f} GiB this process already holds count as free for the job")
         verdicts.append(_gpu_verdict(index, gpu.name, gpu.total_bytes, gpu.free_bytes + mine, others,
-                                     estimate.device_bytes, headroom))
+                                     estimate.needed_on(gpu.total_bytes), headroom))
     return _verdict("local", estimate, verdicts, headroom, local.driver_version, local.cuda_version, notes, request,
                     max_gpus=len(visible), enough_gpus=enough)
 
@@ -127,7 +127,8 @@ def check_catalog(estimate: Estimate, gpu_id: str, headroom: float = DEFAULT_HEA
     from vramplan.hardware.targets import resolve_gpu_target
 
     card = resolve_gpu_target(gpu_id, load_hardware(catalog_dir).gpus)
-    verdict = _gpu_verdict(None, card.name, card.memory_bytes, card.memory_bytes, 0, estimate.device_bytes, headroom)
+    verdict = _gpu_verdict(None, card.name, card.memory_bytes, card.memory_bytes, 0,
+                           estimate.needed_on(card.memory_bytes), headroom)
     basis = "memory as the driver reports it" if card.source == "catalog" else "memory as given"
     ranks = estimate.setup.gpus
     where = f"{ranks} idle {card.id}, one per rank" if ranks > 1 else f"an idle {card.id}"
@@ -140,6 +141,8 @@ def _verdict(source, estimate, verdicts, headroom, driver, cuda, notes, request,
     fits = enough_gpus and all(v.fits for v in verdicts)
     suggestions = []
     if not fits and request is not None:
-        suggestions = suggest_changes(estimate, min(v.usable_bytes for v in verdicts), request, max_gpus)
+        tightest = min(verdicts, key=lambda v: v.usable_bytes)
+        suggestions = suggest_changes(estimate, tightest.usable_bytes, request, max_gpus,
+                                      total_bytes=tightest.total_bytes)
     return Verdict(source=source, estimate=estimate, driver_version=driver, cuda_version=cuda, headroom=headroom,
                    gpus=verdicts, fits=fits, suggestions=suggestions, notes=notes, fits_gpu_count=enough_gpus)

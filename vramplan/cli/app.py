@@ -28,6 +28,7 @@ COMMANDS = {
     "report": ("vramplan.cli.report", "report_command"),
     "check": ("vramplan.cli.check", "check_command"),
     "probe": ("vramplan.cli.probe", "probe_command"),
+    "serve-size": ("vramplan.cli.serve_size", "serve_size_command"),
 }
 
 

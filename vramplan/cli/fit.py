@@ -10,9 +10,12 @@ from vramplan.cli import options as o
 from vramplan.cli.run_options import RunInput, with_run_options
 from vramplan.cli.render import check_format, emit_json_document
 
-SolveOpt = Annotated[str, typer.Option("--solve", help="batch-size | seq-len | lora-rank")]
+SolveOpt = Annotated[str, typer.Option(
+    "--solve", help="batch-size | seq-len | lora-rank | num-generations | completion-len (the last two: --objective "
+    "grpo; num-generations sizes one prompt's group per micro-batch)")]
 # The smallest value of each solved option: the suggestions are sized there (what `fit` tries first).
-SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1)}
+SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1),
+            "num-generations": ("num_generations", 2), "completion-len": ("completion_len", 1)}
 
 
 @with_run_options(layout=True, verdict=True)
@@ -38,17 +41,18 @@ def fit_command(
 
     check_format(fmt)
     if solve not in SEARCH_LIMITS:
-        raise UsageError(f"--solve {solve!r}: choose batch-size, seq-len or lora-rank")
+        raise UsageError(f"--solve {solve!r}: choose {', '.join(SEARCH_LIMITS)}")
     request = merge_config_file(run)
     target, usable = _target(gpu, run.headroom, run.catalog, nvml_recording)
     resolved, setup, _ = resolve_request(request)
-    result = largest_fitting(resolved, setup, solve, usable)
+    result = largest_fitting(resolved, setup, solve, usable, target.memory_bytes)
     suggestions = []
     if result.value is None:
         name, smallest = SMALLEST[solve]
         smallest_run = request.changed({name: smallest})
         base = resolve_request(smallest_run)
-        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, smallest_run)
+        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, smallest_run,
+                                      total_bytes=target.memory_bytes)
     commands = [paste_command("fit", s.flags) for s in suggestions]
     if fmt == "json":
         document = result.model_dump(mode="json")

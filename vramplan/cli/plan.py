@@ -57,7 +57,8 @@ def plan_command(
     suggestions = []
     if not plan.options:
         largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
-        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False)
+        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False,
+                                      total_bytes=largest)
     if _emit_cheapest(plan, result, emit, emit_to):
         return  # the config of the cheapest option went to stdout, in place of the plan
     commands = [paste_command("plan", s.flags) for s in suggestions]

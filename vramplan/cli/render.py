@@ -13,7 +13,9 @@ from vramplan.units import gib
 COMPONENT_LABELS = {
     "weights": "weights",
     "lora_adapters": "LoRA adapters",
-    "reference_model": "reference model (DPO: a frozen copy)",
+    "reference_model": "reference model (DPO/GRPO: a frozen copy)",
+    "kv_cache": "KV cache (GRPO generation)",
+    "generation_batch": "generation batch (GRPO: ids, masks, log-probs)",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
     "optimizer_temporaries": "optimizer step temporaries",

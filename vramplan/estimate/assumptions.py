@@ -50,10 +50,17 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         lines.append(LIGER_ASSUMPTION)
     if setup.objective == "dpo":
         lines += dpo_lines(setup)
+    if setup.objective == "grpo":
+        lines += grpo_lines(setup)
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
     return [*lines, *device_lines(setup), *version_lines(model, setup)]
+
+
+# TRL before its fused head (0.x; LLaMA-Factory's and ms-swift's trainers of that time) materialises the logits:
+# validation/preference/RESULTS.md (PF17 OOMed on 80 GB where this model says 50 GiB).
+TRL_0X_WARNING = ("TRL 0.x materialised b x s x V logits (and their fp32 copies): on TRL 0.x this estimate is low")
 
 
 def dpo_lines(setup: TrainingSetup) -> list[str]:
@@ -69,8 +76,36 @@ def dpo_lines(setup: TrainingSetup) -> list[str]:
         f"objective: DPO, TRL 1.16 DPOTrainer (sigmoid loss): {setup.batch_size} pair(s) = {setup.rows} rows of "
         f"{setup.seq_len} tokens (chosen and rejected concatenated), {prompt}",
         f"reference: {reference}, {when}",
-        "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits)",
+        "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits); "
+        + TRL_0X_WARNING,
         "rows unpadded: chosen and rejected of the full length; padding adds an attention mask (not modelled)",
+    ]
+
+
+def grpo_lines(setup: TrainingSetup) -> list[str]:
+    """What a GRPO estimate models (vramplan/estimate/compose/grpo.py), said with its answer."""
+    grpo = setup.grpo
+    if grpo.beta == 0:
+        reference = "none (beta 0, GRPOConfig's default: no reference model, no KL term)"
+    elif setup.method is Method.FULL:
+        reference = f"beta {grpo.beta}: a frozen copy of the model in its dtype, scoring each generation batch"
+    else:
+        reference = f"beta {grpo.beta}: the base model with the adapters disabled (peft: no second copy)"
+    return [
+        f"objective: GRPO, TRL 1.16 GRPOTrainer (loss dapo) on one GPU: {setup.batch_size} completions per micro-batch "
+        f"of {setup.prompt_len} prompt + {setup.completion_len} completion tokens; {grpo.num_generations} "
+        f"generations per prompt",
+        (f"generation: transformers generate on the training GPU (use_vllm False), {setup.generation_rows} rows at "
+         f"once (batch x steps_per_generation {grpo.steps_per_generation}), every completion the full "
+         f"{setup.completion_len} tokens (no early EOS: the upper end), KV cache in a DynamicCache, after the "
+         "optimizer step (no gradients held)") if grpo.generation == "transformers" else
+        (f"generation: vLLM colocated in the training process (use_vllm, vllm_mode colocate), max_num_seqs "
+         f"{setup.generation_rows}; the figures above are the training side's, vLLM's share is added per GPU by "
+         "check, fit and plan; the batch is rescored under no_grad for vLLM's importance-sampling correction"),
+        f"reference: {reference}",
+        "loss head: TRL's fused LM head (chunked log-probabilities and entropy of the completion positions); "
+        + TRL_0X_WARNING,
+        "prompts unpadded: every prompt the given length; left padding adds an attention mask (not modelled)",
     ]
 
 

@@ -87,9 +87,9 @@ def fragmentation_rule(setup: TrainingSetup) -> FragmentationRule:
 def logits_blocks_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """The standard loss's logits-sized segments in one step, as the replays show them: the lm_head output, its fp32
     upcast (none when already fp32), log_softmax's fp32 output, and one fp32 gradient that no freed block can hold
-    (transformers loss_utils ForCausalLMLoss: logits.float(), cross_entropy). Chunked and fused losses never hold
-    full logits: 0."""
-    if setup.stack is Stack.TORCHTUNE or setup.loss is not Loss.STANDARD:
+    (transformers loss_utils ForCausalLMLoss: logits.float(), cross_entropy). Chunked and fused losses, and TRL's
+    fused head under DPO and GRPO (components/trl_head.py), never hold full logits: 0."""
+    if setup.stack is Stack.TORCHTUNE or setup.loss is not Loss.STANDARD or setup.objective != "sft":
         return 0
     fp32 = setup.batch_size * setup.seq_len * spec.vocab_size * 4
     output = fp32 if setup.precision is Precision.FP32 else fp32 // 2

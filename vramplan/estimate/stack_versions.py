@@ -21,6 +21,8 @@ FIRST_GROUPED_EXPERTS_MAJOR = 5
 
 def modelled_versions_line(setup: TrainingSetup) -> str:
     libraries = TORCHTUNE_LIBRARIES if setup.stack is Stack.TORCHTUNE else HF_LIBRARIES
+    if setup.objective != "sft":  # DPO and GRPO run TRL's trainers
+        libraries = (*libraries, "trl")
     line = "libraries modelled (traced): " + ", ".join(f"{name} {TESTED_VERSIONS[name]}" for name in libraries)
     if setup.transformers == 4:
         line += ("; --transformers 4: only the MoE block in 4.x's layout (router and experts nn.Linear, 4-bit under "

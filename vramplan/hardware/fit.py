@@ -6,6 +6,7 @@ that), so the largest fitting value is found by bisection: about log2(limit) est
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -17,8 +18,11 @@ from vramplan.result import Estimate
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import TrainingSetup
 
-Solve = Literal["batch-size", "seq-len", "lora-rank"]
-SEARCH_LIMITS = {"batch-size": 4096, "seq-len": 1_048_576, "lora-rank": 4096}
+Solve = Literal["batch-size", "seq-len", "lora-rank", "num-generations", "completion-len"]
+SEARCH_LIMITS = {"batch-size": 4096, "seq-len": 1_048_576, "lora-rank": 4096, "num-generations": 4096,
+                 "completion-len": 1_048_576}
+# What each solve needs of the objective: GRPO's two are its own; seq-len is GRPO's prompt + completion.
+GRPO_SOLVES = ("num-generations", "completion-len")
 
 
 # Values people set: sequence lengths in multiples of 256 (64 below 256), as configs and attention kernels' tiles
@@ -29,7 +33,7 @@ SHORT_SEQ_LEN_STEP = 64
 
 def usable_value(solve: Solve, exact: int) -> int:
     """The largest value people use that is not above `exact` (the exact limit is reported beside it)."""
-    if solve == "seq-len":
+    if solve in ("seq-len", "completion-len"):
         if exact < SHORT_SEQ_LEN_STEP:
             return exact
         step = SEQ_LEN_STEP if exact >= SEQ_LEN_STEP else SHORT_SEQ_LEN_STEP
@@ -50,6 +54,17 @@ class FitResult(BaseModel):
 
 
 def _setter(setup: TrainingSetup, solve: Solve) -> Callable[[int], TrainingSetup]:
+    grpo = setup.objective == "grpo"
+    if (solve in GRPO_SOLVES) != grpo and solve != "batch-size" and solve != "lora-rank":
+        raise UsageError(f"--solve {solve} needs --objective grpo" if not grpo else
+                         "--objective grpo: solve completion-len (the sequence is --prompt-len + --completion-len)")
+    if solve == "num-generations":
+        # one prompt's group per micro-batch (per_device_train_batch_size = num_generations): the generation batch
+        # and the step grow with it; num_generations alone, at a fixed batch, does not move memory
+        return lambda value: setup.model_copy(update={
+            "batch_size": value, "grpo": setup.grpo.model_copy(update={"num_generations": value})})
+    if solve == "completion-len":
+        return lambda value: setup.model_copy(update={"seq_len": setup.prompt_len + value})
     if solve == "batch-size":
         return lambda value: setup.model_copy(update={"batch_size": value})
     if solve == "seq-len":
@@ -59,8 +74,25 @@ def _setter(setup: TrainingSetup, solve: Solve) -> Callable[[int], TrainingSetup
     return lambda value: setup.model_copy(update={"lora": setup.lora.model_copy(update={"rank": value})})
 
 
-def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, usable_bytes: int) -> FitResult:
-    """The largest value of `solve` whose estimate's device_bytes fit in `usable_bytes`."""
+def _grpo_valid(setup: TrainingSetup, solve: Solve, value: int) -> int | None:
+    """GRPOConfig's checks on a solved value (grpo_config.py __post_init__): num_generations >= 2, and a batch whose
+    generation batch (x steps_per_generation) holds whole groups of num_generations; None when none is left."""
+    if setup.objective != "grpo":
+        return value
+    if solve == "num-generations":
+        return value if value >= 2 else None
+    if solve == "batch-size":
+        generations, steps = setup.grpo.num_generations, setup.grpo.steps_per_generation
+        multiple = generations // math.gcd(generations, steps)
+        value = value // multiple * multiple
+        return value or None
+    return value
+
+
+def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, usable_bytes: int,
+                    total_bytes: int | None = None) -> FitResult:
+    """The largest value of `solve` whose estimate's need on a GPU of `total_bytes` (Estimate.needed_on: a
+    colocated engine's share counted; default usable_bytes) fits in `usable_bytes`."""
     make = _setter(setup, solve)
     limit = SEARCH_LIMITS[solve]
     runs = 0
@@ -69,7 +101,7 @@ def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, us
         nonlocal runs
         runs += 1
         result = estimate_memory(model, make(value))
-        return result if result.device_bytes <= usable_bytes else None
+        return result if result.needed_on(total_bytes or usable_bytes) <= usable_bytes else None
 
     best = fits(1)
     if best is None:
@@ -87,7 +119,10 @@ def largest_fitting(model: ResolvedModel, setup: TrainingSetup, solve: Solve, us
             high = middle
         else:
             low, best = middle, result
-    rounded = usable_value(solve, low)
+    rounded = _grpo_valid(setup, solve, usable_value(solve, low))
+    if rounded is None:
+        return FitResult(solve=solve, value=None, exact_value=low, limit=limit, usable_bytes=usable_bytes,
+                         estimate=None, estimates_run=runs)
     if rounded != low:
         best = fits(rounded)
     return FitResult(solve=solve, value=rounded, exact_value=low, limit=limit, usable_bytes=usable_bytes,

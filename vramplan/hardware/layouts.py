@@ -30,7 +30,16 @@ from vramplan.result import Estimate
 from vramplan.hardware.catalog import Gpu, System
 from vramplan.hardware.links import Links
 from vramplan.hardware.throughput import StepTime, step_time, step_traffic, step_work
-from vramplan.training import DEEPSPEED_STRATEGIES, Method, Offload, Optimizer, Strategy, TrainingSetup, resolve_setup
+from vramplan.training import (
+    DEEPSPEED_STRATEGIES,
+    Method,
+    Offload,
+    Optimizer,
+    Strategy,
+    TrainingSetup,
+    objective_options,
+    resolve_setup,
+)
 from vramplan.units import gib
 
 # Node counts tried for multi-node layouts: powers of two, as clusters are usually allocated.
@@ -109,7 +118,7 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
     lora, quant = setup.lora, setup.quant
     return resolve_setup(
         setup.method, precision=setup.precision, optimizer=setup.optimizer, batch_size=setup.batch_size,
-        seq_len=setup.seq_len, gradient_checkpointing=setup.gradient_checkpointing,
+        gradient_checkpointing=setup.gradient_checkpointing,
         lora_rank=lora.rank if lora else None, lora_targets=lora.targets if lora else None,
         lora_dropout=lora.dropout if lora else None, double_quant=quant.double_quant if quant else None,
         kbit_prep=quant.kbit_prep if quant else None, gpus=gpus, nodes=nodes,
@@ -118,8 +127,7 @@ def variant(setup: TrainingSetup, gpus: int, nodes: int, strategy: Strategy, off
         # into a plain HF one
         stack=setup.stack, loss=setup.loss, liger=setup.liger, packing=setup.packing, attn=setup.attn,
         optimizer_in_backward=setup.optimizer_in_backward, activation_offload=setup.activation_offload,
-        objective=setup.objective, prompt_len=setup.prompt_len,
-        precompute_ref=setup.precompute_ref if setup.objective == "dpo" else None,
+        **objective_options(setup),
     )
 
 
@@ -138,7 +146,7 @@ def check_layout(
     except VramplanError as err:
         return LayoutCheck(**base, fits=False, needed_bytes=None, host_bytes_per_node=0, tokens_per_second=None,
                            communication_share=None, reason=f"not modelled: {err}"), None
-    needed, host = estimate.device_bytes, estimate.host_bytes * setup.gpus
+    needed, host = estimate.needed_on(gpu.memory_bytes), estimate.host_bytes * setup.gpus
     timing = None
     if gpu.bf16_dense_tflops is not None:
         spec = estimate.model.spec

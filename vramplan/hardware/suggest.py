@@ -44,6 +44,10 @@ def option_flags(changes: dict[str, Any]) -> list[str]:
     return flags
 
 
+# Shares of the GPU a colocated vLLM is offered, in the steps people set vllm_gpu_memory_utilization.
+VLLM_SHARES = (0.4, 0.5, 0.6, 0.7)
+
+
 def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
     variants: list[tuple[str, dict[str, Any]]] = []
     if not setup.allocator.expandable_segments:
@@ -71,17 +75,40 @@ def _variants(setup, max_gpus: int) -> list[tuple[str, dict[str, Any]]]:
         variants.append((f"halve the sequence length to {half}", {"seq_len": half}))
     if setup.batch_size > 1:
         variants.append((f"micro-batch 1 with {setup.batch_size} gradient-accumulation steps", {"batch_size": 1}))
+    if setup.objective == "grpo":
+        variants += _grpo_variants(setup)
     if setup.world_size == 1:
         for count in (c for c in SHARD_GPU_COUNTS if c <= max_gpus):
             variants.append((f"more GPUs: FSDP over {count} GPUs (per GPU)", {"gpus": count, "strategy": "fsdp"}))
     return variants
 
 
-def _device_bytes(request: RunRequest) -> int:
-    """The per-GPU need the suggestion's command prints: estimate_request's figure, without the assumption lines
-    (and the one-GPU baseline of the scaling line) it would also build and the suggestion never shows."""
+def _grpo_variants(setup) -> list[tuple[str, dict[str, Any]]]:
+    """GRPO's own levers: shorter completions, and for a colocated vLLM its max_model_len, sleep mode and share."""
+    grpo, variants = setup.grpo, []
+    if setup.completion_len >= 2 * MIN_HALVED_SEQ_LEN:
+        half = setup.completion_len // 2
+        variants.append((f"halve the completion length to {half}", {"completion_len": half}))
+    if grpo.generation != "vllm-colocate":
+        return variants
+    if grpo.vllm_max_model_len is None or grpo.vllm_max_model_len > setup.seq_len:
+        variants.append((f"let vLLM hold only the longest row (vllm_max_model_length {setup.seq_len})",
+                         {"vllm_max_model_len": setup.seq_len}))
+    if not grpo.vllm_sleep:
+        variants.append(("put vLLM to sleep while the step trains (vllm_enable_sleep_mode)", {"vllm_sleep": True}))
+    larger = next((share for share in VLLM_SHARES if share > grpo.vllm_gpu_memory_utilization), None)
+    if larger is not None:
+        variants.append((f"give vLLM {larger:.0%} of the GPU (vllm_gpu_memory_utilization {larger})",
+                         {"vllm_gpu_memory_utilization": larger}))
+    return variants
+
+
+def _device_bytes(request: RunRequest, total_bytes: int) -> int:
+    """The per-GPU need the suggestion's command prints: estimate_request's figure on a GPU of `total_bytes` (a
+    colocated engine's share counted: Estimate.needed_on), without the assumption lines (and the one-GPU baseline
+    of the scaling line) it would also build and the suggestion never shows."""
     model, setup, _ = resolve_request(request)
-    return estimate_memory(model, setup).device_bytes
+    return estimate_memory(model, setup).needed_on(total_bytes)
 
 
 def _with_expandable(config) -> str:
@@ -93,14 +120,18 @@ def _with_expandable(config) -> str:
 
 
 def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
-                    max_gpus: int = max(SHARD_GPU_COUNTS), layouts: bool = True) -> list[Suggestion]:
-    """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on each target GPU.
+                    max_gpus: int = max(SHARD_GPU_COUNTS), layouts: bool = True,
+                    total_bytes: int | None = None) -> list[Suggestion]:
+    """Changes ranked by memory saved; `usable_bytes` is the memory the job may use on each target GPU, of
+    `total_bytes` in all (default: usable_bytes), which a colocated engine takes its share of.
 
     Each change is estimated from `request` with the change applied, exactly as the command it prints would be.
     Of the GPU-count changes only the fewest GPUs that fit is kept (or the most, `max_gpus`, when none does); a
     change the estimator refuses is left out, since its command would not give an answer. `layouts=False` leaves
     out the changes of GPUs and nodes (`plan` searches those itself).
     """
+    total = total_bytes or usable_bytes
+    current = estimate.needed_on(total)
     suggestions = []
     sharding: list[Suggestion] = []
     for change, changes in _variants(estimate.setup, max_gpus):
@@ -109,11 +140,11 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
         if "gpus" in changes and any(s.fits for s in sharding):
             continue  # the fewest GPUs that fit is found: more are not estimated
         try:
-            needed = _device_bytes(request.changed(changes))
+            needed = _device_bytes(request.changed(changes), total)
         except VramplanError:
             continue
         suggestion = Suggestion(change=change, changes=changes, flags=option_flags(changes), needed_bytes=needed,
-                                saved_bytes=estimate.device_bytes - needed, fits=needed <= usable_bytes)
+                                saved_bytes=current - needed, fits=needed <= usable_bytes)
         if "gpus" in changes:
             sharding.append(suggestion)
         elif suggestion.saved_bytes > 0:
@@ -123,13 +154,14 @@ def suggest_changes(estimate: Estimate, usable_bytes: int, request: RunRequest,
         suggestions.append(fitting[0] if fitting else sharding[-1])
     suggestions.sort(key=lambda s: -s.saved_bytes)
     if suggestions and not any(s.fits for s in suggestions):
-        combined = _combined(estimate, usable_bytes, request, [s for s in suggestions if "gpus" not in s.changes])
+        combined = _combined(current, usable_bytes, total, request,
+                             [s for s in suggestions if "gpus" not in s.changes])
         if combined is not None:
             suggestions.insert(0, combined)
     return suggestions
 
 
-def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
+def _combined(current: int, usable_bytes: int, total_bytes: int, request: RunRequest,
               singles: list[Suggestion]) -> Suggestion | None:
     """When no single change fits: the changes together, largest saving first, up to the first set that fits."""
     changes: dict[str, Any] = {}
@@ -138,7 +170,7 @@ def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
         changes.update(single.changes)
         names.append(single.change)
         try:
-            needed = _device_bytes(request.changed(changes))
+            needed = _device_bytes(request.changed(changes), total_bytes)
         except VramplanError:
             return None
         if needed <= usable_bytes:
@@ -146,5 +178,5 @@ def _combined(estimate: Estimate, usable_bytes: int, request: RunRequest,
                 return None
             return Suggestion(change="together: " + "; ".join(names), changes=dict(changes),
                               flags=option_flags(changes), needed_bytes=needed,
-                              saved_bytes=estimate.device_bytes - needed, fits=True)
+                              saved_bytes=current - needed, fits=True)
     return None

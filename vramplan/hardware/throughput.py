@@ -110,7 +110,9 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
     attention_backward = FLOPS_PER_MAC * attention
     recompute = forward - FLOPS_PER_MAC * lm_head if setup.gradient_checkpointing else 0
     # DPOTrainer._compute_loss runs the reference forward over the same rows (the adapter-disabled base under peft)
-    reference = forward - FLOPS_PER_MAC * adapters if setup.objective == "dpo" else 0
+    # GRPO with beta > 0 scores the same rows with the reference (per generation batch: per micro-batch on average)
+    scored = setup.objective == "dpo" or (setup.objective == "grpo" and setup.grpo.beta > 0)
+    reference = forward - FLOPS_PER_MAC * adapters if scored else 0
     return StepFlops(
         forward_per_token=forward,
         backward_per_token=input_grads + weight_grads + attention_backward,
@@ -126,10 +128,12 @@ class StepWork(BaseModel):
     activation_bytes: int  # elementwise traffic over the saved activations, per micro-batch
     dequant_bytes: int  # QLoRA's dequantisation traffic, per micro-batch
     optimizer_bytes: int  # the optimizer step's traffic (one step per micro-batch: no accumulation modelled)
+    generation_flops: int = 0  # GRPO: generate's matmuls (prefill and decoding), per micro-batch on average
+    generation_bytes: int = 0  # GRPO: what each decoding step reads (weights, KV cache), per micro-batch on average
 
     @property
     def memory_bytes(self) -> int:
-        return self.activation_bytes + self.dequant_bytes + self.optimizer_bytes
+        return self.activation_bytes + self.dequant_bytes + self.optimizer_bytes + self.generation_bytes
 
 
 def _linear_weights(spec: ModelSpec) -> int:
@@ -157,9 +161,28 @@ def step_work(spec: ModelSpec, setup: TrainingSetup, optimizer_state_bytes: int)
             quantised += len(spec.moe_layer_ids) * sum(math.prod(s) for s in spec.expert_tensor_shapes()[:2])
         weight_passes = 2 + (1 if setup.gradient_checkpointing else 0)
         dequant = round(DEQUANT_BYTES_PER_WEIGHT * quantised * weight_passes)
+    flops, traffic = generation_work(spec, setup) if setup.objective == "grpo" else (0, 0)
     return StepWork(flops_per_token=step_flops(spec, setup).per_token, activation_bytes=saved * passes,
                     dequant_bytes=dequant,
-                    optimizer_bytes=round(OPTIMIZER_BYTES_PER_STATE_BYTE * optimizer_state_bytes))
+                    optimizer_bytes=round(OPTIMIZER_BYTES_PER_STATE_BYTE * optimizer_state_bytes),
+                    generation_flops=flops, generation_bytes=traffic)
+
+
+def generation_work(spec: ModelSpec, setup: TrainingSetup) -> tuple[int, int]:
+    """GRPO's transformers generation, per micro-batch (one generation batch serves steps_per_generation of them):
+    the forward matmuls of every prompt and generated token, and the bytes each decoding step streams (every weight,
+    dequantised under QLoRA, and the KV cache so far, half full on average). A lower bound: generate's per-step
+    Python and kernel-launch overhead, which dominates small models, is not counted."""
+    rows, prompt, completion = setup.generation_rows, setup.prompt_len, setup.completion_len
+    per_token = FLOPS_PER_MAC * (_linear_weights(spec) + spec.vocab_size * spec.hidden_size)
+    attention = FLOPS_PER_MAC * spec.num_layers * spec.q_size * (prompt + completion // 2)
+    flops = rows * (prompt + completion) * (per_token + attention)
+    linear = sum(lin.weight_params for lin in spec.all_layer_linears)
+    weights = (DEQUANT_BYTES_PER_WEIGHT * linear if setup.method is Method.QLORA else HALF_BYTES * linear) + (
+        HALF_BYTES * spec.vocab_size * spec.hidden_size)
+    cache = rows * (prompt + completion // 2) * spec.num_layers * (spec.kv_size + spec.v_size) * HALF_BYTES
+    steps = setup.grpo.steps_per_generation
+    return flops // steps, round(completion * (weights + cache)) // steps
 
 
 def matmul_efficiency(gpu: Gpu) -> tuple[float, str]:
@@ -175,9 +198,9 @@ def compute_seconds(work: StepWork, tokens: int, gpu: Gpu, utilisation: float | 
     matmul FLOPs at that share of the dense BF16 peak, nothing else."""
     peak = gpu.bf16_dense_tflops * TERA
     if utilisation is not None:
-        return work.flops_per_token * tokens / (peak * utilisation)
+        return (work.flops_per_token * tokens + work.generation_flops) / (peak * utilisation)
     efficiency, _ = matmul_efficiency(gpu)
-    matmuls = work.flops_per_token * tokens / (peak * efficiency)
+    matmuls = (work.flops_per_token * tokens + work.generation_flops) / (peak * efficiency)
     memory = 0.0
     if gpu.bandwidth_gb_s:
         memory = work.memory_bytes / (gpu.bandwidth_gb_s * 10**9 * BANDWIDTH_EFFICIENCY)

@@ -19,7 +19,9 @@ LIGER = "axolotl.integrations.liger"
 # axolotl keys that change the training objective (src/axolotl/utils/schemas/config.py: `rl` is an RLType, dpo /
 # ipo / orpo / kto / simpo / grpo; `reward_model` and `process_reward_model` train a reward head).
 OBJECTIVE_KEYS = {
-    "rl": "preference or RL training (rl: dpo, ipo, orpo, kto, simpo, grpo)",
+    "rl": "preference or RL training through axolotl's own trainers on the TRL version axolotl pins (rl: dpo, ipo, "
+          "orpo, kto, simpo, grpo; vramplan models TRL 1.16's DPOTrainer and GRPOTrainer: a TRL config or "
+          "--objective dpo|grpo)",
     "reward_model": "reward-model training (a value head, paired batches)",
     "process_reward_model": "process-reward-model training (a token-classification head)",
 }

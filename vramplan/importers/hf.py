@@ -10,6 +10,7 @@ from vramplan.importers.names import HF_DEFAULT_OPTIM, hf_attention, hf_optimize
 from vramplan.importers.parallel import load_deepspeed_reference, read_deepspeed_block, read_fsdp
 from vramplan.importers.peft import read_adapter_file
 from vramplan.importers.run import RunBuilder, as_mapping
+from vramplan.importers.trl_objectives import OBJECTIVE_QUIET, read_dpo, read_grpo, trl_objective
 
 TA = "transformers TrainingArguments default: transformers/training_args.py"
 SFT = "TRL SFTConfig default: trl/trainer/sft_config.py"
@@ -24,38 +25,25 @@ TRL_NLL_UPPER_BOUND = ("TRL SFT loss (nll): TRL 1.x computes it in chunks throug
                        "an upper bound (OOM-safe)")
 
 
-# Fields that only TRL's preference, RL and reward configs have (trl/trainer/{dpo,kto,grpo,rloo,reward}_config.py and
-# trl/experimental/orpo/orpo_config.py at TRL 1.16, beyond TrainingArguments and SFTConfig), by the objective they
-# name; the first group present names the file's objective.
-TRL_OBJECTIVE_KEYS = (
-    ("GRPO/RLOO online RL (generated completions, an optional reference model)",
-     ("num_generations", "max_completion_length", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization",
-      "steps_per_generation", "generation_batch_size", "reward_weights", "num_iterations")),
-    ("KTO preference training (a reference model, a KL batch)", ("desirable_weight", "undesirable_weight")),
-    ("DPO preference training (a reference model, paired batches; `--objective dpo` with --batch-size, --seq-len "
-     "and --prompt-len models TRL 1.16's DPOTrainer, but --from does not read DPO configs yet)",
-     ("precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergence_type", "sync_ref_model", "ld_alpha",
-      "use_weighting", "ref_model_init_kwargs", "rpo_alpha", "loss_weights")),
-    ("reward-model training (a value head, paired batches)", ("center_rewards_coefficient",)),
-    ("a preference objective (DPO, ORPO, KTO or GRPO: `beta` weighs a reference or odds-ratio term)", ("beta",)),
-)
-
-
 def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder("trl", raw)
-    for objective, keys in TRL_OBJECTIVE_KEYS:
-        present = [key for key in keys if raw.get(key) is not None]
-        if present:
-            builder.refuse_objective(present[0], raw[present[0]], objective)
-    sft = any(key in raw for key in SFT_KEYS)
-    kind = "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments"
+    objective = trl_objective(builder)  # refuses the objectives vramplan does not model
+    sft = objective is None and any(key in raw for key in SFT_KEYS)
+    kind = {"grpo": "TRL GRPOConfig (GRPO fields present)", "dpo": "TRL DPOConfig (DPO fields present)"}.get(
+        objective, "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments")
     builder.set("stack", "hf", "format", kind)
     builder.model = builder.get_str("model_name_or_path")
     if builder.model:
         builder.note(f"model_name_or_path: {builder.model} -> model")
-    _batch_and_length(builder, sft)
-    _precision(builder, sft)
-    _checkpointing(builder, sft)
+    if objective == "grpo":
+        read_grpo(builder)
+    elif objective == "dpo":
+        read_dpo(builder)
+    else:
+        _batch_and_length(builder, sft)
+    trl = sft or objective is not None  # bf16 and gradient_checkpointing default True in every TRL config
+    _precision(builder, trl)
+    _checkpointing(builder, trl)
     optim = builder.get("optim")
     if truthy(builder.get("adafactor", False)):
         builder.set("optimizer", "adafactor", "adafactor", True)
@@ -63,11 +51,11 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
         hf_optimizer(builder, "optim", optim)
     else:
         builder.default("optimizer", "adamw-fused", "optim", f"{HF_DEFAULT_OPTIM} with torch >= 2.8; {TA}")
-    _kernels_and_loss(builder, sft)
+    _kernels_and_loss(builder, sft, loss=objective is None)
     _parallel(builder, path.parent)
     _method(builder, path)
     _unmodelled_flags(builder)
-    builder.leftovers(TRAINING_ARGS_QUIET | SFT_QUIET | MODEL_CONFIG_QUIET)
+    builder.leftovers(TRAINING_ARGS_QUIET | SFT_QUIET | MODEL_CONFIG_QUIET | OBJECTIVE_QUIET)
     return builder
 
 
@@ -135,12 +123,16 @@ def _checkpointing(builder: RunBuilder, sft: bool) -> None:
                              "reentrant checkpointing: vramplan models the non-reentrant kind")
 
 
-def _kernels_and_loss(builder: RunBuilder, sft: bool) -> None:
+def _kernels_and_loss(builder: RunBuilder, sft: bool, loss: bool = True) -> None:
+    """Liger, the loss (`loss` False: a DPO or GRPO config, whose trainer computes its own through TRL's fused head),
+    the attention implementation and activation offloading."""
     liger = truthy(builder.get("use_liger_kernel", False))
     builder.set("liger", liger, "use_liger_kernel") if "use_liger_kernel" in builder.raw else builder.default(
         "liger", False, "use_liger_kernel", TA)
-    loss_type = builder.get("loss_type")
-    if liger and loss_type in (None, "nll"):
+    loss_type = builder.get("loss_type") if loss else None
+    if not loss:
+        pass
+    elif liger and loss_type in (None, "nll"):
         builder.options["loss"] = "fused"
         builder.note("use_liger_kernel: true -> loss fused (Liger's fused linear cross-entropy replaces the logits)")
     elif loss_type is not None:
@@ -157,7 +149,7 @@ def _kernels_and_loss(builder: RunBuilder, sft: bool) -> None:
     attn = (builder.raw.get("model_init_kwargs") or {}).get("attn_implementation") or builder.get("attn_implementation")
     if attn:
         hf_attention(builder, "attn_implementation", attn)
-    if sft:
+    if sft or not loss:  # SFTConfig and DPOConfig have activation_offloading
         offload = truthy(builder.get("activation_offloading", False))
         builder.set("activation_offload", offload, "activation_offloading") if (
             "activation_offloading" in builder.raw) else builder.default(

@@ -60,7 +60,10 @@ UNMODELLED_FLAGS = {
 # LLaMA-Factory's training stages other than sft/pt, as its hparams/finetuning_args.py names them.
 LF_STAGES = {"rm": "reward-model training (a value head, paired batches)",
              "ppo": "PPO (a reward model, a value head, generation)",
-             "dpo": "preference training (DPO and the pref_loss variants: a reference model, paired batches)",
+             # src/llamafactory/train/dpo/trainer.py CustomDPOTrainer.concatenated_forward: full fp32 logits
+             # (`model(**batch).logits.to(torch.float32)`), not TRL 1.16's fused head that --objective dpo models
+             "dpo": "LLaMA-Factory's own DPO trainer (CustomDPOTrainer: a reference model, paired batches and the "
+                    "full fp32 logits of both rows; vramplan models TRL 1.16's DPOTrainer, --objective dpo)",
              "kto": "KTO preference training (a reference model, a KL batch)"}
 
 

@@ -126,6 +126,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     warn_untested_libraries(setup)
     if setup.objective == "dpo":
         return _trace_dpo(model, setup)
+    if setup.objective == "grpo":
+        return _trace_grpo(model, setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
     if setup.stack is Stack.TORCHTUNE:
@@ -162,6 +164,23 @@ DPO_TRACE_NOTE = ("DPO: TRL 1.16's DPOTrainer._compute_loss run on fake tensors 
                   "forward over 2 x batch rows (chosen and rejected), the reference forward under no_grad (a frozen "
                   "copy for full fine-tuning, the adapter-disabled policy under peft), TRL's fused LM head on its GPU "
                   "path (labelled positions only)")
+
+
+# What a GRPO trace measures, said with its answer.
+GRPO_TRACE_NOTE = ("GRPO: TRL 1.16's GRPOTrainer run on fake tensors: transformers' own generate over batch x "
+                   "steps_per_generation prompts, every completion max_completion_length long (no early EOS: the "
+                   "upper end), the reference log-probs when beta > 0, then _compute_loss (loss dapo) on one "
+                   "micro-batch through TRL's fused LM head on its GPU path; rewards and tokenizer not run")
+
+
+def _trace_grpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    require_extra("trl", "trl")
+    from vramplan.measure.trl_grpo import trace_grpo_step
+
+    started = time.perf_counter()
+    step = trace_grpo_step(model.config, setup)
+    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, GRPO_TRACE_NOTE], started)
 
 
 def _trace_dpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:

@@ -55,8 +55,12 @@ DPO_BETA = 0.1
 DPO_HEAD_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
-class _MetricValue:
-    """What `accelerator.gather(...)` returns here: the metrics' reductions and `.item()` without a real tensor."""
+class MetricValue:
+    """What `accelerator.gather(...)` returns here: the metrics' reductions and `.item()` without a real tensor
+    (a dtype and a device for the torch.tensor TRL's nanmin/nanmax build from it)."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
 
     def item(self) -> float:
         return 1.0
@@ -65,6 +69,9 @@ class _MetricValue:
         return lambda *args, **kwargs: self
 
     def __truediv__(self, other):
+        return self
+
+    def __getitem__(self, index):
         return self
 
     __add__ = __sub__ = __mul__ = __radd__ = __rtruediv__ = __rsub__ = __rmul__ = __truediv__
@@ -148,7 +155,7 @@ def gpu_fused_head(labelled: int):
 def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False,
                           precompute_ref: bool = False):
     """The attributes DPOTrainer._compute_loss reads, at DPOConfig's defaults."""
-    metric = _MetricValue()
+    metric = MetricValue()
     accelerator = types.SimpleNamespace(unwrap_model=lambda module: module, device=torch.device("cpu"),
                                         gather_for_metrics=lambda value: metric, gather=lambda value: metric)
     args = types.SimpleNamespace(gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=None)

@@ -21,6 +21,11 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
 
         refuse_unmodelled(model.spec, setup)
         return estimate_dpo(model, setup)
+    if setup.objective == "grpo":
+        from vramplan.estimate.compose.grpo import estimate_grpo
+
+        refuse_unmodelled(model.spec, setup)
+        return estimate_grpo(model, setup)
     if setup.stack is Stack.TORCHTUNE:  # imported when used: the cold start of an HF estimate skips them
         from vramplan.estimate.compose.torchtune import estimate_torchtune
 

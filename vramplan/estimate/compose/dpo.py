@@ -13,7 +13,7 @@ from __future__ import annotations
 from vramplan.estimate.components.activations.flow import hidden_state_bytes
 from vramplan.estimate.components.activations.mlp import mlp_forward_transient_bytes
 from vramplan.estimate.components.activations.norms import final_norm_forward_bytes, final_norm_saved_bytes
-from vramplan.estimate.components.trl_head import fused_head_memory
+from vramplan.estimate.components.trl_head import fused_head_memory, without_head_copy
 from vramplan.estimate.compose.hf import backward_peak, estimate_with_step, forward_peak, step_parts
 from vramplan.estimate.compose.parts import in_flight
 from vramplan.estimate.strategies import rank_states
@@ -38,7 +38,8 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     # (dpo_trainer.py __init__ sets ref_model None on one GPU; _compute_loss reads them from the batch)
     reference = states.weights if setup.method is Method.FULL and not setup.precompute_ref else 0
     persistent = {**parts.persistent, REFERENCE: reference}
-    parts = parts.model_copy(update={"logits": head, "persistent": persistent})
+    parts = parts.model_copy(update={"logits": head, "persistent": persistent,
+                                   "copies": without_head_copy(spec, rows, parts.copies)})
     forward = forward_peak(spec, rows, parts)
     # Beside the policy's kept activations and its head's saved rows: the reference's last layer (no_grad: its
     # transients only) and the reference's head.

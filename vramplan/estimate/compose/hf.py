@@ -127,9 +127,10 @@ def estimate_hf(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
 
 
 def estimate_with_step(model: ResolvedModel, setup: TrainingSetup, terms: TrainingSetup, parts: StepParts,
-                       forward: PhasePeak, backward: PhasePeak) -> Estimate:
+                       forward: PhasePeak, backward: PhasePeak, before: list[PhasePeak] = ()) -> Estimate:
     """The Estimate of `setup` from its forward and backward peaks, the optimizer step's peak added; `terms` is the
-    setup the step's terms were computed at (DPO's doubled rows; `setup` itself otherwise)."""
+    setup the step's terms were computed at (DPO's doubled rows; `setup` itself otherwise); `before`, phases that
+    run ahead of the step (GRPO's generation)."""
     units = model_units(model.spec, terms)
     weights = weights_of(units)
     opt = optimizer_memory(terms.optimizer, trainable_shapes(units), trainable_bytes_per_param(terms))
@@ -141,7 +142,7 @@ def estimate_with_step(model: ResolvedModel, setup: TrainingSetup, terms: Traini
         **in_flight(states, OPTIMIZER_STEP),
     })
     return estimate_from_phases(
-        model, setup, [forward, backward, step], total_params=weights.total_params,
+        model, setup, [*before, forward, backward, step], total_params=weights.total_params,
         trainable_params=weights.trainable_params, paged_bytes=opt.paged_state_bytes, nccl_bytes=states.nccl_bytes,
         host_bytes=states.host_bytes, notes=states.notes,
     )
