@@ -67,14 +67,15 @@ class RunOptions(BaseModel):
         "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
         "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")
     objective: str | None = _option(
-        "sft | dpo | grpo: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
+        "sft | dpo | grpo | kto: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
         "chosen and rejected rows; --batch-size counts pairs; DPOConfig's defaults for unset options: 8 pairs, "
         "max_length 1024, checkpointing on); grpo is TRL 1.16's GRPOTrainer with transformers generate (--batch-size "
         "counts completions; GRPOConfig's defaults: 8 per device, 8 generations, 512 completion tokens, beta 0, "
-        "checkpointing on). orpo | kto are refused [default: sft]")
+        "checkpointing on); kto is TRL 1.16's KTOTrainer (loss kto: each row with a KL row, a reference forward; "
+        "KTOConfig's defaults: 8 rows, max_length 1024, checkpointing on). orpo is refused [default: sft]")
     prompt_len: int | None = _option(
-        "dpo | grpo: prompt tokens of each row (dpo: the rest, to --seq-len, is the completion the loss scores) "
-        "[default: dpo 1, every position scored: the upper end; grpo 512]")
+        "dpo | kto | grpo: prompt tokens of each row (dpo, kto: the rest, to --seq-len, is the completion the loss "
+        "scores) [default: dpo and kto 1, every position scored: the upper end; grpo 512]")
     completion_len: int | None = _option(
         "grpo: GRPOConfig max_completion_length, tokens generated per completion (the sequence is --prompt-len + "
         "this) [default: 512]")
@@ -99,7 +100,7 @@ class RunOptions(BaseModel):
         "grpo, vllm-colocate: GRPOConfig vllm_max_model_length; vLLM must hold one sequence this long [default: the "
         "model's max_position_embeddings]")
     precompute_ref: bool | None = _option(
-        "dpo: DPOConfig precompute_ref_log_probs: the reference log-probs computed before training, so the step holds "
+        "dpo | kto: precompute_ref_log_probs: the reference log-probs computed before training, so the step holds "
         "no reference model and runs no reference forward [default: off, DPOConfig's]",
         switch="--precompute-ref/--no-precompute-ref")
     gpus: int | None = _option("The job's GPUs per node (one rank each). [default: 1]", layout=True)

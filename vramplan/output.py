@@ -35,7 +35,7 @@ def document_kinds() -> dict[str, Any]:
     return {
         "estimate": _estimate, "trace": _trace, "plan": _plan, "fit": _fit, "check": _check, "probe": _probe,
         "validate": _free_form, "models": _models, "catalog-gpus": _gpus, "catalog-systems": _systems,
-        "catalog-show": _record, "serve-size": _serve_size,
+        "catalog-show": _record, "serve-size": _serve_size, "serve-plan": _serve_plan,
     }
 
 
@@ -132,6 +132,12 @@ def _serve_size():
     from vramplan.serving.sizing import ServePlan
 
     return ServePlan.model_json_schema(mode="serialization")
+
+
+def _serve_plan():
+    from vramplan.serving.fleet import FleetPlan
+
+    return FleetPlan.model_json_schema(mode="serialization")
 
 
 def _free_form():

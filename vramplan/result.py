@@ -107,6 +107,8 @@ class Estimate(StepPeak):
     strategy_notes: list[str] = []
     assumptions: list[str]
     colocated: ColocatedEngine | None = None  # GRPO's colocated vLLM: see needed_on
+    # GRPO's vLLM server on a GPU of its own: what that GPU needs (not this one's figure)
+    generation_server: ColocatedEngine | None = None
 
     def needed_on(self, total_bytes: int) -> int:
         """What a GPU of `total_bytes` must hold for this job: device_bytes, plus a colocated engine's share of the

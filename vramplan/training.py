@@ -59,8 +59,10 @@ class GrpoSettings(BaseModel):
     steps_per_generation: int = Field(1, gt=0)
     beta: float = Field(0.0, ge=0.0)  # the KL weight: a reference model (or its log-probs) only when beta > 0
     # who generates: transformers' generate on the training GPU, or vLLM colocated on it (use_vllm, vllm_mode)
-    generation: Literal["transformers", "vllm-colocate"] = "transformers"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)  # GRPOConfig's default
+    # vllm-server: `trl vllm-serve` on GPUs of its own (one here: tensor and data parallel 1)
+    generation: Literal["transformers", "vllm-colocate", "vllm-server"] = "transformers"
+    # GRPOConfig's default for colocate; `trl vllm-serve`'s (trl/scripts/vllm_serve.py) 0.9 for a server
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)
     vllm_sleep: bool = False  # vllm_enable_sleep_mode (level 2 between generations)
     vllm_max_model_len: int | None = Field(None, gt=0)  # vllm_max_model_length; None: the model's own maximum
 
@@ -95,10 +97,11 @@ class TrainingSetup(BaseModel):
     fsdp1_sharding: Literal["full-shard", "shard-grad-op", "hybrid-shard", "no-shard"] = "full-shard"  # FSDP1's
     forward_prefetch: bool = False  # FSDP1's forward_prefetch: the next unit's all-gather issued in each pre-forward
     # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step);
-    # "grpo" is TRL's GRPOTrainer (batch_size counts completions; seq_len is prompt + max_completion_length)
-    objective: Literal["sft", "dpo", "grpo"] = "sft"
+    # "grpo" is TRL's GRPOTrainer (batch_size counts completions; seq_len is prompt + max_completion_length);
+    # "kto" is TRL's KTOTrainer (batch_size counts rows, each with a mismatched KL row)
+    objective: Literal["sft", "dpo", "grpo", "kto"] = "sft"
     prompt_len: int | None = None  # dpo/grpo: prompt tokens per row; None (dpo): 1, every position scored
-    precompute_ref: bool = False  # dpo: precompute_ref_log_probs (no reference model or forward in the step)
+    precompute_ref: bool = False  # dpo/kto: precompute_ref_log_probs (no reference model or forward in the step)
     grpo: GrpoSettings | None = None  # grpo: what GRPOConfig adds
 
     @model_validator(mode="after")
@@ -180,8 +183,8 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
     )
     objective = (run.objective or "sft").strip().lower()
     dpo = objective == "dpo"
-    if run.gradient_checkpointing is None and objective in ("dpo", "grpo"):
-        checkpointing = True  # DPOConfig and GRPOConfig (trl/trainer/base_config.py): gradient_checkpointing True
+    if run.gradient_checkpointing is None and objective in ("dpo", "grpo", "kto"):
+        checkpointing = True  # TRL's configs (trl/trainer/base_config.py): gradient_checkpointing True
     elif run.gradient_checkpointing is None:
         checkpointing = preset.checkpointing_full if method is Method.FULL else preset.checkpointing_adapters
     else:
@@ -209,24 +212,27 @@ DPO_DEFAULTS = {"batch_size": 8, "seq_len": 1024, "gradient_checkpointing": True
 # max_completion_length 512. TRL 1.16 has no max_prompt_length (prompts are not truncated): 512 prompt tokens are
 # assumed when --prompt-len is not given (TRL 0.x's max_prompt_length default) and said so.
 GRPO_DEFAULTS = {"batch_size": 8, "completion_len": 512, "prompt_len": 512}
-OBJECTIVE_BATCH_SIZE = {"dpo": DPO_DEFAULTS["batch_size"], "grpo": GRPO_DEFAULTS["batch_size"]}
+# KTOConfig's (trl/trainer/kto_config.py): per_device_train_batch_size 8 (rows), max_length 1024, as DPOConfig's.
+OBJECTIVE_BATCH_SIZE = {"dpo": DPO_DEFAULTS["batch_size"], "grpo": GRPO_DEFAULTS["batch_size"],
+                        "kto": DPO_DEFAULTS["batch_size"]}
 # What each generation engine is, for GRPO: only transformers' generate on the training GPU is modelled so far.
 GRPO_GENERATION = ("transformers", "vllm-colocate", "vllm-server")
 
 # Objectives issue 18 names that are not modelled yet, with what they add.
 UNMODELLED_OBJECTIVES = {
     "orpo": "ORPO (chosen and rejected rows, an odds-ratio term over their log-probabilities)",
-    "kto": "KTO (a reference model and a KL batch of mismatched pairs)",
 }
 VLLM_ONLY = ("vllm_gpu_memory_utilization", "vllm_sleep", "vllm_max_model_len")
+# trl/scripts/vllm_serve.py ScriptArguments.gpu_memory_utilization: `trl vllm-serve`'s default share.
+VLLM_SERVE_UTILIZATION = 0.9
 GRPO_ONLY = ("completion_len", "num_generations", "steps_per_generation", "beta", "generation", *VLLM_ONLY)
 
 
 def objective_options(setup: TrainingSetup) -> dict:
     """The RunOptions fields that give `setup`'s objective back (a layout or a fit re-resolving the run): DPO's
     prompt and precompute_ref; GRPO's prompt, completion and GRPOConfig fields in place of seq_len."""
-    if setup.objective == "dpo":
-        return {"objective": "dpo", "seq_len": setup.seq_len, "prompt_len": setup.prompt_len,
+    if setup.objective in ("dpo", "kto"):
+        return {"objective": setup.objective, "seq_len": setup.seq_len, "prompt_len": setup.prompt_len,
                 "precompute_ref": setup.precompute_ref}
     if setup.objective == "grpo":
         return {"objective": "grpo", "prompt_len": setup.prompt_len, "completion_len": setup.completion_len,
@@ -235,7 +241,7 @@ def objective_options(setup: TrainingSetup) -> dict:
                 "generation": setup.grpo.generation,
                 **({"vllm_gpu_memory_utilization": setup.grpo.vllm_gpu_memory_utilization,
                     "vllm_sleep": setup.grpo.vllm_sleep, "vllm_max_model_len": setup.grpo.vllm_max_model_len}
-                   if setup.grpo.generation == "vllm-colocate" else {})}
+                   if setup.grpo.generation != "transformers" else {})}
     return {"seq_len": setup.seq_len}
 
 
@@ -249,7 +255,7 @@ def _seq_len(run: RunOptions, objective: str) -> int:
         return prompt + completion
     if run.seq_len is not None:
         return _positive(run.seq_len, "--seq-len")
-    return DPO_DEFAULTS["seq_len"] if objective == "dpo" else DEFAULT_SEQ_LEN
+    return DPO_DEFAULTS["seq_len"] if objective in ("dpo", "kto") else DEFAULT_SEQ_LEN
 
 
 def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict) -> dict:
@@ -257,14 +263,14 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
     objective = (run.objective or "sft").strip().lower()
     if objective in UNMODELLED_OBJECTIVES:
         raise NotModelledError(f"--objective {objective}: {UNMODELLED_OBJECTIVES[objective]} is not modelled yet")
-    if objective not in ("sft", "dpo", "grpo"):
-        raise UsageError(f"--objective {run.objective}: choose sft, dpo or grpo (orpo and kto are not modelled yet)")
+    if objective not in ("sft", "dpo", "grpo", "kto"):
+        raise UsageError(f"--objective {run.objective}: choose sft, dpo, grpo or kto (orpo is not modelled yet)")
     grpo_given = [name for name in GRPO_ONLY if getattr(run, name) is not None]
     if objective != "grpo" and grpo_given:
         raise UsageError(f"--{grpo_given[0].replace('_', '-')} applies to --objective grpo")
     if objective == "sft":
         if run.prompt_len is not None or run.precompute_ref is not None:
-            raise UsageError("--prompt-len and --precompute-ref apply to --objective dpo or grpo")
+            raise UsageError("--prompt-len and --precompute-ref apply to --objective dpo, kto or grpo")
         return {"objective": "sft", "prompt_len": None, "precompute_ref": False}
     if stack is not Stack.HF or strategy is not Strategy.SINGLE:
         raise NotModelledError(f"--objective {objective} is modelled for TRL's trainer on one GPU (--stack hf, no "
@@ -281,7 +287,7 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
         seq_len = run.seq_len if run.seq_len is not None else DPO_DEFAULTS["seq_len"]
         if prompt >= seq_len:
             raise UsageError(f"--prompt-len {prompt} leaves no completion in --seq-len {seq_len}")
-    return {"objective": "dpo", "prompt_len": prompt, "precompute_ref": bool(run.precompute_ref)}
+    return {"objective": objective, "prompt_len": prompt, "precompute_ref": bool(run.precompute_ref)}
 
 
 def _grpo(run: RunOptions) -> dict:
@@ -291,12 +297,14 @@ def _grpo(run: RunOptions) -> dict:
     generation = (run.generation or "transformers").strip().lower()
     if generation not in GRPO_GENERATION:
         raise UsageError(f"--generation {run.generation}: choose {', '.join(GRPO_GENERATION)}")
-    if generation == "vllm-server":
-        raise NotModelledError("--generation vllm-server: vLLM on GPUs of its own, which the planner does not count "
-                               "yet; --generation transformers or vllm-colocate are modelled")
     vllm = {name: getattr(run, name) for name in VLLM_ONLY if getattr(run, name) is not None}
-    if vllm and generation != "vllm-colocate":
-        raise UsageError(f"--{next(iter(vllm)).replace('_', '-')} applies to --generation vllm-colocate")
+    if vllm and not generation.startswith("vllm"):
+        raise UsageError(f"--{next(iter(vllm)).replace('_', '-')} applies to --generation vllm-colocate or "
+                         "vllm-server")
+    if generation == "vllm-server":
+        if vllm.get("vllm_sleep"):
+            raise UsageError("--vllm-sleep applies to --generation vllm-colocate (a server keeps its GPU)")
+        vllm.setdefault("vllm_gpu_memory_utilization", VLLM_SERVE_UTILIZATION)
     utilization = vllm.get("vllm_gpu_memory_utilization")
     if utilization is not None and not 0 < utilization <= 1:
         raise UsageError(f"--vllm-gpu-memory-utilization {utilization}: a share of the GPU, in (0, 1]")

@@ -56,3 +56,20 @@ def test_check_says_what_to_change(capsys):
     assert main([*args, "--vllm-max-model-len", "1024"]) == 0
     assert main(["estimate", "--model", "8b", "--objective", "grpo", "--vllm-sleep"]) == 2
     assert "applies to --generation vllm-colocate" in capsys.readouterr().err
+
+
+def test_a_vllm_server_is_another_gpu_checked_like_the_target(capsys):
+    from vramplan.cli.app import main
+
+    est = estimate("llama-3.1-8b", "qlora", **{**COLOCATE, "generation": "vllm-server"})
+    assert est.colocated is None and est.needed_on(80 * GIB) == est.device_bytes
+    server = est.generation_server
+    assert server.gpu_memory_utilization == 0.9  # trl vllm-serve's default
+    assert server.floor_terms["weights"] == pytest.approx(16.06e9, rel=0.01)  # the server loads bf16, not 4-bit
+    args = ["check", "--model", "llama-3.1-8b", "--method", "qlora", "--objective", "grpo", "--generation",
+            "vllm-server", "--gpu", "rtx-4090"]
+    assert main(args) == 3  # 0.9 x 24 GB cannot hold bf16 weights and one 131,072-token sequence
+    assert "IT CANNOT START" in capsys.readouterr().out
+    assert main([*args, "--vllm-max-model-len", "1024"]) == 0
+    assert main(["plan", "--model", "8b", "--method", "lora", "--objective", "grpo", "--generation",
+                 "vllm-server"]) == 2

@@ -101,9 +101,7 @@ def test_llama_factory_defaults_and_unmodelled(tmp_path):
     ("a.yml", "base_model: Qwen/Qwen3-8B\nrl: grpo\nadapter: lora\n", "rl: grpo is preference or RL"),
     ("a.yml", "base_model: Qwen/Qwen3-8B\ndatasets: []\nreward_model: true\n", "reward_model: True is reward-model"),
     ("dpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "max_length": 1024}), "beta: 0.1 is a preference"),
-    ("grpo.json", json.dumps({"output_dir": "o", "num_generations": 8, "use_vllm": True, "vllm_mode": "server"}),
-     "vllm_mode: server is GRPO with a vLLM server"),
-    ("kto.json", json.dumps({"output_dir": "o", "desirable_weight": 1.0}), "is KTO"),
+    ("orpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "generate_during_eval": False}), "is ORPO/CPO"),
 ])
 def test_preference_and_rl_objectives_are_refused_not_estimated_as_sft(tmp_path, name, text, words):
     from vramplan.errors import NotModelledError
@@ -142,6 +140,23 @@ def test_trl_grpo_config_with_colocated_vllm(tmp_path):
     assert (given["generation"], given["vllm_gpu_memory_utilization"], given["vllm_sleep"]) == (
         "vllm-colocate", 0.5, True)
     assert given["vllm_max_model_len"] == 2048
+
+
+def test_trl_grpo_config_with_a_vllm_server(tmp_path):
+    text = json.dumps({"model_name_or_path": "x", "num_generations": 8, "use_vllm": True, "vllm_mode": "server",
+                       "vllm_server_host": "10.0.0.2"})
+    run = load_run_config(_write(tmp_path, "grpo.json", text))
+    assert run.options.given()["generation"] == "vllm-server" and not run.unmodelled
+    assert any("trl vllm-serve" in line for line in run.assumptions)
+
+
+def test_trl_kto_config_reads_into_the_kto_objective(tmp_path):
+    text = json.dumps({"model_name_or_path": "x", "per_device_train_batch_size": 4, "desirable_weight": 1.33,
+                       "max_length": 2048})
+    run = load_run_config(_write(tmp_path, "kto.json", text))
+    given = run.options.given()
+    assert (given["objective"], given["batch_size"], given["seq_len"]) == ("kto", 4, 2048)
+    assert not run.unmodelled
 
 
 def test_trl_dpo_config_reads_into_the_dpo_objective(tmp_path):

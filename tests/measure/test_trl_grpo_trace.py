@@ -68,7 +68,7 @@ def test_cli_traces_estimates_checks_and_fits_grpo(capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--generation", "vllm-server"], "does not count yet"),
+    (["--generation", "vllm-gpu"], "choose transformers, vllm-colocate, vllm-server"),
     (["--num-generations", "3"], "divisible by --num-generations 3"),
     (["--num-generations", "1"], "at least 2"),
     (["--seq-len", "512"], "--seq-len does not apply"),

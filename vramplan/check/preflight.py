@@ -139,6 +139,15 @@ def check_catalog(estimate: Estimate, gpu_id: str, headroom: float = DEFAULT_HEA
 def _verdict(source, estimate, verdicts, headroom, driver, cuda, notes, request, max_gpus: int = max(SHARD_GPU_COUNTS),
              enough_gpus: bool = True) -> Verdict:
     fits = enough_gpus and all(v.fits for v in verdicts)
+    server = estimate.generation_server
+    if server is not None:  # GRPO's vLLM server: another GPU, assumed like these (`trl vllm-serve` beside them)
+        needed = server.floor_bytes / server.gpu_memory_utilization
+        starts = all(v.total_bytes >= needed for v in verdicts)
+        fits = fits and starts
+        notes = [*notes, f"the vLLM server's own GPU (assumed like this one) needs at least {needed / 2**30:.1f} GiB "
+                         f"at gpu_memory_utilization {server.gpu_memory_utilization:g}: "
+                         + ("it starts" if starts else "IT CANNOT START (lower --vllm-max-model-len)")
+                         + "; size it with vramplan serve-size"]
     suggestions = []
     if not fits and request is not None:
         tightest = min(verdicts, key=lambda v: v.usable_bytes)

@@ -53,6 +53,13 @@ def plan_command(
     hardware = load_hardware(run.catalog)
     request = merge_config_file(run)
     result = estimate_request(request)
+    if result.generation_server is not None:
+        from vramplan.errors import NotModelledError
+
+        # a layout would price the training GPU alone and leave the server's out
+        raise NotModelledError("plan does not count a GRPO vLLM server's GPUs yet (--generation vllm-server): plan "
+                               "the training GPU with --generation vllm-colocate or transformers, and size the server "
+                               "with `vramplan serve-size`")
     plan = plan_options(result, hardware, training_tokens, assumptions)
     suggestions = []
     if not plan.options:

@@ -50,4 +50,10 @@ def report_command(
         else:
             sys.stdout.write(f"break-even: buying {buy.id} beats renting {rent.id} above "
                              f"{even.gpu_hours_per_month:,.0f} {buy.gpu} GPU-hours a month\n")
+    for pick in report.serving:
+        rent = "none" if pick.rent is None else (f"{pick.rent.system} {pick.rent.rent_usd_per_hour:,.2f} USD/h "
+                                                 f"(TP {pick.rent.tensor_parallel} x {pick.rent.replicas})")
+        buy = "none" if pick.buy is None else (f"{pick.buy.system} {pick.buy.buy_usd:,.0f} USD "
+                                               f"(TP {pick.buy.tensor_parallel} x {pick.buy.replicas})")
+        sys.stdout.write(f"serve {pick.name}: rent {rent}; buy {buy}\n")
     sys.stdout.write("wrote " + ", ".join(str(path) for path in written) + "\n")

@@ -52,6 +52,8 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         lines += dpo_lines(setup)
     if setup.objective == "grpo":
         lines += grpo_lines(setup)
+    if setup.objective == "kto":
+        lines += kto_lines(setup)
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
@@ -82,6 +84,25 @@ def dpo_lines(setup: TrainingSetup) -> list[str]:
     ]
 
 
+def kto_lines(setup: TrainingSetup) -> list[str]:
+    """What a KTO estimate models (vramplan/estimate/compose/kto.py), said with its answer."""
+    prompt = (f"{setup.prompt_len} prompt tokens per row" if setup.prompt_len else
+              "every position scored (no --prompt-len: the upper end)")
+    reference = ("a frozen copy of the model in its dtype (full fine-tuning)" if setup.method is Method.FULL else
+                 "the base model with the adapters disabled (peft: no second copy)")
+    if setup.precompute_ref:
+        reference = "precomputed before training (precompute_ref_log_probs): none in the step"
+    return [
+        f"objective: KTO, TRL 1.16 KTOTrainer (loss kto, so the KL term): {setup.batch_size} rows of "
+        f"{setup.seq_len} tokens, each with a mismatched KL row of the same length, {prompt}",
+        f"reference: {reference}; the KL rows scored under no_grad by the policy before its forward and by the "
+        "reference after it",
+        "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits); "
+        + TRL_0X_WARNING,
+        "rows unpadded: every row the full length; padding adds an attention mask (not modelled)",
+    ]
+
+
 def grpo_lines(setup: TrainingSetup) -> list[str]:
     """What a GRPO estimate models (vramplan/estimate/compose/grpo.py), said with its answer."""
     grpo = setup.grpo
@@ -101,7 +122,10 @@ def grpo_lines(setup: TrainingSetup) -> list[str]:
          "optimizer step (no gradients held)") if grpo.generation == "transformers" else
         (f"generation: vLLM colocated in the training process (use_vllm, vllm_mode colocate), max_num_seqs "
          f"{setup.generation_rows}; the figures above are the training side's, vLLM's share is added per GPU by "
-         "check, fit and plan; the batch is rescored under no_grad for vLLM's importance-sampling correction"),
+         "check, fit and plan; the batch is rescored under no_grad for vLLM's importance-sampling correction")
+        if grpo.generation == "vllm-colocate" else
+        ("generation: a vLLM server on a GPU of its own (use_vllm, vllm_mode server); the figures above are the "
+         "training GPU's; the batch is rescored under no_grad for vLLM's importance-sampling correction"),
         f"reference: {reference}",
         "loss head: TRL's fused LM head (chunked log-probabilities and entropy of the completion positions); "
         + TRL_0X_WARNING,

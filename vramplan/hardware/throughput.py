@@ -113,6 +113,8 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
     # GRPO with beta > 0 scores the same rows with the reference (per generation batch: per micro-batch on average)
     scored = setup.objective == "dpo" or (setup.objective == "grpo" and setup.grpo.beta > 0)
     reference = forward - FLOPS_PER_MAC * adapters if scored else 0
+    if setup.objective == "kto":  # KTOTrainer: the reference over the rows, and the KL rows twice (policy, reference)
+        reference = 3 * forward - FLOPS_PER_MAC * adapters
     return StepFlops(
         forward_per_token=forward,
         backward_per_token=input_grads + weight_grads + attention_backward,

@@ -16,7 +16,7 @@ from vramplan.importers.accelerate_config import looks_like_accelerate, read_acc
 from vramplan.importers.deepspeed import read_deepspeed
 from vramplan.importers.hf import read_trl
 from vramplan.importers.llama_factory import read_llama_factory
-from vramplan.importers.trl_objectives import DPO_KEYS, GRPO_KEYS
+from vramplan.importers.trl_objectives import DPO_KEYS, GRPO_KEYS, KTO_KEYS
 from vramplan.importers.run import FORMATS, OPTION_NAMES, ConfigValueError, ImportedRun, RunBuilder
 from vramplan.importers.torchtune import read_torchtune
 from vramplan.models.structure import check_structure
@@ -88,7 +88,7 @@ def detect_format(raw: dict[str, Any]) -> str | None:
         return "accelerate"
     hf_keys = ("per_device_train_batch_size", "max_seq_length", "max_length", "packing", "use_peft",
                "gradient_checkpointing", "optim", "output_dir")
-    if any(k in raw for k in hf_keys) or any(k in raw for k in (*GRPO_KEYS, *DPO_KEYS)):
+    if any(k in raw for k in hf_keys) or any(k in raw for k in (*GRPO_KEYS, *DPO_KEYS, *KTO_KEYS)):
         return "trl"
     return None
 

@@ -10,7 +10,7 @@ from vramplan.importers.names import HF_DEFAULT_OPTIM, hf_attention, hf_optimize
 from vramplan.importers.parallel import load_deepspeed_reference, read_deepspeed_block, read_fsdp
 from vramplan.importers.peft import read_adapter_file
 from vramplan.importers.run import RunBuilder, as_mapping
-from vramplan.importers.trl_objectives import OBJECTIVE_QUIET, read_dpo, read_grpo, trl_objective
+from vramplan.importers.trl_objectives import OBJECTIVE_QUIET, read_dpo, read_grpo, read_kto, trl_objective
 
 TA = "transformers TrainingArguments default: transformers/training_args.py"
 SFT = "TRL SFTConfig default: trl/trainer/sft_config.py"
@@ -29,7 +29,8 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
     builder = RunBuilder("trl", raw)
     objective = trl_objective(builder)  # refuses the objectives vramplan does not model
     sft = objective is None and any(key in raw for key in SFT_KEYS)
-    kind = {"grpo": "TRL GRPOConfig (GRPO fields present)", "dpo": "TRL DPOConfig (DPO fields present)"}.get(
+    kind = {"grpo": "TRL GRPOConfig (GRPO fields present)", "dpo": "TRL DPOConfig (DPO fields present)",
+            "kto": "TRL KTOConfig (KTO fields present)"}.get(
         objective, "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments")
     builder.set("stack", "hf", "format", kind)
     builder.model = builder.get_str("model_name_or_path")
@@ -39,6 +40,8 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
         read_grpo(builder)
     elif objective == "dpo":
         read_dpo(builder)
+    elif objective == "kto":
+        read_kto(builder)
     else:
         _batch_and_length(builder, sft)
     trl = sft or objective is not None  # bf16 and gradient_checkpointing default True in every TRL config

@@ -1,6 +1,6 @@
-"""TRL's preference and RL configs (DPOConfig, GRPOConfig at TRL 1.16) -> the objective options: which trainer a
-file configures, and the fields of it that change memory. KTO, ORPO, reward and RLOO configs, and GRPO with vLLM,
-are refused (exit 2): an SFT estimate of them would be another job's memory."""
+"""TRL's preference and RL configs (DPOConfig, KTOConfig, GRPOConfig at TRL 1.16) -> the objective options: which
+trainer a file configures, and the fields of it that change memory. ORPO and reward configs, and GRPO with a vLLM
+server, are refused (exit 2): an SFT estimate of them would be another job's memory."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ DPO_KEYS = ("precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergen
             "ld_alpha", "use_weighting", "ref_model_init_kwargs", "rpo_alpha", "loss_weights", "discopop_tau")
 # Configs of objectives not modelled, by a field only they have.
 REFUSED = (
-    ("KTO preference training (a reference model, a KL batch)", ("desirable_weight", "undesirable_weight")),
     ("reward-model training (a value head, paired batches)", ("center_rewards_coefficient",)),
-    ("ORPO preference training (odds-ratio term; trl/experimental/orpo)", ("orpo_alpha",)),
+    # trl/experimental/orpo/orpo_config.py and cpo: the experimental trainers' own fields (full b x s x V logits)
+    ("ORPO/CPO preference training (trl/experimental: full logits of chosen and rejected rows, an odds-ratio "
+     "term)", ("generate_during_eval", "is_encoder_decoder")),
 )
+# Fields only KTOConfig has (trl/trainer/kto_config.py, TRL 1.16).
+KTO_KEYS = ("desirable_weight", "undesirable_weight", "train_sampling_strategy")
+KTO = "TRL KTOConfig default: trl/trainer/kto_config.py"
 # A `beta` alone names no trainer: DPO, ORPO, KTO and GRPO all have one.
 AMBIGUOUS_BETA = ("a preference objective (DPO, ORPO, KTO or GRPO: `beta` weighs a reference or odds-ratio term; "
                   "add a field only its config has, or give --objective with the other flags instead of --from)")
@@ -37,6 +41,8 @@ OBJECTIVE_QUIET = frozenset({
     "num_generations", "max_completion_length", "max_prompt_length", "padding_free", "f_alpha_divergence_coef",
     "multi_objective_aggregation", "log_unique_prompts", "chat_template_kwargs", "pad_to_multiple_of",
     "vllm_enable_sleep_mode", "vllm_max_model_length", "vllm_model_impl", "vllm_importance_sampling_correction",
+    "desirable_weight", "undesirable_weight", "train_sampling_strategy", "vllm_server_base_url", "vllm_server_host",
+    "vllm_server_port", "vllm_server_timeout", "vllm_group_port",
 })
 # GRPOConfig fields whose memory is not modelled yet, with what they add.
 GRPO_UNMODELLED = {
@@ -56,6 +62,8 @@ def trl_objective(builder: RunBuilder) -> str | None:
             builder.refuse_objective(present[0], raw[present[0]], objective)
     if any(raw.get(key) is not None for key in GRPO_KEYS):
         return "grpo"
+    if any(raw.get(key) is not None for key in KTO_KEYS):
+        return "kto"
     if any(raw.get(key) is not None for key in DPO_KEYS):
         return "dpo"
     if raw.get("beta") is not None:
@@ -93,9 +101,13 @@ def read_grpo(builder: RunBuilder) -> None:
 def _vllm(builder: RunBuilder) -> None:
     """use_vllm: colocate (GRPOConfig's default vllm_mode) is modelled; a server on GPUs of its own is refused."""
     mode = builder.get("vllm_mode") or "colocate"
+    if mode == "server":
+        builder.set("generation", "vllm-server", "vllm_mode", mode)
+        builder.assume("vLLM server: `trl vllm-serve`'s own arguments are not in this file: one GPU, "
+                       "gpu_memory_utilization 0.9 (trl/scripts/vllm_serve.py defaults) assumed")
+        return
     if mode != "colocate":
-        builder.refuse_objective("vllm_mode", mode, "GRPO with a vLLM server on GPUs of its own (not counted by the "
-                                 "planner yet; vllm_mode colocate is modelled)")
+        builder.not_modelled("vllm_mode", mode, "an unknown vLLM mode")
     builder.set("generation", "vllm-colocate", "use_vllm", True)
     utilization = builder.get("vllm_gpu_memory_utilization")
     if utilization is not None:
@@ -126,6 +138,25 @@ def _generation_steps(builder: RunBuilder) -> None:
         builder.note("steps_per_generation unset: GRPOConfig takes gradient_accumulation_steps")
     else:
         builder.default("steps_per_generation", 1, "steps_per_generation", f"gradient_accumulation_steps 1; {GRPO}")
+
+
+def read_kto(builder: RunBuilder) -> None:
+    """KTOConfig's shape: rows per micro-batch, max_length, precompute_ref_log_probs."""
+    builder.set("objective", "kto", "format", "KTOConfig fields")
+    builder.int_or_default("batch_size", "per_device_train_batch_size", 8,
+                           "transformers TrainingArguments default: transformers/training_args.py")
+    if builder.get("max_length", 1024) is None:
+        builder.not_modelled("max_length", None, "no truncation: rows as long as the data (give --seq-len)")
+    else:
+        builder.int_or_default("seq_len", "max_length", 1024, KTO)
+    if builder.has("max_prompt_length"):  # TRL 0.x's field
+        builder.set("prompt_len", builder.get_int("max_prompt_length"), "max_prompt_length")
+    if builder.has("precompute_ref_log_probs"):
+        builder.set("precompute_ref", truthy(builder.get("precompute_ref_log_probs")), "precompute_ref_log_probs")
+    if builder.get("loss_type") == "apo_zero_unpaired":
+        builder.assume("loss_type apo_zero_unpaired computes no KL rows; the estimate counts them (the upper end)")
+    if builder.get("sync_ref_model") not in (None, False):
+        builder.not_modelled("sync_ref_model", builder.get("sync_ref_model"), "a synced reference model")
 
 
 def read_dpo(builder: RunBuilder) -> None:

@@ -128,6 +128,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
         return _trace_dpo(model, setup)
     if setup.objective == "grpo":
         return _trace_grpo(model, setup)
+    if setup.objective == "kto":
+        return _trace_kto(model, setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
     if setup.stack is Stack.TORCHTUNE:
@@ -171,6 +173,23 @@ GRPO_TRACE_NOTE = ("GRPO: TRL 1.16's GRPOTrainer run on fake tensors: transforme
                    "steps_per_generation prompts, every completion max_completion_length long (no early EOS: the "
                    "upper end), the reference log-probs when beta > 0, then _compute_loss (loss dapo) on one "
                    "micro-batch through TRL's fused LM head on its GPU path; rewards and tokenizer not run")
+
+
+# What a KTO trace measures, said with its answer.
+KTO_TRACE_NOTE = ("KTO: TRL 1.16's KTOTrainer._compute_loss run on fake tensors (loss kto, beta 0.1): the policy's "
+                  "no_grad forward over the KL rows, its forward over the batch rows, the reference's KL and batch "
+                  "forwards under no_grad (a frozen copy for full fine-tuning, the adapter-disabled policy under "
+                  "peft), TRL's fused LM head on its GPU path; half the rows desirable")
+
+
+def _trace_kto(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    require_extra("probe", "torch", "transformers", "peft", "accelerate")
+    require_extra("trl", "trl")
+    from vramplan.measure.trl_kto import trace_kto_step
+
+    started = time.perf_counter()
+    step = trace_kto_step(model.config, setup)
+    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, KTO_TRACE_NOTE], started)
 
 
 def _trace_grpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:

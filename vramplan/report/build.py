@@ -4,7 +4,7 @@ Two ways to pay, side by side: buy (whole machines, or a card with its desktop; 
 energy) and rent (cloud instances for the hours the jobs take), then the break-even between the cheapest of each.
 Recommendations: the cheapest machine to buy that runs every job, the cheapest rental, the fastest option; the
 best buy per budget tier; jobs that alone force a bigger purchase are called out. ROCm parts never lead unless the
-jobs file allows them.
+jobs file allows them. The jobs file's serving deployments get the cheapest system to rent and to buy.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from vramplan.hardware.costs import BreakEven, break_even, yearly_energy_usd
 from vramplan.hardware.plan import CostAssumptions, Plan, PlanOption, plan_options
 from vramplan.report.jobs import JobsFile
 from vramplan.report.rules import RuleRow, rule_rows
+from vramplan.report.serving import ServingPick, serving_pick
 from vramplan.result import Estimate
 from vramplan.units import parse_count, parse_fraction
 
@@ -124,6 +125,7 @@ class Report(BaseModel):
     big_jobs: list[BigJob]
     unfit_jobs: list[UnfitJob] = []
     rules: list[RuleRow]
+    serving: list[ServingPick] = []  # the jobs file's [[serve]] entries
 
     @property
     def recommended(self) -> Candidate | None:
@@ -283,4 +285,6 @@ def build_report(jobs_file: JobsFile, catalog: HardwareCatalog, made_on: date | 
                   unfit_jobs=[UnfitJob(job=job.name, needed_bytes=job.estimate.device_bytes,
                                        largest_gpu_bytes=max(gpu.memory_bytes for gpu in catalog.gpus.values()))
                               for job in results if not job.plan.options],
-                  rules=rule_rows(catalog, assumptions.headroom, assumptions.allow_rocm))
+                  rules=rule_rows(catalog, assumptions.headroom, assumptions.allow_rocm),
+                  serving=[serving_pick(entry, catalog, assumptions.allow_rocm, assumptions.host_usd,
+                                        assumptions.workstation_host_usd) for entry in jobs_file.serve])

@@ -1,4 +1,5 @@
-"""The jobs file a team writes for `vramplan report`: its jobs, and the cost assumptions."""
+"""The jobs file a team writes for `vramplan report`: its jobs, the deployments it will serve, and the cost
+assumptions."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vramplan.tomlfile import RunRecord, parse_record, read_toml
 from vramplan.hardware.purchase import DESKTOP_HOST_USD, WORKSTATION_HOST_USD
+from vramplan.serving.formats import WeightFormat
+from vramplan.serving.kv_cache import KvDtype
 from vramplan.units import DEFAULT_HEADROOM
 
 
@@ -15,6 +18,19 @@ class Job(RunRecord):
     name: str
     tokens: str | int = "100M"  # per epoch, e.g. "50M" or 50000000
     epochs: float = Field(default=1.0, gt=0)
+
+
+class ServeEntry(BaseModel):
+    """A `[[serve]]` entry: a model to serve with vLLM, `concurrency` sequences of `context` tokens per replica."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    context: int = Field(ge=1, le=2**24, strict=True)
+    concurrency: int = Field(default=1, ge=1, le=2**20, strict=True)
+    weights: WeightFormat = WeightFormat.BF16
+    kv_dtype: KvDtype = "auto"
 
 
 class ReportAssumptions(BaseModel):
@@ -37,13 +53,14 @@ class JobsFile(BaseModel):
     title: str = "GPU procurement report"
     assumptions: ReportAssumptions = ReportAssumptions()
     job: list[Job] = Field(min_length=1)
+    serve: list[ServeEntry] = []
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> JobsFile:
-        names = [job.name for job in self.job]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"job names must differ: {', '.join(repeated)} repeated")
+        for what, names in (("job", [job.name for job in self.job]), ("serve", [entry.name for entry in self.serve])):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{what} names must differ: {', '.join(repeated)} repeated")
         return self
 
 

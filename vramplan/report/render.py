@@ -241,6 +241,34 @@ def _rule_rows(report: Report) -> list[list[str]]:
     return rows
 
 
+def _serving_rows(report: Report) -> list[list[str]]:
+    rows = [["serve entry", "model, context x sequences", "to", "system", "price", "TP x replicas",
+             "sequences at once"]]
+    for pick in report.serving:
+        asked = f"{pick.model} ({pick.weights.value}, KV {pick.kv_dtype}), {pick.context:,} x {pick.concurrency:,}"
+        for way, row in (("rent", pick.rent), ("buy", pick.buy)):
+            if row is None:
+                rows.append([pick.name, asked, way, f"nothing in the catalog to {way} serves it", "-", "-", "-"])
+                continue
+            price = (f"{_money(row.rent_usd_per_hour)}/h" if way == "rent" else
+                     _money(row.buy_usd) + (" (parts)" if row.buy_estimated else ""))
+            rows.append([pick.name, asked, way, row.system + (" (ROCm)" if row.rocm else ""), price,
+                         f"{row.tensor_parallel} x {row.replicas}",
+                         f"{row.total_sequences:,} ({row.sequences_per_replica:,} per replica)"])
+    return rows
+
+
+def _serving_section(report: Report) -> tuple[str, list[str], list[list[str]]]:
+    engines = sorted({pick.engine for pick in report.serving})
+    return ("Serving", [
+        "For each [[serve]] entry: the cheapest catalog system to rent (per instance-hour) and to buy that serves it. "
+        "A replica is one vLLM server over TP GPUs (the smallest of 1, 2, 4, 8 that holds the entry's sequences of "
+        "its context); a system runs as many replicas as its GPUs allow, and sequences at once add up over them.",
+        f"Memory rule: {'; '.join(engines)} (`vramplan serve-size`; without --gpu it lists every system). "
+        + ("ROCm systems are sized by the same rule." if report.assumptions.allow_rocm else
+           "ROCm systems are left out: the rule modelled is vLLM's CUDA one.")], _serving_rows(report))
+
+
 def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(heading, paragraphs, table rows with the header first) for both renderings."""
     a = report.assumptions
@@ -255,6 +283,8 @@ def _sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         "purchase's share for those hours (over the hours it is busy in its life) plus energy: what the jobs cost "
         "of a machine you own, not what you pay. Hours are a range: the step model's error against published runs."],
         _option_rows(report)))
+    if report.serving:
+        sections.append(_serving_section(report))
     job_rows = [["job", "model", "method", "batch x seq", "peak phase", "per-GPU need", "tokens", "options"]]
     for job in report.jobs:
         setup = job.estimate.setup

@@ -21,6 +21,11 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
 
         refuse_unmodelled(model.spec, setup)
         return estimate_dpo(model, setup)
+    if setup.objective == "kto":
+        from vramplan.estimate.compose.kto import estimate_kto
+
+        refuse_unmodelled(model.spec, setup)
+        return estimate_kto(model, setup)
     if setup.objective == "grpo":
         from vramplan.estimate.compose.grpo import estimate_grpo
 

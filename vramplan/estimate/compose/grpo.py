@@ -57,7 +57,8 @@ def generation_batch_bytes(setup: TrainingSetup) -> int:
 
 
 def _colocated(setup: TrainingSetup) -> bool:
-    return setup.grpo.generation == "vllm-colocate"
+    """vLLM generates (colocated or as a server): the training side rescores for its importance sampling."""
+    return setup.grpo.generation != "transformers"
 
 
 def estimate_grpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
@@ -85,9 +86,12 @@ def estimate_grpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
         scoring.append(_scoring(spec, setup, held, policy=False))
     estimate = estimate_with_step(model, setup, rows, parts, forward, backward,
                                   before=[max(scoring, key=lambda p: p.total_bytes)])
-    from vramplan.estimate.compose.grpo_vllm import colocated_note, colocated_vllm
+    from vramplan.estimate.compose.grpo_vllm import colocated_note, colocated_vllm, server_note
 
     engine = colocated_vllm(model, setup, estimate, held)
+    if setup.grpo.generation == "vllm-server":
+        return estimate.model_copy(update={"generation_server": engine,
+                                           "strategy_notes": [*estimate.strategy_notes, server_note(engine)]})
     return estimate.model_copy(update={"colocated": engine,
                                        "strategy_notes": [*estimate.strategy_notes, colocated_note(engine)]})
 

@@ -31,8 +31,10 @@ def colocated_vllm(model: ResolvedModel, setup: TrainingSetup, estimate: Estimat
     spec, grpo, rule = model.spec, setup.grpo, DEFAULT_ENGINE
     position_max = model.config.get("max_position_embeddings")
     max_len = grpo.vllm_max_model_len or position_max or setup.seq_len
-    # vllm_generation.py: a bitsandbytes 4-bit policy is loaded by vLLM with quantization="bitsandbytes"
-    weights_format = WeightFormat.NF4 if setup.method is Method.QLORA else WeightFormat.BF16
+    # vllm_generation.py: colocated, a bitsandbytes 4-bit policy is loaded by vLLM with quantization="bitsandbytes";
+    # a server (`trl vllm-serve --model`) loads the checkpoint in its own dtype
+    colocated = grpo.generation == "vllm-colocate"
+    weights_format = WeightFormat.NF4 if setup.method is Method.QLORA and colocated else WeightFormat.BF16
     max_num_seqs = setup.generation_rows
     graphs = cudagraph_estimate(spec, max_num_seqs, TRL_VLLM_BATCHED_TOKENS, "", 1)
     non_torch = non_torch_bytes(rule, 1)
@@ -45,9 +47,10 @@ def colocated_vllm(model: ResolvedModel, setup: TrainingSetup, estimate: Estimat
         f"kv_one_sequence_of_{max_len}": request_bytes(layout, max_len,
                                                        rule.concurrent_batches * TRL_VLLM_BATCHED_TOKENS),
     }
+    where = ("colocated (TRL 1.16 vllm_mode colocate)" if grpo.generation == "vllm-colocate" else
+             "a server on a GPU of its own (`trl vllm-serve`, tensor and data parallel 1)")
     return ColocatedEngine(
-        engine=f"vLLM {rule.version} {rule.engine} engine, colocated (TRL 1.16 vllm_mode colocate); rule read from "
-               "source, not traced",
+        engine=f"vLLM {rule.version} {rule.engine} engine, {where}; rule read from source, not traced",
         gpu_memory_utilization=grpo.vllm_gpu_memory_utilization, sleeps=grpo.vllm_sleep,
         floor_bytes=sum(terms.values()), floor_terms=terms,
         # while vLLM generates, this side holds its state but runs no step
@@ -66,3 +69,12 @@ def colocated_note(engine: ColocatedEngine) -> str:
     return (f"{engine.engine}: takes gpu_memory_utilization {engine.gpu_memory_utilization:g} x each GPU's total "
             f"memory, {sleep}; the share must hold {floor:.2f} GiB to start ({terms} GiB), so GPUs under "
             f"{smallest:.1f} GiB cannot run it: raise --vllm-gpu-memory-utilization or lower --vllm-max-model-len")
+
+
+def server_note(engine: ColocatedEngine) -> str:
+    """What the server's own GPU needs; the figures above are the training GPU's alone."""
+    smallest = engine.floor_bytes / engine.gpu_memory_utilization / 2**30
+    terms = ", ".join(f"{name.replace('_', ' ')} {value / 2**30:.2f}" for name, value in engine.floor_terms.items())
+    return (f"{engine.engine}: one more GPU, not in this GPU's figure; at gpu_memory_utilization "
+            f"{engine.gpu_memory_utilization:g} it needs at least {smallest:.1f} GiB ({terms} GiB to start); size "
+            "it with `vramplan serve-size`")
