@@ -48,8 +48,17 @@ def probe_command(
 
     if snapshot is not None and device == "cpu":
         raise UsageError("--snapshot records the CUDA caching allocator: it needs --device cuda")
-    record = run_probe(resolved, setup, steps=steps, device=device, options=request.options.given(),
-                       progress=progress, snapshot=Path(snapshot) if snapshot else None)
+    if setup.objective != "sft":  # TRL's own DPO, KTO or GRPO trainer, run for real
+        if snapshot is not None:
+            raise UsageError("--snapshot is recorded for SFT probes only")
+        require_extra("trl", "trl")
+        from vramplan.measure.probe_trl import run_trl_probe
+
+        record = run_trl_probe(resolved, setup, steps=steps, device=device, options=request.options.given(),
+                               progress=progress)
+    else:
+        record = run_probe(resolved, setup, steps=steps, device=device, options=request.options.given(),
+                           progress=progress, snapshot=Path(snapshot) if snapshot else None)
     path = measurement_file(Path(out), record.gpu)
     append_jsonl(path, record)
     if fmt == "json":

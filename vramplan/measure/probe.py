@@ -93,7 +93,7 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as metadata
 
     versions = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "vramplan"):
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "vramplan"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     if torch.cuda.is_available():
@@ -101,7 +101,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-class _NvmlPeak:
+class NvmlPeak:
     """Samples NVML's used memory of one GPU in a thread; `peak` is the largest reading."""
 
     def __init__(self, cuda_index: int):
@@ -158,6 +158,22 @@ def _step(model, optimizer, input_ids, setup: TrainingSetup, on_phase) -> None:
     on_phase("optimizer")
 
 
+def probe_fields(resolved: ResolvedModel, setup: TrainingSetup, *, device: str, options: dict[str, Any] | None = None,
+                 probe_id: str | None = None) -> dict[str, Any]:
+    """The fields of a ProbeRecord known before the probe runs: what was asked, the estimate, the versions."""
+    predicted = estimate_memory(resolved, setup)
+    objective = "" if setup.objective == "sft" else f"{setup.objective}-"
+    return dict(
+        id=probe_id or f"{resolved.name}-{objective}{setup.method.value}-b{setup.batch_size}-s{setup.seq_len}",
+        model=resolved.requested, method=setup.method.value, options=options or {}, device=device,
+        estimate=dict(peak_allocated_bytes=predicted.peak_allocated_bytes,
+                      peak_reserved_bytes=predicted.peak_reserved_bytes, device_bytes=predicted.device_bytes,
+                      peak_phase=predicted.peak_phase),
+        setup=setup.model_dump(mode="json"), versions=_versions(),
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, device: str = "auto",
               options: dict[str, Any] | None = None, probe_id: str | None = None,
               progress: Callable[[str], None] = lambda _: None, snapshot: Path | None = None) -> ProbeRecord:
@@ -172,21 +188,18 @@ def run_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int = 3, 
     if device in ("auto", "cuda") and not torch.cuda.is_available():
         raise CannotCheckError("probe measures a real GPU and this torch sees no CUDA device (--device cpu runs "
                                "the step on the CPU instead, for small configs)")
+    if setup.objective != "sft":
+        from vramplan.errors import NotModelledError
+
+        raise NotModelledError(f"--objective {setup.objective}: run_probe runs a plain training step; TRL's trainer "
+                               "runs in vramplan.measure.probe_trl.run_trl_probe (scripts/gpu_probe_matrix.py)")
     if device == "auto":
         device = "cuda"
-    predicted = estimate_memory(resolved, setup)
-    base = dict(
-        id=probe_id or f"{resolved.name}-{setup.method.value}-b{setup.batch_size}-s{setup.seq_len}",
-        model=resolved.requested, method=setup.method.value, options=options or {}, device=device,
-        estimate=dict(peak_allocated_bytes=predicted.peak_allocated_bytes, peak_reserved_bytes=predicted.peak_reserved_bytes,
-                      device_bytes=predicted.device_bytes, peak_phase=predicted.peak_phase),
-        setup=setup.model_dump(mode="json"), versions=_versions(),
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    base = probe_fields(resolved, setup, device=device, options=options, probe_id=probe_id)
     from vramplan.measure.hf_step import quiet_libraries
 
     if device == "cpu":
-        refuse_large_cpu_probe(predicted.peak_allocated_bytes)
+        refuse_large_cpu_probe(base["estimate"]["peak_allocated_bytes"])
         progress("cpu: building the model and running one real training step (warm-up included)")
         return _cpu_probe(resolved, setup, base)
     with quiet_libraries():
@@ -272,7 +285,7 @@ def _cuda_probe(resolved: ResolvedModel, setup: TrainingSetup, steps: int, base:
         torch.cuda.memory._set_allocator_settings(describe(setup.allocator))
     index = torch.cuda.current_device()
     gpu = torch.cuda.get_device_name(index)
-    nvml = _NvmlPeak(index)
+    nvml = NvmlPeak(index)
     before = nvml.used()
     torch.ones(1, device="cuda")  # creates the CUDA context
     torch.cuda.synchronize()
