@@ -2,14 +2,13 @@
 (vramplan/measure/trl_dpo.py): full, LoRA and QLoRA, with and without checkpointing, several prompt lengths and
 families, per phase and in total."""
 
-import statistics
-
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
+from tests.estimate.trace_checks import assert_peaks_within, assert_phases_within  # noqa: E402
 from vramplan.api import estimate  # noqa: E402
 from vramplan.measure.trl_dpo import trace_dpo_step  # noqa: E402
 from vramplan.models.catalog import resolve_model  # noqa: E402
@@ -51,15 +50,11 @@ def results():
 
 
 def test_estimate_within_two_percent_median_five_max_of_the_trace(results):
-    errors = [abs(est.peak_allocated_bytes / trace.peak_allocated_bytes - 1) for _, trace, est in results]
-    assert statistics.median(errors) <= 0.02 and max(errors) <= 0.05, errors
+    assert_peaks_within(results)
 
 
 def test_every_phase_within_eight_percent(results):
-    for case, trace, est in results:
-        estimated = {phase.phase: phase.total_bytes for phase in est.phases}
-        for phase in trace.phases:
-            assert estimated[phase.phase] == pytest.approx(phase.peak_bytes, rel=0.08), (case, phase.phase)
+    assert_phases_within(results, rel=0.08)
 
 
 def test_reference_model_only_for_full_fine_tuning(results):

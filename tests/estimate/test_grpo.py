@@ -3,14 +3,17 @@ transformers' own `generate` (vramplan/measure/trl_grpo.py): full, LoRA and QLoR
 model (beta), several generation batches, prompt and completion lengths, precisions and families, per phase (the
 generation phase included) and in total."""
 
-import statistics
-
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
+from tests.estimate.trace_checks import (  # noqa: E402
+    assert_peaks_within,
+    assert_phases_within,
+    assert_reference_copy,
+)
 from vramplan.api import estimate  # noqa: E402
 from vramplan.measure.trl_grpo import trace_grpo_step  # noqa: E402
 from vramplan.models.catalog import resolve_model  # noqa: E402
@@ -56,26 +59,15 @@ def results():
 
 
 def test_estimate_within_two_percent_median_five_max_of_the_trace(results):
-    errors = [abs(est.peak_allocated_bytes / trace.peak_allocated_bytes - 1) for _, trace, est in results]
-    assert statistics.median(errors) <= 0.02 and max(errors) <= 0.05, errors
+    assert_peaks_within(results)
 
 
 def test_every_phase_within_five_percent(results):
-    for case, trace, est in results:
-        estimated = {phase.phase: phase.total_bytes for phase in est.phases}
-        assert "generation" in estimated
-        for phase in trace.phases:
-            assert estimated[phase.phase] == pytest.approx(phase.peak_bytes, rel=0.05), (case, phase.phase)
+    assert_phases_within(results, rel=0.05, required=("generation",))
 
 
 def test_reference_model_only_for_full_fine_tuning_with_beta(results):
-    for case, trace, est in results:
-        reference = est.phases[-1].components["reference_model"]
-        if case[1] == "full" and case[5] > 0:
-            assert reference == est.phases[-1].components["weights"]
-            assert trace.phases[0].categories["parameters"] >= 2 * trace.total_params * 2 * 0.99  # policy + copy
-        else:
-            assert reference == 0
+    assert_reference_copy(results, lambda case: case[1] == "full" and case[5] > 0)
 
 
 def test_generation_holds_the_kv_cache_of_the_whole_batch():

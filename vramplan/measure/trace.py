@@ -124,12 +124,8 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     else:
         refuse_unmodelled_moe(model.spec, setup, tracing=True)  # gpt-oss; LoRA on 3D experts needs dropout 0
     warn_untested_libraries(setup)
-    if setup.objective == "dpo":
-        return _trace_dpo(model, setup)
-    if setup.objective == "grpo":
-        return _trace_grpo(model, setup)
-    if setup.objective == "kto":
-        return _trace_kto(model, setup)
+    if setup.objective in TRL_TRACERS:
+        return _trace_trl(model, setup)
     if setup.strategy is not Strategy.SINGLE:
         return _trace_fsdp(model, setup)
     if setup.stack is Stack.TORCHTUNE:
@@ -182,34 +178,24 @@ KTO_TRACE_NOTE = ("KTO: TRL 1.16's KTOTrainer._compute_loss run on fake tensors 
                   "peft), TRL's fused LM head on its GPU path; half the rows desirable")
 
 
-def _trace_kto(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+# Each TRL objective's tracer, (module, function), called as function(config, setup), and what its trace measures.
+TRL_TRACERS = {
+    "dpo": ("vramplan.measure.trl_dpo", "trace_dpo_step", DPO_TRACE_NOTE),
+    "grpo": ("vramplan.measure.trl_grpo", "trace_grpo_step", GRPO_TRACE_NOTE),
+    "kto": ("vramplan.measure.trl_kto", "trace_kto_step", KTO_TRACE_NOTE),
+}
+
+
+def _trace_trl(model: ResolvedModel, setup: TrainingSetup) -> Trace:
+    """A TRL trainer's step, traced by its objective's tracer (imported once the extras are known to be there)."""
+    import importlib
+
     require_extra("probe", "torch", "transformers", "peft", "accelerate")
     require_extra("trl", "trl")
-    from vramplan.measure.trl_kto import trace_kto_step
-
+    module, function, note = TRL_TRACERS[setup.objective]
     started = time.perf_counter()
-    step = trace_kto_step(model.config, setup)
-    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, KTO_TRACE_NOTE], started)
-
-
-def _trace_grpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:
-    require_extra("probe", "torch", "transformers", "peft", "accelerate")
-    require_extra("trl", "trl")
-    from vramplan.measure.trl_grpo import trace_grpo_step
-
-    started = time.perf_counter()
-    step = trace_grpo_step(model.config, setup)
-    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, GRPO_TRACE_NOTE], started)
-
-
-def _trace_dpo(model: ResolvedModel, setup: TrainingSetup) -> Trace:
-    require_extra("probe", "torch", "transformers", "peft", "accelerate")
-    require_extra("trl", "trl")
-    from vramplan.measure.trl_dpo import trace_dpo_step
-
-    started = time.perf_counter()
-    step = trace_dpo_step(model.config, setup, prompt_len=setup.prompt_len or 1)
-    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, DPO_TRACE_NOTE], started)
+    step = getattr(importlib.import_module(module), function)(model.config, setup)
+    return _as_trace(model, setup, step, [*GPU_CORRECTIONS, *NOT_IN_TRACE, note], started)
 
 
 def _as_trace(model: ResolvedModel, setup: TrainingSetup, step, notes: list[str], started: float, *,

@@ -152,6 +152,31 @@ def gpu_fused_head(labelled: int):
          chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32) = saved
 
 
+def policy_and_reference(config: dict[str, Any], setup: TrainingSetup, mode, outputs: tuple[str, ...],
+                         with_reference: bool):
+    """The fake policy with TRL's fused head asking for `outputs`, and, `with_reference`, the frozen reference copy
+    TRL's trainers load for full fine-tuning (a second model in the policy's dtype, its head returning log_probs);
+    the reference is None otherwise (peft disables the adapters instead)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = build_fake_model(config, setup, mode)
+    add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model, outputs=outputs)
+    if not with_reference:
+        return model, None
+    reference = build_fake_model(config, setup, mode)
+    reference.requires_grad_(False)
+    reference.eval()
+    add_fused_lm_head(reference)
+    return model, reference
+
+
+def step_autocast(setup: TrainingSetup):
+    """A factory of the step's autocast region (Trainer's mixed precision), or of a null context without one."""
+    if not setup.autocast:
+        return contextlib.nullcontext
+    return lambda: torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision])
+
+
 def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False,
                           precompute_ref: bool = False):
     """The attributes DPOTrainer._compute_loss reads, at DPOConfig's defaults."""
@@ -167,11 +192,12 @@ def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_che
     )
 
 
-def trace_dpo_step(config: dict[str, Any], setup: TrainingSetup, *, prompt_len: int, beta: float = DPO_BETA,
-                   seed: int = 0) -> StepTrace:
+def trace_dpo_step(config: dict[str, Any], setup: TrainingSetup, *, prompt_len: int | None = None,
+                   beta: float = DPO_BETA, seed: int = 0) -> StepTrace:
     """Peak live bytes of a steady-state DPO step: `setup.batch_size` pairs of `setup.seq_len` tokens each (prompt
-    `prompt_len` + completion), the reference model a frozen copy for full fine-tuning and the adapter-disabled
-    policy under peft."""
+    `prompt_len` + completion; default the setup's, else 1), the reference model a frozen copy for full fine-tuning
+    and the adapter-disabled policy under peft."""
+    prompt_len = prompt_len if prompt_len is not None else setup.prompt_len or 1
     if not 0 < prompt_len < setup.seq_len:
         raise ValueError(f"prompt_len {prompt_len} must be within (0, {setup.seq_len})")
     with quiet_libraries():
@@ -180,34 +206,24 @@ def trace_dpo_step(config: dict[str, Any], setup: TrainingSetup, *, prompt_len: 
 
 def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: float, seed: int) -> StepTrace:
     from trl import DPOTrainer
-    from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(seed)
     mode = fake_mode()
-    model = build_fake_model(config, setup, mode)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, outputs=DPO_HEAD_OUTPUTS)
-    reference = None
-    if setup.method is Method.FULL and not setup.precompute_ref:
-        # dpo_trainer.py __init__: a second model loaded in the policy's dtype (none with precompute_ref_log_probs)
-        reference = build_fake_model(config, setup, mode)
-        reference.requires_grad_(False)
-        reference.eval()
-        add_fused_lm_head(reference)
+    # dpo_trainer.py __init__: a second model loaded in the policy's dtype (none with precompute_ref_log_probs)
+    model, reference = policy_and_reference(config, setup, mode, DPO_HEAD_OUTPUTS,
+                                            setup.method is Method.FULL and not setup.precompute_ref)
     params = [p for p in model.parameters() if p.requires_grad]
     owners = parameter_owners(model)
     tracker = LiveBytesTracker()
     hooks = tag_gradients(params, tracker, owners)
     trainer = dpo_trainer_namespace(model, reference, beta, setup.gradient_checkpointing, setup.precompute_ref)
-    autocast = (
-        torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision]) if setup.autocast else contextlib.nullcontext()
-    )
+    autocast = step_autocast(setup)
     rows, length = 2 * setup.batch_size, setup.seq_len
     # labels are the completion tokens, shifted by one inside the fused head: (length - 1 - (prompt_len - 1)) each
     labelled = rows * (length - prompt_len)
 
     def forward(inputs):
-        with autocast:
+        with autocast():
             return DPOTrainer._compute_loss(trainer, model, inputs, False)
 
     optimizer = make_optimizer(params, setup.optimizer)

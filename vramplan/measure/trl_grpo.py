@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from vramplan.measure.build import AUTOCAST_DTYPE, build_fake_model, make_optimizer
+from vramplan.measure.build import make_optimizer
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
@@ -46,7 +46,7 @@ from vramplan.measure.fake_step import (
 )
 from vramplan.measure.hf_step import quiet_libraries, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.measure.trl_dpo import MetricValue, gpu_fused_head, unpadded_rows
+from vramplan.measure.trl_dpo import MetricValue, gpu_fused_head, policy_and_reference, step_autocast, unpadded_rows
 from vramplan.training import Method, TrainingSetup
 
 # The outputs GRPOTrainer asks its fused head for (grpo_trainer.py __init__: add_fused_lm_head(..., outputs=...)).
@@ -145,30 +145,19 @@ def trace_grpo_step(config: dict[str, Any], setup: TrainingSetup, seed: int = 0)
 
 def _trace(config: dict[str, Any], setup: TrainingSetup, seed: int) -> StepTrace:
     from trl import GRPOTrainer
-    from trl.trainer.utils import add_fused_lm_head, shuffle_sequence_dict, split_tensor_dict
+    from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
 
     torch.manual_seed(seed)
     mode = fake_mode()
-    model = build_fake_model(config, setup, mode)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, temperature=1.0, outputs=GRPO_HEAD_OUTPUTS)
-    reference = None
-    if setup.method is Method.FULL and setup.grpo.beta > 0:
-        # grpo_trainer.py __init__: beta > 0 without peft loads a second model in the policy's dtype
-        reference = build_fake_model(config, setup, mode)
-        reference.requires_grad_(False)
-        reference.eval()
-        add_fused_lm_head(reference, temperature=1.0)
+    # grpo_trainer.py __init__: beta > 0 without peft loads a second model in the policy's dtype; the heads' temperature
+    # is GRPOConfig's 1.0, add_fused_lm_head's default
+    model, reference = policy_and_reference(config, setup, mode, GRPO_HEAD_OUTPUTS,
+                                            setup.method is Method.FULL and setup.grpo.beta > 0)
     params = [p for p in model.parameters() if p.requires_grad]
     owners = parameter_owners(model)
     tracker = LiveBytesTracker()
     hooks = tag_gradients(params, tracker, owners)
-
-    def autocast():
-        if setup.autocast:
-            return torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision])
-        return contextlib.nullcontext()
-
+    autocast = step_autocast(setup)
     trainer = grpo_trainer_namespace(model, reference, setup, autocast)
     rows, prompt, completion = setup.generation_rows, setup.prompt_len, setup.completion_len
     length = prompt + completion

@@ -14,14 +14,13 @@ prompt.
 
 from __future__ import annotations
 
-import contextlib
 import types
 from collections import defaultdict
 from typing import Any
 
 import torch
 
-from vramplan.measure.build import AUTOCAST_DTYPE, build_fake_model, make_optimizer
+from vramplan.measure.build import make_optimizer
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
@@ -38,7 +37,7 @@ from vramplan.measure.fake_step import (
 )
 from vramplan.measure.hf_step import quiet_libraries, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.measure.trl_dpo import gpu_fused_head, unpadded_rows
+from vramplan.measure.trl_dpo import gpu_fused_head, policy_and_reference, step_autocast, unpadded_rows
 from vramplan.training import Method, TrainingSetup
 
 # KTOConfig defaults (trl/trainer/kto_config.py, TRL 1.16): beta 0.1, loss_type "kto", desirable_weight and
@@ -106,30 +105,17 @@ def trace_kto_step(config: dict[str, Any], setup: TrainingSetup, seed: int = 0) 
 
 def _trace(config: dict[str, Any], setup: TrainingSetup, seed: int) -> StepTrace:
     from trl.trainer.kto_trainer import KTOTrainer
-    from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(seed)
     mode = fake_mode()
-    model = build_fake_model(config, setup, mode)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, outputs=KTO_HEAD_OUTPUTS)
-    reference = None
-    if setup.method is Method.FULL and not setup.precompute_ref:
-        # kto_trainer.py __init__: a second model in the policy's dtype (none with precompute_ref_log_probs)
-        reference = build_fake_model(config, setup, mode)
-        reference.requires_grad_(False)
-        reference.eval()
-        add_fused_lm_head(reference)
+    # kto_trainer.py __init__: a second model in the policy's dtype (none with precompute_ref_log_probs)
+    model, reference = policy_and_reference(config, setup, mode, KTO_HEAD_OUTPUTS,
+                                            setup.method is Method.FULL and not setup.precompute_ref)
     params = [p for p in model.parameters() if p.requires_grad]
     owners = parameter_owners(model)
     tracker = LiveBytesTracker()
     hooks = tag_gradients(params, tracker, owners)
-
-    def autocast():
-        if setup.autocast:
-            return torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision])
-        return contextlib.nullcontext()
-
+    autocast = step_autocast(setup)
     trainer = kto_trainer_namespace(model, reference, setup, autocast)
     rows, length, prompt = setup.batch_size, setup.seq_len, setup.prompt_len or 1
     labelled = rows * (length - prompt)  # the completion's next-token labels of every row
