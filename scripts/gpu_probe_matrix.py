@@ -57,12 +57,13 @@ def matrix(models: tuple[str, ...], cpu: bool) -> list[tuple[str, str, dict]]:
 
 
 def objective_matrix(models: tuple[str, ...], cpu: bool) -> list[tuple[str, str, dict]]:
-    """(model, method, options) for TRL's DPO, KTO and GRPO trainers with LoRA (probe_trl.py), each pattern across
+    """(model, method, options) for TRL's DPO, KTO, ORPO and GRPO trainers with LoRA (probe_trl.py), each pattern across
     every model; on the CPU sequences are 8x shorter."""
     scale = 8 if cpu else 1
     patterns = [
         ("lora", {"objective": "dpo", "batch_size": 2, "seq_len": 1024 // scale, "prompt_len": 256 // scale}),
         ("lora", {"objective": "kto", "batch_size": 4, "seq_len": 1024 // scale, "prompt_len": 256 // scale}),
+        ("lora", {"objective": "orpo", "batch_size": 2, "seq_len": 1024 // scale}),
         ("lora", {"objective": "grpo", "batch_size": 8, "num_generations": 4, "prompt_len": 128 // scale,
                   "completion_len": 128 // scale}),
         ("lora", {"objective": "grpo", "batch_size": 4, "num_generations": 4, "steps_per_generation": 2,

@@ -8,7 +8,7 @@ python3 -m venv "$venv"
 . "$venv/bin/activate"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e '.[probe,report,dev,torchtune,liger,trl]'
+python -m pip install --quiet -e '.[probe,report,dev,torchtune,liger,trl,web]'
 python -m pytest -q -p no:cacheprovider
 {
   sed -n '1,3p' .ci/constraints.txt

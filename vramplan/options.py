@@ -67,12 +67,13 @@ class RunOptions(BaseModel):
         "The job's PYTORCH_ALLOC_CONF, e.g. expandable_segments:True [default: $PYTORCH_ALLOC_CONF or "
         "$PYTORCH_CUDA_ALLOC_CONF, else torch's defaults]")
     objective: str | None = _option(
-        "sft | dpo | grpo | kto: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference forward, "
-        "chosen and rejected rows; --batch-size counts pairs; DPOConfig's defaults for unset options: 8 pairs, "
-        "max_length 1024, checkpointing on); grpo is TRL 1.16's GRPOTrainer with transformers generate (--batch-size "
-        "counts completions; GRPOConfig's defaults: 8 per device, 8 generations, 512 completion tokens, beta 0, "
-        "checkpointing on); kto is TRL 1.16's KTOTrainer (loss kto: each row with a KL row, a reference forward; "
-        "KTOConfig's defaults: 8 rows, max_length 1024, checkpointing on). orpo is refused [default: sft]")
+        "sft | dpo | orpo | kto | grpo: the training objective; dpo is TRL 1.16's DPOTrainer (sigmoid loss, a reference "
+        "forward, chosen and rejected rows; --batch-size counts pairs; DPOConfig's defaults for unset options: 8 "
+        "pairs, max_length 1024, checkpointing on); orpo is TRL 1.16's experimental ORPOTrainer (pairs as DPO's, no "
+        "reference, the full logits; full and LoRA); grpo is TRL 1.16's GRPOTrainer with transformers generate "
+        "(--batch-size counts completions; GRPOConfig's defaults: 8 per device, 8 generations, 512 completion tokens, "
+        "beta 0, checkpointing on); kto is TRL 1.16's KTOTrainer (loss kto: each row with a KL row, a reference "
+        "forward; KTOConfig's defaults: 8 rows, max_length 1024, checkpointing on) [default: sft]")
     prompt_len: int | None = _option(
         "dpo | kto | grpo: prompt tokens of each row (dpo, kto: the rest, to --seq-len, is the completion the loss "
         "scores) [default: dpo and kto 1, every position scored: the upper end; grpo 512]")

@@ -98,8 +98,9 @@ class TrainingSetup(BaseModel):
     forward_prefetch: bool = False  # FSDP1's forward_prefetch: the next unit's all-gather issued in each pre-forward
     # The training objective: "dpo" is TRL's DPOTrainer (batch_size counts pairs: 2 x batch_size rows per step);
     # "grpo" is TRL's GRPOTrainer (batch_size counts completions; seq_len is prompt + max_completion_length);
-    # "kto" is TRL's KTOTrainer (batch_size counts rows, each with a mismatched KL row)
-    objective: Literal["sft", "dpo", "grpo", "kto"] = "sft"
+    # "kto" is TRL's KTOTrainer (batch_size counts rows, each with a mismatched KL row); "orpo" is TRL's
+    # experimental ORPOTrainer (batch_size counts pairs, as DPO's)
+    objective: Literal["sft", "dpo", "grpo", "kto", "orpo"] = "sft"
     prompt_len: int | None = None  # dpo/grpo: prompt tokens per row; None (dpo): 1, every position scored
     precompute_ref: bool = False  # dpo/kto: precompute_ref_log_probs (no reference model or forward in the step)
     grpo: GrpoSettings | None = None  # grpo: what GRPOConfig adds
@@ -122,8 +123,8 @@ class TrainingSetup(BaseModel):
 
     @property
     def rows(self) -> int:
-        """Sequences per micro-batch: a DPO pair is its chosen and its rejected row (TRL concatenates them)."""
-        return 2 * self.batch_size if self.objective == "dpo" else self.batch_size
+        """Sequences per micro-batch: a DPO or ORPO pair is its chosen and its rejected row (TRL concatenates them)."""
+        return 2 * self.batch_size if self.objective in PAIRED_OBJECTIVES else self.batch_size
 
     @property
     def labelled_tokens(self) -> int:
@@ -182,8 +183,11 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         activation_offload=bool(run.activation_offload),
     )
     objective = (run.objective or "sft").strip().lower()
-    dpo = objective == "dpo"
-    if run.gradient_checkpointing is None and objective in ("dpo", "grpo", "kto"):
+    if objective in TRL_DISABLES_DROPOUT and lora is not None and lora.dropout:
+        # dpo/kto/orpo trainers' __init__: `if args.disable_dropout: disable_dropout_in_model(model)` (default True)
+        # sets every nn.Dropout's p to 0, peft's lora_dropout included; torch's dropout returns its input at p = 0
+        lora = lora.model_copy(update={"dropout": 0.0})
+    if run.gradient_checkpointing is None and objective in ("dpo", "grpo", "kto", "orpo"):
         checkpointing = True  # TRL's configs (trl/trainer/base_config.py): gradient_checkpointing True
     elif run.gradient_checkpointing is None:
         checkpointing = preset.checkpointing_full if method is Method.FULL else preset.checkpointing_adapters
@@ -200,7 +204,7 @@ def _resolve(method: Method | str, run: RunOptions) -> TrainingSetup:
         transformers=transformers, backward_prefetch=_backward_prefetch(run.backward_prefetch, strategy),
         fsdp1_sharding=_fsdp1_sharding(run.fsdp1_sharding, strategy),
         forward_prefetch=_forward_prefetch(run.forward_prefetch, strategy),
-        **_objective(run, stack, strategy, switches),
+        **_objective(run, stack, strategy, switches, method),
         **switches,
     )
 
@@ -213,15 +217,23 @@ DPO_DEFAULTS = {"batch_size": 8, "seq_len": 1024, "gradient_checkpointing": True
 # assumed when --prompt-len is not given (TRL 0.x's max_prompt_length default) and said so.
 GRPO_DEFAULTS = {"batch_size": 8, "completion_len": 512, "prompt_len": 512}
 # KTOConfig's (trl/trainer/kto_config.py): per_device_train_batch_size 8 (rows), max_length 1024, as DPOConfig's.
+# ORPOConfig's (trl/experimental/orpo/orpo_config.py): TrainingArguments' 8 per device (pairs), max_length 1024.
 OBJECTIVE_BATCH_SIZE = {"dpo": DPO_DEFAULTS["batch_size"], "grpo": GRPO_DEFAULTS["batch_size"],
-                        "kto": DPO_DEFAULTS["batch_size"]}
+                        "kto": DPO_DEFAULTS["batch_size"], "orpo": DPO_DEFAULTS["batch_size"]}
+# The objectives whose batch_size counts chosen/rejected pairs, concatenated into 2 x batch_size rows.
+PAIRED_OBJECTIVES = ("dpo", "orpo")
+# The trainers whose config defaults to disable_dropout=True (dpo_config.py, kto_config.py, orpo_config.py; GRPO's
+# is False).
+TRL_DISABLES_DROPOUT = ("dpo", "kto", "orpo")
 # What each generation engine is, for GRPO: only transformers' generate on the training GPU is modelled so far.
 GRPO_GENERATION = ("transformers", "vllm-colocate", "vllm-server")
 
 # Objectives issue 18 names that are not modelled yet, with what they add.
-UNMODELLED_OBJECTIVES = {
-    "orpo": "ORPO (chosen and rejected rows, an odds-ratio term over their log-probabilities)",
-}
+UNMODELLED_OBJECTIVES: dict[str, str] = {}
+# ORPOTrainer.__init__ with a 4-bit model under bf16 calls peft_module_casting_to_bf16 (trl/experimental/utils.py):
+# lm_head and the embeddings back to bf16 after k-bit preparation, which changes the residual stream's dtype.
+ORPO_QLORA = ("--objective orpo with --method qlora: TRL's ORPOTrainer casts the k-bit-prepared model's lm_head and "
+              "embeddings back to bf16 (peft_module_casting_to_bf16), which is not modelled; use --method lora or full")
 VLLM_ONLY = ("vllm_gpu_memory_utilization", "vllm_sleep", "vllm_max_model_len")
 # trl/scripts/vllm_serve.py ScriptArguments.gpu_memory_utilization: `trl vllm-serve`'s default share.
 VLLM_SERVE_UTILIZATION = 0.9
@@ -231,6 +243,8 @@ GRPO_ONLY = ("completion_len", "num_generations", "steps_per_generation", "beta"
 def objective_options(setup: TrainingSetup) -> dict:
     """The RunOptions fields that give `setup`'s objective back (a layout or a fit re-resolving the run): DPO's
     prompt and precompute_ref; GRPO's prompt, completion and GRPOConfig fields in place of seq_len."""
+    if setup.objective == "orpo":
+        return {"objective": "orpo", "seq_len": setup.seq_len}
     if setup.objective in ("dpo", "kto"):
         return {"objective": setup.objective, "seq_len": setup.seq_len, "prompt_len": setup.prompt_len,
                 "precompute_ref": setup.precompute_ref}
@@ -255,16 +269,16 @@ def _seq_len(run: RunOptions, objective: str) -> int:
         return prompt + completion
     if run.seq_len is not None:
         return _positive(run.seq_len, "--seq-len")
-    return DPO_DEFAULTS["seq_len"] if objective in ("dpo", "kto") else DEFAULT_SEQ_LEN
+    return DPO_DEFAULTS["seq_len"] if objective in ("dpo", "kto", "orpo") else DEFAULT_SEQ_LEN
 
 
-def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict) -> dict:
+def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict, method: Method) -> dict:
     """objective and prompt_len, or a UsageError/NotModelledError naming what is not modelled."""
     objective = (run.objective or "sft").strip().lower()
     if objective in UNMODELLED_OBJECTIVES:
         raise NotModelledError(f"--objective {objective}: {UNMODELLED_OBJECTIVES[objective]} is not modelled yet")
-    if objective not in ("sft", "dpo", "grpo", "kto"):
-        raise UsageError(f"--objective {run.objective}: choose sft, dpo, grpo or kto (orpo is not modelled yet)")
+    if objective not in ("sft", "dpo", "grpo", "kto", "orpo"):
+        raise UsageError(f"--objective {run.objective}: choose sft, dpo, orpo, kto or grpo")
     grpo_given = [name for name in GRPO_ONLY if getattr(run, name) is not None]
     if objective != "grpo" and grpo_given:
         raise UsageError(f"--{grpo_given[0].replace('_', '-')} applies to --objective grpo")
@@ -281,6 +295,15 @@ def _objective(run: RunOptions, stack: Stack, strategy: Strategy, switches: dict
                                "fused loss, eager attention, activation offload or optimizer in backward")
     if objective == "grpo":
         return _grpo(run)
+    if objective == "orpo":
+        if run.prompt_len is not None or run.precompute_ref is not None:
+            # concatenated_forward scores every position (its NLL over prompt and response, the log-softmax over all
+            # of them); ORPO has no reference model
+            raise UsageError("--prompt-len and --precompute-ref do not apply to --objective orpo (every position is "
+                             "scored; there is no reference model)")
+        if method is Method.QLORA:
+            raise NotModelledError(ORPO_QLORA)
+        return {"objective": "orpo", "prompt_len": None, "precompute_ref": False}
     prompt = None
     if run.prompt_len is not None:
         prompt = _positive(run.prompt_len, "--prompt-len")

@@ -8,6 +8,8 @@ GB = 1000**3  # gigabyte, 10^9 bytes
 # GPU memory kept free unless told otherwise, by check, fit and plan alike: the caching allocator's fragmentation and
 # the CUDA context vary by run, and vramplan's reserved figure is a lower bound for now (README, "What is modelled").
 DEFAULT_HEADROOM = 0.10
+# Most passes over the training tokens a plan takes (`--epochs`): finite, so no answer holds inf.
+MAX_EPOCHS = 10_000
 
 
 def gib(nbytes: int) -> float:

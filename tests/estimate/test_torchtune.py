@@ -149,6 +149,8 @@ CASES = [
     pytest.param(QWEN2_TIED, "lora", {}, 0.005, id="qwen2-tied-lora"),
     pytest.param(QWEN2_TIED, "qlora", dict(lora_targets="q_proj,v_proj"), 0.005, id="qwen2-tied-qlora-qv"),
     pytest.param(QWEN2_TIED, "full", {}, 0.005, id="qwen2-tied-full"),
+    pytest.param(QWEN2_TIED, "full", dict(batch_size=1, seq_len=64, loss="standard"), 0.01,
+                 id="qwen2-tied-full-unchunked-head-gradients"),
 ]
 
 

@@ -101,7 +101,7 @@ def test_llama_factory_defaults_and_unmodelled(tmp_path):
     ("a.yml", "base_model: Qwen/Qwen3-8B\nrl: grpo\nadapter: lora\n", "rl: grpo is preference or RL"),
     ("a.yml", "base_model: Qwen/Qwen3-8B\ndatasets: []\nreward_model: true\n", "reward_model: True is reward-model"),
     ("dpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "max_length": 1024}), "beta: 0.1 is a preference"),
-    ("orpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "generate_during_eval": False}), "is ORPO/CPO"),
+    ("cpo.json", json.dumps({"output_dir": "o", "beta": 0.1, "cpo_alpha": 1.0}), "is CPO/SimPO"),
 ])
 def test_preference_and_rl_objectives_are_refused_not_estimated_as_sft(tmp_path, name, text, words):
     from vramplan.errors import NotModelledError

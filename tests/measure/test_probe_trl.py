@@ -30,6 +30,7 @@ CASES = [
                  {"seq_len": 24, "prompt_len": 8, "precompute_ref": False}, id="dpo"),
     pytest.param({"objective": "kto", "batch_size": 2, "seq_len": 24, "prompt_len": 8},
                  {"seq_len": 24, "prompt_len": 8, "precompute_ref": False}, id="kto"),
+    pytest.param({"objective": "orpo", "batch_size": 2, "seq_len": 24}, {"seq_len": 24}, id="orpo"),
     pytest.param({"objective": "grpo", "batch_size": 2, "num_generations": 2, "prompt_len": 4, "completion_len": 4,
                   "beta": 0.04},
                  {"prompt_len": 4, "completion_len": 4, "num_generations": 2, "steps_per_generation": 1,

@@ -65,6 +65,6 @@ def test_cli_traces_and_estimates_dpo_and_refuses_the_other_objectives(capsys):
     # DPO is modelled on one GPU: a several-GPU layout is refused, not answered as SFT
     assert main(["estimate", *args, "--gpus", "2", "--strategy", "ddp"]) == 2
     assert "one GPU" in capsys.readouterr().err
-    for objective in ("orpo",):
-        assert main(["estimate", "--model", "8b", "--objective", objective]) == 2
-        assert "not modelled yet" in capsys.readouterr().err
+    # objectives vramplan does not know are a usage error naming the ones it models, not an SFT answer
+    assert main(["estimate", "--model", "8b", "--objective", "simpo"]) == 2
+    assert "choose sft, dpo, orpo, kto or grpo" in capsys.readouterr().err

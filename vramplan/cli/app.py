@@ -29,6 +29,7 @@ COMMANDS = {
     "check": ("vramplan.cli.check", "check_command"),
     "probe": ("vramplan.cli.probe", "probe_command"),
     "serve-size": ("vramplan.cli.serve_size", "serve_size_command"),
+    "serve": ("vramplan.cli.serve", "serve_command"),
 }
 
 

@@ -7,7 +7,7 @@ import typer
 
 from vramplan.cli import options as o
 from vramplan.cli.run_options import RunInput, with_run_options
-from vramplan.cli.render import check_format, emit_json_document
+from vramplan.cli.render import check_format, emit_answer
 
 
 @with_run_options(layout=True, verdict=True)
@@ -61,13 +61,11 @@ def check_command(
         from vramplan.request import trace_request
 
         verdict = exact_verdict(verdict, trace_request(request))
-    commands = [paste_command("check", s.flags) for s in verdict.suggestions]
     if fmt == "json":
-        document = verdict.model_dump(mode="json")
-        document["exit_code"] = verdict.exit_code
-        document["commands"] = commands
-        emit_json_document(document, "check")
+        from vramplan.answers import check_document
+
+        emit_answer(check_document(verdict, paste_command))
     else:
-        emit_verdict(verdict, commands)
+        emit_verdict(verdict, [paste_command("check", s.flags) for s in verdict.suggestions])
     if verdict.exit_code:
         raise typer.Exit(verdict.exit_code)

@@ -8,16 +8,11 @@ import typer
 
 from vramplan.cli import options as o
 from vramplan.cli.run_options import RunInput, with_run_options
-from vramplan.cli.render import check_format, emit_json_document
+from vramplan.cli.render import check_format, emit_answer
 
 SolveOpt = Annotated[str, typer.Option(
     "--solve", help="batch-size | seq-len | lora-rank | num-generations | completion-len (the last two: --objective "
     "grpo; num-generations sizes one prompt's group per micro-batch)")]
-# The smallest value of each solved option: the suggestions are sized there (what `fit` tries first).
-SMALLEST = {"batch-size": ("batch_size", 1), "seq-len": ("seq_len", 1), "lora-rank": ("lora_rank", 1),
-            "num-generations": ("num_generations", 2), "completion-len": ("completion_len", 1)}
-
-
 @with_run_options(layout=True, verdict=True)
 def fit_command(
     *,
@@ -30,37 +25,25 @@ def fit_command(
     """The largest per-GPU batch size (or sequence length, or LoRA rank) that fits a GPU, alone or under
     --gpus/--nodes/--strategy/--offload; rounded to a value people use, with the exact limit beside it.
     Exit 3 when not even the smallest value fits."""
+    from vramplan.answers import fit_result
     from vramplan.cli.imported import merge_config_file
     from vramplan.cli.paste import paste_command
     from vramplan.cli.render_hardware import emit_fit
     from vramplan.errors import UsageError
-    from vramplan.estimate import estimate_memory
-    from vramplan.hardware.fit import SEARCH_LIMITS, largest_fitting
-    from vramplan.hardware.suggest import suggest_changes
-    from vramplan.request import resolve_request
+    from vramplan.hardware.fit import SEARCH_LIMITS
 
     check_format(fmt)
     if solve not in SEARCH_LIMITS:
         raise UsageError(f"--solve {solve!r}: choose {', '.join(SEARCH_LIMITS)}")
     request = merge_config_file(run)
     target, usable = _target(gpu, run.headroom, run.catalog, nvml_recording)
-    resolved, setup, _ = resolve_request(request)
-    result = largest_fitting(resolved, setup, solve, usable, target.memory_bytes)
-    suggestions = []
-    if result.value is None:
-        name, smallest = SMALLEST[solve]
-        smallest_run = request.changed({name: smallest})
-        base = resolve_request(smallest_run)
-        suggestions = suggest_changes(estimate_memory(base[0], base[1]), usable, smallest_run,
-                                      total_bytes=target.memory_bytes)
-    commands = [paste_command("fit", s.flags) for s in suggestions]
+    result, suggestions = fit_result(request, solve, target, usable)
     if fmt == "json":
-        document = result.model_dump(mode="json")
-        document["gpu"] = target.model_dump(mode="json")
-        document["suggestions"] = [dict(s.model_dump(mode="json"), command=c) for s, c in zip(suggestions, commands)]
-        emit_json_document(document, "fit")
+        from vramplan.answers import fit_document
+
+        emit_answer(fit_document(result, target, suggestions, paste_command))
     else:
-        emit_fit(result, target, list(zip(suggestions, commands)))
+        emit_fit(result, target, [(s, paste_command("fit", s.flags)) for s in suggestions])
     if result.value is None:
         raise typer.Exit(3)
 

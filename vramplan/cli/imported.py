@@ -13,20 +13,21 @@ from vramplan.request import DEFAULT_METHOD, RunRequest
 UNMODELLED_PREFIX = "NOT MODELLED (from the --from file, the answer leaves it out): "
 
 
-def merge_config_file(run: RunInput) -> RunRequest:
+def merge_config_file(run: RunInput, environment: bool = True) -> RunRequest:
     """The run a command sizes: the --from file's values under the flags given on the command line.
 
     Keys of the file that change memory but are not modelled are printed to stderr, one line each, and become
     assumption lines of the answer. For a command that gives a verdict (check, fit and plan, whose exit code gates a
     launch) they are a usage error instead, unless `--accept-unmodelled`: a verdict on a run vramplan did not model
-    would be a guess.
+    would be a guess. `environment`: without --alloc-conf, the shell's PYTORCH_ALLOC_CONF applies (the job inherits
+    it); the web page's runs have no shell of their own.
     """
+    settle = _with_environment_alloc_conf if environment else (lambda request: request)
     from_file, model, method = run.from_file, run.model, run.method
     if from_file is None:
         if model is None:
             raise UsageError("missing option --model (or --from FILE with a training config that names the model)")
-        return _with_environment_alloc_conf(RunRequest(model=model, method=method or DEFAULT_METHOD,
-                                                       options=run.options))
+        return settle(RunRequest(model=model, method=method or DEFAULT_METHOD, options=run.options))
     from vramplan.importers import load_run_config
 
     imported = load_run_config(Path(from_file))
@@ -41,7 +42,7 @@ def merge_config_file(run: RunInput) -> RunRequest:
     for line in imported.unmodelled:
         sys.stderr.write(f"vramplan: note: {from_file}: not modelled: {line}\n")
     notes = (*imported.assumptions, *(UNMODELLED_PREFIX + line for line in imported.unmodelled))
-    return _with_environment_alloc_conf(RunRequest(
+    return settle(RunRequest(
         model=chosen_model, method=method or imported.method or DEFAULT_METHOD,
         options=run.options.over(imported.options), notes=notes))
 

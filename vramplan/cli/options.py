@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vramplan.units import DEFAULT_HEADROOM, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
+from vramplan.units import DEFAULT_HEADROOM, MAX_EPOCHS, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
 
 
 def complete_models(incomplete: str) -> list[str]:
@@ -112,7 +112,7 @@ def _finite(option: str, low: float, high: float, low_open: bool = False):
 # Bounds of the planner's numbers: wide enough for any real plan, finite so no answer holds inf or nan.
 Tokens = Annotated[str, typer.Option("--tokens", help="Training tokens per epoch, e.g. 50M.")]
 Epochs = Annotated[float, typer.Option("--epochs", help="Passes over the tokens (at most 10,000).",
-                                       callback=_finite("--epochs", 0, 10_000, low_open=True))]
+                                       callback=_finite("--epochs", 0, MAX_EPOCHS, low_open=True))]
 Utilisation = Annotated[Optional[float], typer.Option(
     "--mfu", help="Replace the step model with one model FLOPs utilisation of dense BF16 for every GPU (0.01 to 1). "
                   "[default: the step model, validated against published runs]", callback=_finite("--mfu", 0.01, 1))]

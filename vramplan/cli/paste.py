@@ -28,17 +28,20 @@ def record_argv(argv: list[str] | None, app) -> None:
     _SPELLINGS.clear()
 
 
-def _option_spellings(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """Each spelling of each option of the command -> (all its spellings, whether it takes a value)."""
+def _option_spellings(command_name: str, app=None) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Each spelling of each option of the command -> (all its spellings, whether it takes a value), in `app`
+    (else the recorded one)."""
+    if app is not None:
+        return _spellings_of(command_name, app)
     if command_name not in _SPELLINGS:
-        _SPELLINGS[command_name] = _spellings_of(command_name)
+        _SPELLINGS[command_name] = _spellings_of(command_name, _APP[0])
     return _SPELLINGS[command_name]
 
 
-def _spellings_of(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
+def _spellings_of(command_name: str, app) -> dict[str, tuple[tuple[str, ...], bool]]:
     import typer
 
-    command = typer.main.get_command(_APP[0])
+    command = typer.main.get_command(app)
     for part in command_name.split():
         command = command.commands[part]
     spellings = {}
@@ -50,13 +53,14 @@ def _spellings_of(command_name: str) -> dict[str, tuple[tuple[str, ...], bool]]:
     return spellings
 
 
-def paste_command(command_name: str, flags: list[str], argv: list[str] | None = None) -> str:
-    """`vramplan <command> ...` as the user typed it, with `flags` replacing the options they change."""
+def paste_command(command_name: str, flags: list[str], argv: list[str] | None = None, app=None) -> str:
+    """`vramplan <command> ...` as the user typed it (or `argv`), with `flags` replacing the options they change;
+    `app`: the typer app whose spellings apply (else the one `main` recorded)."""
     argv = list(_ARGV if argv is None else argv)
     words = command_name.split()
     prefix = argv[:len(words)] if argv[:len(words)] == words else words
     rest = argv[len(words):] if argv[:len(words)] == words else argv
-    spellings = _option_spellings(command_name)
+    spellings = _option_spellings(command_name, app)
     drop: set[str] = set()
     for flag in (f for f in flags if f.startswith("--")):
         names = spellings.get(flag, ((flag,), False))[0]

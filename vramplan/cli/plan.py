@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from vramplan.cli import options as o
 from vramplan.cli.run_options import RunInput, with_run_options
-from vramplan.cli.render import check_format, emit_json_document
-
-# Most training tokens a plan takes (tokens x epochs): about 60 times the largest published pre-training runs,
-# so every number the plan derives stays finite.
-MAX_TRAINING_TOKENS = 10**15
+from vramplan.cli.render import check_format, emit_answer
 
 
 @with_run_options(layout=False, verdict=True)
@@ -33,48 +29,26 @@ def plan_command(
     Exit 3 when none does."""
     import typer
 
+    from vramplan.answers import plan_document, plan_result, training_tokens
     from vramplan.cli.imported import merge_config_file
     from vramplan.cli.paste import paste_command
     from vramplan.cli.render_hardware import emit_plan
-    from vramplan.errors import UsageError
     from vramplan.hardware.catalog import load_hardware
-    from vramplan.hardware.plan import CostAssumptions, plan_options
-    from vramplan.hardware.suggest import suggest_changes
-    from vramplan.request import estimate_request
+    from vramplan.hardware.plan import CostAssumptions
 
     check_format(fmt)
     assumptions = CostAssumptions(utilisation=mfu, amortisation_years=amortise_years, energy_usd_per_kwh=kwh_price,
                                   headroom=run.headroom, max_nodes=max_nodes, allow_rocm=allow_rocm,
                                   busy_share=busy_share)
-    training_tokens = round(o.parse_count(tokens, "--tokens") * epochs)
-    if not 1 <= training_tokens <= MAX_TRAINING_TOKENS:
-        raise UsageError(f"--tokens {tokens} x --epochs {epochs:g}: give between 1 and {MAX_TRAINING_TOKENS:.0e} "
-                         "training tokens in all")
     hardware = load_hardware(run.catalog)
-    request = merge_config_file(run)
-    result = estimate_request(request)
-    if result.generation_server is not None:
-        from vramplan.errors import NotModelledError
-
-        # a layout would price the training GPU alone and leave the server's out
-        raise NotModelledError("plan does not count a GRPO vLLM server's GPUs yet (--generation vllm-server): plan "
-                               "the training GPU with --generation vllm-colocate or transformers, and size the server "
-                               "with `vramplan serve-size`")
-    plan = plan_options(result, hardware, training_tokens, assumptions)
-    suggestions = []
-    if not plan.options:
-        largest = max(gpu.memory_bytes for gpu in hardware.gpus.values())
-        suggestions = suggest_changes(result, int(largest * (1 - assumptions.headroom)), request, layouts=False,
-                                      total_bytes=largest)
+    result, plan, suggestions = plan_result(merge_config_file(run), hardware, training_tokens(tokens, epochs),
+                                            assumptions)
     if _emit_cheapest(plan, result, emit, emit_to):
         return  # the config of the cheapest option went to stdout, in place of the plan
-    commands = [paste_command("plan", s.flags) for s in suggestions]
     if fmt == "json":
-        document = plan.model_dump(mode="json")
-        document["suggestions"] = [dict(s.model_dump(mode="json"), command=c) for s, c in zip(suggestions, commands)]
-        emit_json_document(document, "plan")
+        emit_answer(plan_document(plan, suggestions, paste_command))
     else:
-        emit_plan(plan, list(zip(suggestions, commands)), top)
+        emit_plan(plan, [(s, paste_command("plan", s.flags)) for s in suggestions], top)
     if not plan.options:
         raise typer.Exit(3)
 

@@ -48,7 +48,7 @@ def probe_command(
 
     if snapshot is not None and device == "cpu":
         raise UsageError("--snapshot records the CUDA caching allocator: it needs --device cuda")
-    if setup.objective != "sft":  # TRL's own DPO, KTO or GRPO trainer, run for real
+    if setup.objective != "sft":  # TRL's own DPO, KTO, ORPO or GRPO trainer, run for real
         if snapshot is not None:
             raise UsageError("--snapshot is recorded for SFT probes only")
         require_extra("trl", "trl")

@@ -53,6 +53,13 @@ def emit_json_document(document, kind: str) -> None:
     sys.stdout.write(json_text(versioned(kind, document)) + "\n")
 
 
+def emit_answer(document) -> None:
+    """A versioned document (vramplan/answers.py) on stdout."""
+    from vramplan.output import json_text
+
+    sys.stdout.write(json_text(document) + "\n")
+
+
 def emit_estimate(estimate) -> None:
     """The estimate as a table and its notes, in plain text (no rich import on the estimate's cold start)."""
     from vramplan.cli.boxes import box_table

@@ -5,7 +5,7 @@ from __future__ import annotations
 from vramplan.estimate.components.activations.liger import LIGER_ASSUMPTION
 from vramplan.estimate.components.logits import fused_loss_assumption
 from vramplan.models.catalog import ResolvedModel
-from vramplan.training import Loss, Method, Precision, Stack, Strategy, TrainingSetup
+from vramplan.training import TRL_DISABLES_DROPOUT, Loss, Method, Precision, Stack, Strategy, TrainingSetup
 
 _PRECISION_TEXT = {
     Precision.BF16: "bf16 weights, gradients and optimizer states; Trainer bf16=True autocast",
@@ -54,6 +54,10 @@ def describe_assumptions(model: ResolvedModel, setup: TrainingSetup, estimate_no
         lines += grpo_lines(setup)
     if setup.objective == "kto":
         lines += kto_lines(setup)
+    if setup.objective == "orpo":
+        lines += orpo_lines(setup)
+    if setup.objective in TRL_DISABLES_DROPOUT and setup.lora is not None:
+        lines.append("dropout: TRL's disable_dropout (default True) sets every dropout to 0, LoRA's included")
     lines += estimate_notes
     lines += _moe_lines(model, setup)
     lines.append("steady state: after a warm-up step (optimizer states exist), zero_grad(set_to_none=True)")
@@ -99,6 +103,18 @@ def kto_lines(setup: TrainingSetup) -> list[str]:
         "reference after it",
         "loss head: TRL's fused LM head (chunked log-probabilities of the labelled positions; no b x s x V logits); "
         + TRL_0X_WARNING,
+        "rows unpadded: every row the full length; padding adds an attention mask (not modelled)",
+    ]
+
+
+def orpo_lines(setup: TrainingSetup) -> list[str]:
+    """What an ORPO estimate models (vramplan/estimate/compose/orpo.py), said with its answer."""
+    return [
+        f"objective: ORPO, TRL 1.16 experimental ORPOTrainer (beta 0.1): {setup.batch_size} pairs, chosen and "
+        f"rejected rows of {setup.seq_len} tokens concatenated ({setup.rows} rows); no reference model",
+        "loss: the full b x s x V logits (no fused head), their fp32 copy under mixed precision, the chosen rows' "
+        "NLL (a contiguous copy and its log-softmax), TRL's Triton log-prob kernel over every row (the GPU path; "
+        "without Triton, TRL's per-row fallback is not modelled)",
         "rows unpadded: every row the full length; padding adds an attention mask (not modelled)",
     ]
 

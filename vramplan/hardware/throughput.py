@@ -109,6 +109,7 @@ def step_flops(spec: ModelSpec, setup: TrainingSetup) -> StepFlops:
     # Attention's backward recomputes nothing but needs gradients for q, k and v: two more passes.
     attention_backward = FLOPS_PER_MAC * attention
     recompute = forward - FLOPS_PER_MAC * lm_head if setup.gradient_checkpointing else 0
+    # (ORPO has no reference: its rows are counted by tokens_per_step at 2 x pairs, as DPO's policy forward)
     # DPOTrainer._compute_loss runs the reference forward over the same rows (the adapter-disabled base under peft)
     # GRPO with beta > 0 scores the same rows with the reference (per generation batch: per micro-batch on average)
     scored = setup.objective == "dpo" or (setup.objective == "grpo" and setup.grpo.beta > 0)

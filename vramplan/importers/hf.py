@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vramplan.errors import UsageError
 from vramplan.importers.hf_keys import MODEL_CONFIG_QUIET, SFT_KEYS, SFT_QUIET, TRAINING_ARGS_QUIET
 from vramplan.importers.names import HF_DEFAULT_OPTIM, hf_attention, hf_optimizer, lora_targets, truthy
 from vramplan.importers.parallel import load_deepspeed_reference, read_deepspeed_block, read_fsdp
 from vramplan.importers.peft import read_adapter_file
 from vramplan.importers.run import RunBuilder, as_mapping
-from vramplan.importers.trl_objectives import OBJECTIVE_QUIET, read_dpo, read_grpo, read_kto, trl_objective
+from vramplan.importers.trl_objectives import OBJECTIVE_QUIET, read_dpo, read_grpo, read_kto, read_orpo, trl_objective
 
 TA = "transformers TrainingArguments default: transformers/training_args.py"
 SFT = "TRL SFTConfig default: trl/trainer/sft_config.py"
@@ -30,7 +31,7 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
     objective = trl_objective(builder)  # refuses the objectives vramplan does not model
     sft = objective is None and any(key in raw for key in SFT_KEYS)
     kind = {"grpo": "TRL GRPOConfig (GRPO fields present)", "dpo": "TRL DPOConfig (DPO fields present)",
-            "kto": "TRL KTOConfig (KTO fields present)"}.get(
+            "kto": "TRL KTOConfig (KTO fields present)", "orpo": "TRL ORPOConfig (ORPO fields present)"}.get(
         objective, "TRL SFTConfig (SFT keys present)" if sft else "transformers TrainingArguments")
     builder.set("stack", "hf", "format", kind)
     builder.model = builder.get_str("model_name_or_path")
@@ -42,6 +43,8 @@ def read_trl(raw: dict[str, Any], path: Path) -> RunBuilder:
         read_dpo(builder)
     elif objective == "kto":
         read_kto(builder)
+    elif objective == "orpo":
+        read_orpo(builder)
     else:
         _batch_and_length(builder, sft)
     trl = sft or objective is not None  # bf16 and gradient_checkpointing default True in every TRL config
@@ -208,14 +211,19 @@ def _method(builder: RunBuilder, path: Path) -> None:
 
 def _adapter_path(builder: RunBuilder, path: Path) -> tuple[Path | None, str]:
     """The peft adapter_config.json a key names (relative to this file), or the one next to this file."""
+    from vramplan.importers.references import reads_references
+
     for key in ("adapter_config", "peft_config"):
         value = builder.get(key)
+        if isinstance(value, str) and not reads_references():
+            raise UsageError(f"{key}: {value[:80]}: an uploaded config cannot name another file; give the LoRA "
+                             "settings as options instead")
         if isinstance(value, str):
             candidate = Path(value).expanduser()
             candidate = candidate if candidate.is_absolute() else path.parent / candidate
             return (candidate / "adapter_config.json" if _is_dir(candidate) else candidate), key
     sibling = path.parent / "adapter_config.json"
-    if sibling.is_file() and sibling != path:
+    if reads_references() and sibling.is_file() and sibling != path:
         return sibling, "adapter_config.json next to this file"
     return None, ""
 

@@ -79,14 +79,20 @@ def load_deepspeed_reference(builder: RunBuilder, key: str, value: Any, base: Pa
     """The DeepSpeed config a trainer config points at (a dict, or a JSON path relative to the config's folder)."""
     if isinstance(value, dict):
         return value
+    from vramplan.importers.references import reads_references
+
     path = Path(str(value)).expanduser()
     candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    if not reads_references():  # an upload (vramplan serve): the stage from the name alone, no file opened
+        candidates = []
     for candidate in candidates:
         if _is_file(candidate):
             return _read_deepspeed_file(builder, key, value, candidate)
     stage = re.search(r"(?:zero|_z|ds_z)(\d)", path.name.lower())
     if stage is None:
-        builder.not_modelled(key, value, "DeepSpeed config not found next to this file: strategy unknown")
+        builder.not_modelled(key, value, "DeepSpeed config not found next to this file: strategy unknown"
+                             if reads_references() else "DeepSpeed config not opened (an uploaded config names no "
+                             "file the page reads; paste its settings inline): strategy unknown")
         return None
     offload = "offload" in path.name.lower()
     builder.note(f"{key}: {show(value)} not found; ZeRO stage {stage.group(1)} read from its file name"

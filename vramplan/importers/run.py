@@ -30,9 +30,15 @@ class ImportedRun(BaseModel):
     assumptions: list[str] = Field(default_factory=list)  # what the answer must state (an upper bound taken, ...)
 
 
+# The longest a config value is quoted in a note or an error: enough for any real setting.
+MAX_SHOWN_CHARACTERS = 200
+
+
 def show(value: Any) -> str:
-    """A config value as the user wrote it: strings bare, lists and dicts as Python shows them."""
-    return value if isinstance(value, str) else repr(value)
+    """A config value as the user wrote it: strings bare, lists and dicts as Python shows them; cut at
+    MAX_SHOWN_CHARACTERS."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARACTERS else text[:MAX_SHOWN_CHARACTERS] + "..."
 
 
 # Largest whole number a training config may give for a batch size, sequence length or LoRA rank: 2^31 - 1, torch's

@@ -1,6 +1,6 @@
-"""TRL's preference and RL configs (DPOConfig, KTOConfig, GRPOConfig at TRL 1.16) -> the objective options: which
-trainer a file configures, and the fields of it that change memory. ORPO and reward configs, and GRPO with a vLLM
-server, are refused (exit 2): an SFT estimate of them would be another job's memory."""
+"""TRL's preference and RL configs (DPOConfig, KTOConfig, ORPOConfig, GRPOConfig at TRL 1.16) -> the objective
+options: which trainer a file configures, and the fields of it that change memory. CPO and reward configs are
+refused (exit 2): an SFT estimate of them would be another job's memory."""
 
 from __future__ import annotations
 
@@ -20,10 +20,14 @@ DPO_KEYS = ("precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergen
 # Configs of objectives not modelled, by a field only they have.
 REFUSED = (
     ("reward-model training (a value head, paired batches)", ("center_rewards_coefficient",)),
-    # trl/experimental/orpo/orpo_config.py and cpo: the experimental trainers' own fields (full b x s x V logits)
-    ("ORPO/CPO preference training (trl/experimental: full logits of chosen and rejected rows, an odds-ratio "
-     "term)", ("generate_during_eval", "is_encoder_decoder")),
+    # trl/experimental/cpo/cpo_config.py: CPO's and SimPO's own fields
+    ("CPO/SimPO preference training (trl/experimental/cpo)", ("cpo_alpha", "simpo_gamma")),
 )
+# Fields ORPOConfig (trl/experimental/orpo/orpo_config.py, TRL 1.16) shares only with CPOConfig, refused above.
+ORPO_KEYS = ("generate_during_eval", "is_encoder_decoder")
+ORPO = "TRL ORPOConfig default: trl/experimental/orpo/orpo_config.py"
+# ORPOTrainer.__init__'s length when ORPOConfig's max_length is None.
+ORPO_NULL_MAX_LENGTH = 512
 # Fields only KTOConfig has (trl/trainer/kto_config.py, TRL 1.16).
 KTO_KEYS = ("desirable_weight", "undesirable_weight", "train_sampling_strategy")
 KTO = "TRL KTOConfig default: trl/trainer/kto_config.py"
@@ -42,7 +46,8 @@ OBJECTIVE_QUIET = frozenset({
     "multi_objective_aggregation", "log_unique_prompts", "chat_template_kwargs", "pad_to_multiple_of",
     "vllm_enable_sleep_mode", "vllm_max_model_length", "vllm_model_impl", "vllm_importance_sampling_correction",
     "desirable_weight", "undesirable_weight", "train_sampling_strategy", "vllm_server_base_url", "vllm_server_host",
-    "vllm_server_port", "vllm_server_timeout", "vllm_group_port",
+    "vllm_server_port", "vllm_server_timeout", "vllm_group_port", "generate_during_eval", "is_encoder_decoder",
+    "padding_value",
 })
 # GRPOConfig fields whose memory is not modelled yet, with what they add.
 GRPO_UNMODELLED = {
@@ -54,18 +59,24 @@ GRPO_UNMODELLED = {
 
 
 def trl_objective(builder: RunBuilder) -> str | None:
-    """"grpo", "dpo", or None (SFT or plain TrainingArguments); refuses the objectives vramplan does not model."""
+    """"grpo", "dpo", "kto", "orpo", or None (SFT or plain TrainingArguments); refuses the objectives vramplan does
+    not model."""
     raw = builder.raw
     for objective, keys in REFUSED:
         present = [key for key in keys if raw.get(key) is not None]
         if present:
             builder.refuse_objective(present[0], raw[present[0]], objective)
-    if any(raw.get(key) is not None for key in GRPO_KEYS):
+    orpo = any(raw.get(key) is not None for key in ORPO_KEYS)
+    # max_completion_length is ORPOConfig's too: with ORPO's own keys it names no GRPO run
+    grpo_keys = [key for key in GRPO_KEYS if not (orpo and key == "max_completion_length")]
+    if any(raw.get(key) is not None for key in grpo_keys):
         return "grpo"
     if any(raw.get(key) is not None for key in KTO_KEYS):
         return "kto"
-    if any(raw.get(key) is not None for key in DPO_KEYS):
+    if any(raw.get(key) is not None for key in DPO_KEYS):  # before ORPO's: TRL 0.x's DPOConfig had its keys too
         return "dpo"
+    if orpo:
+        return "orpo"
     if raw.get("beta") is not None:
         builder.refuse_objective("beta", raw["beta"], AMBIGUOUS_BETA)
     return None
@@ -143,6 +154,7 @@ def _generation_steps(builder: RunBuilder) -> None:
 def read_kto(builder: RunBuilder) -> None:
     """KTOConfig's shape: rows per micro-batch, max_length, precompute_ref_log_probs."""
     builder.set("objective", "kto", "format", "KTOConfig fields")
+    _kept_dropout(builder)
     builder.int_or_default("batch_size", "per_device_train_batch_size", 8,
                            "transformers TrainingArguments default: transformers/training_args.py")
     if builder.get("max_length", 1024) is None:
@@ -159,9 +171,32 @@ def read_kto(builder: RunBuilder) -> None:
         builder.not_modelled("sync_ref_model", builder.get("sync_ref_model"), "a synced reference model")
 
 
+def read_orpo(builder: RunBuilder) -> None:
+    """ORPOConfig's shape: pairs per micro-batch and max_length (every position is scored; no reference)."""
+    builder.set("objective", "orpo", "format", "ORPOConfig fields")
+    builder.int_or_default("batch_size", "per_device_train_batch_size", 8,
+                           "transformers TrainingArguments default: transformers/training_args.py")
+    if "max_length" in builder.raw and builder.get("max_length") is None:
+        # orpo_trainer.py __init__: `if args.max_length is None: ... max_length = 512`
+        builder.set("seq_len", ORPO_NULL_MAX_LENGTH, "max_length", None)
+        builder.note(f"max_length: null; ORPOTrainer then truncates to {ORPO_NULL_MAX_LENGTH} (orpo_trainer.py)")
+    else:
+        builder.int_or_default("seq_len", "max_length", 1024, ORPO)
+    if truthy(builder.get("is_encoder_decoder", False)):
+        builder.not_modelled("is_encoder_decoder", True, "an encoder-decoder model")
+    _kept_dropout(builder)
+
+
+def _kept_dropout(builder: RunBuilder) -> None:
+    """disable_dropout False keeps LoRA's dropout, which the estimate (TRL's default, dropout off) does not count."""
+    if builder.get("disable_dropout") is False:
+        builder.not_modelled("disable_dropout", False, "dropout kept in the model (TRL's default disables it)")
+
+
 def read_dpo(builder: RunBuilder) -> None:
     """DPOConfig's shape: pairs per micro-batch, max_length, the prompt, precompute_ref_log_probs."""
     builder.set("objective", "dpo", "format", "DPOConfig fields")
+    _kept_dropout(builder)
     builder.int_or_default("batch_size", "per_device_train_batch_size", 8,
                            "transformers TrainingArguments default: transformers/training_args.py")
     if builder.get("max_length", 1024) is None:

@@ -153,12 +153,48 @@ def run_phases(tracker: LiveBytesTracker, forward: Callable[[], Any], optimizer)
     tracker.set_phase("forward")
     loss = forward()
     tracker.set_phase("backward")
-    loss.backward()
+    with gpu_gradient_accumulation(tracker, loss):
+        loss.backward()
     del loss
     tracker.set_phase("optimizer")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tracker.set_phase("idle")
+
+
+@contextlib.contextmanager
+def gpu_gradient_accumulation(tracker: LiveBytesTracker, loss: torch.Tensor):
+    """Backward of `loss` with the tracker told when the engine runs between nodes (each node's post-hook to the
+    next one's pre-hook), where it sums the gradients two paths send to one tensor: livebytes.accumulates_in_place
+    makes that sum in place, as a GPU does."""
+    nodes = _graph_nodes(loss.grad_fn)
+
+    def between(*args) -> None:
+        tracker.accumulating = True
+
+    def inside(*args) -> None:
+        tracker.accumulating = False
+
+    handles = [hook for node in nodes for hook in (node.register_prehook(inside), node.register_hook(between))]
+    try:
+        yield
+    finally:
+        tracker.accumulating = False
+        for handle in handles:
+            handle.remove()
+
+
+def _graph_nodes(root) -> list:
+    """Every autograd node `root` reaches."""
+    seen: dict[int, Any] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        stack.extend(child for child, _ in node.next_functions)
+    return list(seen.values())
 
 
 def measure_steady_step(tracker: LiveBytesTracker, warm_up: Callable[[], None], step: Callable[[], None]) -> None:

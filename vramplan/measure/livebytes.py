@@ -80,6 +80,36 @@ class Snapshot:
         return totals
 
 
+# The use counts, seen from the tracker's dispatch mode during the engine's accumulate, of a gradient the input
+# buffer holds the last reference to (the buffer's, the call's and the Python object's): of its storage, and of the
+# tensor itself (can_accumulate_inplace's `adjusted_use_count(v) == 1`). Measured:
+# tests/measure/test_gradient_accumulation.py.
+LAST_REFERENCE_STORAGE_USES = 2
+LAST_REFERENCE_TENSOR_USES = 4
+
+
+def accumulates_in_place(old: object, new: object = None, *rest: object) -> bool:
+    """Whether autograd's InputBuffer on a GPU would add `new` into `old` in place (can_accumulate_inplace(old)):
+    `old` dense and held by the buffer alone; `new` of its shape and dtype."""
+    if rest or not isinstance(old, torch.Tensor) or not isinstance(new, torch.Tensor):
+        return False
+    if torch.is_grad_enabled():  # backward with create_graph: the engine sums out of place
+        return False
+    if old.shape != new.shape or old.dtype != new.dtype or not _non_overlapping_and_dense(old):
+        return False
+    storage = old.untyped_storage()._cdata
+    if storage == new.untyped_storage()._cdata:  # one gradient sent twice: the buffer's is not the last reference
+        return False
+    return (torch._C._storage_Use_Count(storage) <= LAST_REFERENCE_STORAGE_USES
+            and old._use_count() <= LAST_REFERENCE_TENSOR_USES)
+
+
+def _non_overlapping_and_dense(tensor: torch.Tensor) -> bool:
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    return is_non_overlapping_and_dense_or_false(tensor)
+
+
 @dataclass
 class LiveBytesTracker(TorchDispatchMode):
     """Live storage bytes, their peak, the phase of the peak, and who holds the bytes at each peak."""
@@ -95,6 +125,9 @@ class LiveBytesTracker(TorchDispatchMode):
     # The module whose forward is running (maintained by the caller's module hooks), for attribution.
     module: str = UNATTRIBUTED
     recomputing: bool = False
+    # Set between autograd nodes in backward (fake_step.gpu_gradient_accumulation): where the engine sums two
+    # gradients of one tensor, in place on a GPU.
+    accumulating: bool = False
     peak: Snapshot = field(default_factory=Snapshot)
     phase_snapshots: dict[str, Snapshot] = field(default_factory=dict)
     _records: dict[int, tuple[int, str, str]] = field(default_factory=dict)
@@ -241,6 +274,11 @@ class LiveBytesTracker(TorchDispatchMode):
         self._add_owner((module, category), -nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.accumulating and func is torch.ops.aten.add.Tensor and not kwargs and accumulates_in_place(*args):
+            # torch/csrc/autograd/input_buffer.cpp accumulate: `old_var.add_(var)` when can_accumulate_inplace(old_var)
+            # (a dense tensor the buffer holds the last reference to). A fake tensor is "subclass-like", so the engine
+            # takes `old_var + var` instead, an allocation a GPU does not make: the in-place add is what runs here.
+            return torch.ops.aten.add_.Tensor(*args)
         shape = _matmul_shape(func, args) if self.skip_matmul_arithmetic else None
         if shape is not None and not kwargs:
             out = torch.empty(shape, dtype=args[-1].dtype, device=args[-1].device)

@@ -33,7 +33,7 @@ from vramplan.measure.probe import NvmlPeak, ProbeRecord, probe_fields, refuse_l
 from vramplan.models.catalog import ResolvedModel
 from vramplan.training import Method, Optimizer, Precision, TrainingSetup, objective_options
 
-OBJECTIVES = ("dpo", "kto", "grpo")
+OBJECTIVES = ("dpo", "kto", "orpo", "grpo")
 # transformers OptimizerNames (transformers/training_args.py) for each --optimizer; TrainingArguments `optim`.
 TRAINER_OPTIM = {
     Optimizer.ADAMW: "adamw_torch",
@@ -87,7 +87,7 @@ def synthetic_dataset(setup: TrainingSetup, rows: int, vocab_size: int, seed: in
     examples = []
     for row in range(rows):
         prompt = _words(rng, prompt_len, vocab_size)
-        if setup.objective == "dpo":
+        if setup.objective in ("dpo", "orpo"):
             examples.append({"prompt": prompt, "chosen": " " + _words(rng, completion, vocab_size),
                              "rejected": " " + _words(rng, completion, vocab_size)})
         elif setup.objective == "kto":
@@ -165,6 +165,10 @@ def trainer_config(setup: TrainingSetup, max_steps: int, output_dir: str, device
         return trl.DPOConfig(**common, max_length=setup.seq_len, precompute_ref_log_probs=setup.precompute_ref)
     if setup.objective == "kto":
         return trl.KTOConfig(**common, max_length=setup.seq_len, precompute_ref_log_probs=setup.precompute_ref)
+    if setup.objective == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common, max_length=setup.seq_len)
     grpo = setup.grpo
     return trl.GRPOConfig(
         **common, num_generations=grpo.num_generations, steps_per_generation=grpo.steps_per_generation,
@@ -193,6 +197,10 @@ def build_trainer(config: dict[str, Any], setup: TrainingSetup, steps: int, outp
         return trl.DPOTrainer(**common)
     if setup.objective == "kto":
         return trl.KTOTrainer(**common)
+    if setup.objective == "orpo":
+        from trl.experimental.orpo import ORPOTrainer
+
+        return ORPOTrainer(**common)
     return trl.GRPOTrainer(reward_funcs=_length_reward, **common)
 
 
@@ -282,7 +290,7 @@ def run_trl_probe(resolved: ResolvedModel, setup: TrainingSetup, *, steps: int =
     from vramplan.measure.hf_step import quiet_libraries
 
     if setup.objective not in OBJECTIVES:
-        raise UsageError(f"run_trl_probe runs TRL's {', '.join(OBJECTIVES)} trainers; {setup.objective} is run_probe's")
+        raise UsageError(f"run_trl_probe runs TRL's {', '.join(OBJECTIVES)} trainers, not {setup.objective}")
     if setup.grpo is not None and setup.grpo.generation != "transformers":
         raise UsageError(f"--generation {setup.grpo.generation}: the probe generates with transformers only")
     if device in ("auto", "cuda") and not torch.cuda.is_available():

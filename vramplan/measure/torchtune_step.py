@@ -26,6 +26,7 @@ from vramplan.measure.fake_step import (
     attribute_modules,
     create_optimizer_states,
     fake_mode,
+    gpu_gradient_accumulation,
     measure_steady_step,
     parameter_owners,
     removing,
@@ -151,7 +152,8 @@ def recipe_training_step(model, loss_fn, tokens, labels, ignore_cache, optimizer
     del logits  # recipe: "free logits otherwise it peaks backward memory"
     loss = loss * num_tokens
     tracker.set_phase("backward")
-    loss.backward()
+    with gpu_gradient_accumulation(tracker, loss):
+        loss.backward()
     del loss
     if setup.optimizer_in_backward:
         tracker.set_phase("idle")

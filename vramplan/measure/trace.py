@@ -25,6 +25,8 @@ GPU_CORRECTIONS = (
     "SDPA runs CPU's flash kernel, which keeps the same output and fp32 logsumexp (b x heads x s) as CUDA flash",
     "SDPA with a value head dim unlike the query's (MLA) runs the memory-efficient kernel CUDA picks, not CPU's "
     "math fallback with its s x s scores",
+    "autograd sums two gradients of one tensor in place where it does on a GPU (input_buffer.cpp accumulate); a "
+    "fake tensor would take the out-of-place path",
 )
 NOT_IN_TRACE = (
     "cuBLAS/cuBLASLt workspaces and the CUDA context are not tensors of the step; the caching allocator's slack is "
@@ -134,7 +136,7 @@ def trace_memory(model: ResolvedModel, setup: TrainingSetup) -> Trace:
 
         started = time.perf_counter()
         step = trace_torchtune_step(model.config, model.spec.family, setup)
-        notes = [*GPU_CORRECTIONS[:2], GPU_CORRECTIONS[3], *NOT_IN_TRACE]
+        notes = [*GPU_CORRECTIONS[:2], GPU_CORRECTIONS[3], GPU_CORRECTIONS[5], *NOT_IN_TRACE]
         if step.host_bytes:
             notes.append(f"activation offloading: {step.host_bytes} bytes at most in host memory, not counted")
         return _as_trace(model, setup, step, notes, started)
@@ -178,11 +180,18 @@ KTO_TRACE_NOTE = ("KTO: TRL 1.16's KTOTrainer._compute_loss run on fake tensors 
                   "peft), TRL's fused LM head on its GPU path; half the rows desirable")
 
 
+# What an ORPO trace measures, said with its answer.
+ORPO_TRACE_NOTE = ("ORPO: TRL 1.16's experimental ORPOTrainer.compute_loss run on fake tensors (beta 0.1): the "
+                   "policy forward over 2 x batch rows (chosen and rejected) with accelerate's fp32 copy of the full "
+                   "logits, the chosen rows' NLL, selective_log_softmax over every row on its GPU (Triton) path")
+
+
 # Each TRL objective's tracer, (module, function), called as function(config, setup), and what its trace measures.
 TRL_TRACERS = {
     "dpo": ("vramplan.measure.trl_dpo", "trace_dpo_step", DPO_TRACE_NOTE),
     "grpo": ("vramplan.measure.trl_grpo", "trace_grpo_step", GRPO_TRACE_NOTE),
     "kto": ("vramplan.measure.trl_kto", "trace_kto_step", KTO_TRACE_NOTE),
+    "orpo": ("vramplan.measure.trl_orpo", "trace_orpo_step", ORPO_TRACE_NOTE),
 }
 
 
@@ -257,5 +266,5 @@ def _trace_fsdp(model: ResolvedModel, setup: TrainingSetup) -> Trace:
     engine_notes = FSDP1_NOTES if setup.strategy is Strategy.FSDP1 else FSDP_NOTES
     if setup.stack is Stack.TORCHTUNE:
         engine_notes = TORCHTUNE_FSDP_NOTES
-    return _as_trace(model, setup, step, [*engine_notes, *GPU_CORRECTIONS[:3], *NOT_IN_TRACE], started,
-                     components=step.components, by_module=[])
+    notes = [*engine_notes, *GPU_CORRECTIONS[:3], GPU_CORRECTIONS[5], *NOT_IN_TRACE]
+    return _as_trace(model, setup, step, notes, started, components=step.components, by_module=[])

@@ -91,7 +91,7 @@ class MetricValue:
     __lt__ = __ge__ = __le__ = __gt__
 
 
-class _NoKernel:
+class NoKernel:
     """A Triton kernel launch (`kernel[grid](...)`) that does nothing: the kernels write into buffers the Python side
     already allocated."""
 
@@ -140,7 +140,7 @@ def gpu_fused_head(labelled: int):
     saved = (chunked_logprob._use_triton, trl_utils._use_triton, chunked_logprob._forward_kernel,
              chunked_logprob._backward_kernel, chunked_logprob._addmm_fp32)
     chunked_logprob._use_triton = trl_utils._use_triton = lambda device: True
-    chunked_logprob._forward_kernel = chunked_logprob._backward_kernel = _NoKernel()
+    chunked_logprob._forward_kernel = chunked_logprob._backward_kernel = NoKernel()
     # On CUDA `_addmm_fp32` accumulates into its fp32 buffer in place (torch.addmm(..., out_dtype=float32, out=acc));
     # the CPU branch upcasts both operands first. The buffer exists already: nothing to allocate.
     chunked_logprob._addmm_fp32 = lambda acc, a, b: None

@@ -125,6 +125,13 @@ def _catalog_id(key: str) -> str | None:
     return index["repos"].get(key) or index["repos"].get(_base_repo(key))
 
 
+def in_catalog(model: str) -> bool:
+    """Whether `model` names a catalog model (an id, a size alias, an HF repo or its chat-tuned variant) or one
+    the catalog knows is not yet modelled: what resolve_model answers without reading a file or the Hub."""
+    key = model.strip().lower()
+    return bool(key) and (key in NOT_YET_MODELLED_ALIASES or key in NOT_YET_MODELLED or _catalog_id(key) is not None)
+
+
 def resolve_model(model: str) -> ResolvedModel:
     """A catalog id, an HF repo name in the catalog, a size alias, or a path to config.json (or its folder)."""
     key = model.strip().lower()

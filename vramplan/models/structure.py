@@ -13,6 +13,9 @@ MAX_NESTING_DEPTH = 100
 # Most lists/mappings and their entries, counting YAML aliases each time they are used: a real config holds a few
 # thousand; a million bounds the cost of printing a value (repr expands aliases, e.g. a "billion laughs" file).
 MAX_EXPANDED_VALUES = 1_000_000
+# Most characters of its strings (keys and values), counting aliases each time they are used: a real config holds a
+# few thousand; ten million bounds what a note quoting the value can grow to (an alias of a long string, repeated).
+MAX_EXPANDED_CHARACTERS = 10_000_000
 
 
 def check_structure(data: Any, origin: str) -> None:
@@ -22,6 +25,7 @@ def check_structure(data: Any, origin: str) -> None:
         return
     height: dict[int, int] = {}
     size: dict[int, int] = {}
+    characters: dict[int, int] = {}
     active: set[int] = set()  # the containers on the path from the root to the one being visited
     stack: list[tuple[Any, bool]] = [(data, False)]
     while stack:
@@ -32,10 +36,14 @@ def check_structure(data: Any, origin: str) -> None:
             active.discard(key)
             height[key] = 1 + max((height[id(child)] for child in children), default=0)
             size[key] = 1 + len(node) + sum(size[id(child)] for child in children)
+            characters[key] = _own_characters(node) + sum(characters[id(child)] for child in children)
             if height[key] > MAX_NESTING_DEPTH:
                 raise UsageError(f"{origin}: nested more than {MAX_NESTING_DEPTH} levels deep; not a config file")
             if size[key] > MAX_EXPANDED_VALUES:
                 raise UsageError(f"{origin}: more than {MAX_EXPANDED_VALUES:,} values once YAML aliases are "
+                                 "expanded; not a config file")
+            if characters[key] > MAX_EXPANDED_CHARACTERS:
+                raise UsageError(f"{origin}: more than {MAX_EXPANDED_CHARACTERS:,} characters once YAML aliases are "
                                  "expanded; not a config file")
             continue
         if key in height:
@@ -45,6 +53,12 @@ def check_structure(data: Any, origin: str) -> None:
         active.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in children)
+
+
+def _own_characters(node: Any) -> int:
+    """The characters of a container's own strings (its keys and its string values; nested containers apart)."""
+    items = list(node.items()) if isinstance(node, dict) else [(None, value) for value in node]
+    return sum((len(k) if isinstance(k, str) else 0) + (len(v) if isinstance(v, str) else 0) for k, v in items)
 
 
 def _containers(node: Any) -> list[Any]:

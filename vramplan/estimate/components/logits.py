@@ -19,6 +19,11 @@ NUM_OUTPUT_CHUNKS = 8
 # measured: tests/estimate/test_torchtune.py (see chunked_head_backward_bytes): the output weight's gradient exists
 # three times over when the second chunk's is added, two chunks into the head's backward.
 HEAD_GRADIENT_COPIES = 3
+# A tied output's gradient and the embedding's at the end of backward (input_buffer.cpp accumulate): with chunked
+# output the buffered gradient is the chunks' out-of-place sum, a tensor the buffer alone holds, and the embedding's
+# is added into it in place (two copies); unchunked it is the output matmul's transposed view, summed out of place
+# (three). Traced: tests/estimate/test_torchtune.py (qwen2-tied cases).
+TIED_END_GRADIENT_COPIES = {True: 2, False: 3}  # chunked output -> copies
 HEAD_CHUNKS_DONE = 2
 # The final RMSNorm's backward, where a fused loss's backward peaks: its saved fp32 input and five fp32 hidden-state
 # buffers (the upcast gradient, the normalisation's gradients and their reduction temporaries). Count from our
@@ -79,9 +84,11 @@ def chunked_head_backward_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
     """torchtune full fine-tuning, the output head's backward, after every chunk's cross-entropy backward (autograd
     runs those first: they were created last). The output weight's gradients from the chunks are summed in
     autograd's input buffer before AccumulateGrad runs (so the optimizer_in_bwd hook fires once). The first chunk's
-    arrives as a transposed view of mm's [h, V] result, so the second is added out of place: that chunk's mm output,
-    the buffered first one and their sum exist at once (HEAD_GRADIENT_COPIES, counted with the gradients), next to
-    the other chunks' bf16 logits gradients and two chunks' gradients of the head input (returned here)."""
+    arrives as a transposed view of mm's [h, V] result, which input_buffer.cpp's accumulate does not add into (torch
+    takes `old + new` for it: tests/measure/test_gradient_accumulation.py), so the second is added out of place: that
+    chunk's mm output, the buffered first one and their sum exist at once (HEAD_GRADIENT_COPIES, counted with the
+    gradients), next to the other chunks' bf16 logits gradients and two chunks' gradients of the head input
+    (returned here)."""
     tokens, chunks = setup.tokens_per_step, NUM_OUTPUT_CHUNKS
     logits_grad = tensor_bytes(tokens // chunks * spec.vocab_size * HALF_BYTES)
     input_grad = tensor_bytes(tokens // chunks * spec.hidden_size * HALF_BYTES)

@@ -26,6 +26,11 @@ def estimate_memory(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
 
         refuse_unmodelled(model.spec, setup)
         return estimate_kto(model, setup)
+    if setup.objective == "orpo":
+        from vramplan.estimate.compose.orpo import estimate_orpo
+
+        refuse_unmodelled(model.spec, setup)
+        return estimate_orpo(model, setup)
     if setup.objective == "grpo":
         from vramplan.estimate.compose.grpo import estimate_grpo
 

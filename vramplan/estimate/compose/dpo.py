@@ -17,6 +17,7 @@ from vramplan.estimate.components.trl_head import fused_head_memory, without_hea
 from vramplan.estimate.compose.hf import backward_peak, estimate_with_step, forward_peak, step_parts
 from vramplan.estimate.compose.parts import in_flight
 from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.single import with_fused_head_gradient
 from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS
 from vramplan.models.catalog import ResolvedModel
 from vramplan.result import Estimate, PhasePeak
@@ -29,7 +30,7 @@ def estimate_dpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     rows = setup.model_copy(update={"batch_size": setup.rows, "objective": "sft", "prompt_len": None})
     tokens = rows.tokens_per_step
-    states = rank_states(spec, rows)
+    states = with_fused_head_gradient(rank_states(spec, rows))
     parts = step_parts(spec, rows, states)
     head = fused_head_memory(spec, rows, setup.labelled_tokens)
     # dpo_trainer.py __init__: full fine-tuning loads the reference model in the policy's dtype; under peft the

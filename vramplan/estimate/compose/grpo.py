@@ -23,6 +23,7 @@ from vramplan.estimate.compose.hf import backward_peak, estimate_with_step, forw
 from vramplan.estimate.components.autocast import autocast_weight_copies
 from vramplan.estimate.dtypes import BF16_WEIGHTS, FP32_BYTES, INT64_BYTES, tensor_bytes
 from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.single import with_fused_head_gradient
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
 from vramplan.result import Estimate, PhasePeak
@@ -64,7 +65,7 @@ def _colocated(setup: TrainingSetup) -> bool:
 def estimate_grpo(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     rows = setup.model_copy(update={"objective": "sft", "prompt_len": None, "grpo": None})
-    states = rank_states(spec, rows)
+    states = with_fused_head_gradient(rank_states(spec, rows))
     parts = step_parts(spec, rows, states)
     head = fused_head_memory(spec, rows, setup.labelled_tokens, fp32_outputs=GRPO_FP32_OUTPUTS, bool_outputs=0)
     # grpo_trainer.py __init__: beta > 0 without peft loads a reference model in the policy's dtype; under peft the

@@ -20,6 +20,7 @@ from vramplan.estimate.compose.hf import backward_peak, estimate_with_step, forw
 from vramplan.estimate.compose.parts import in_flight
 from vramplan.estimate.dtypes import INT64_BYTES, tensor_bytes
 from vramplan.estimate.strategies import rank_states
+from vramplan.estimate.strategies.single import with_fused_head_gradient
 from vramplan.estimate.strategies.states import FORWARD_LAYER, FORWARD_LOGITS
 from vramplan.models.catalog import ResolvedModel
 from vramplan.models.spec import ModelSpec
@@ -42,7 +43,7 @@ def estimate_kto(model: ResolvedModel, setup: TrainingSetup) -> Estimate:
     spec = model.spec
     rows = setup.model_copy(update={"objective": "sft", "prompt_len": None})
     tokens = rows.tokens_per_step
-    states = rank_states(spec, rows)
+    states = with_fused_head_gradient(rank_states(spec, rows))
     parts = step_parts(spec, rows, states)
     labelled = setup.labelled_tokens
     head = fused_head_memory(spec, rows, labelled, fp32_outputs=KTO_FP32_OUTPUTS, bool_outputs=0)

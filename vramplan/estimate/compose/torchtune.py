@@ -27,6 +27,7 @@ from vramplan.estimate.components.batch import torchtune_batch_bytes
 from vramplan.estimate.components.gradients import down_proj_gradient_bytes, gradient_tensor_bytes
 from vramplan.estimate.components.logits import (
     HEAD_GRADIENT_COPIES,
+    TIED_END_GRADIENT_COPIES,
     chunked_head_backward_bytes,
     torchtune_logits_bytes,
 )
@@ -168,12 +169,12 @@ def _backward_peak(spec: ModelSpec, setup: TrainingSetup, state: ModelState, ste
         }))
     if full and spec.tie_word_embeddings:
         # The tied matrix's gradient from the head waits in autograd's input buffer through the whole backward;
-        # the embedding's gradient (embedding_dense_backward) is added to it out of place at the very end.
+        # the embedding's gradient (embedding_dense_backward) is added to it at the very end.
         layer_grads = 0 if setup.optimizer_in_backward else state.gradients - state.output_gradient
         points.append(PhasePeak(phase="backward", components={
             **step.persistent,
             "activations": step.batch,
-            "gradients": layer_grads + HEAD_GRADIENT_COPIES * state.output_gradient,
+            "gradients": layer_grads + TIED_END_GRADIENT_COPIES[setup.loss is Loss.CHUNKED] * state.output_gradient,
         }))
     points += _layer_points(spec, setup, state, step)
     if setup.activation_offload:
