@@ -86,3 +86,7 @@ class Attention(str, Enum):
 SHARDED_STRATEGIES = (Strategy.ZERO3, Strategy.FSDP, Strategy.FSDP_HYBRID, Strategy.FSDP1)
 DEEPSPEED_STRATEGIES = (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3)
 FSDP_STRATEGIES = (Strategy.FSDP, Strategy.FSDP_HYBRID)
+
+# The run options (RunOptions' fields) whose value is one of a set: the CLI completes them, the web page lists them.
+OPTION_CHOICES = {"precision": Precision, "optimizer": Optimizer, "stack": Stack, "loss": Loss, "attn": Attention,
+                  "strategy": Strategy, "offload": Offload}

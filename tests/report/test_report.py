@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from tests.browser import chromium_and_driver  # noqa: E402
 from vramplan.cli.app import main  # noqa: E402
 from vramplan.errors import UsageError  # noqa: E402
 from vramplan.hardware.catalog import load_hardware  # noqa: E402
@@ -105,22 +106,8 @@ def test_cli_report_and_bad_jobs_file(tmp_path, capsys):
     assert main(["report", str(bad)]) == 2
 
 
-def _browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium and driver:
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            chromium = None
-    if not (chromium and driver):
-        if os.environ.get("VRAMPLAN_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium, chromedriver and selenium are required here (.ci/run installs them)")
-        pytest.skip("no headless chromium on this machine")
-    return chromium, driver
-
-
 def test_html_renders_in_headless_chromium(report, tmp_path):
-    chromium, driver_path = _browser()
+    chromium, driver_path = chromium_and_driver()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

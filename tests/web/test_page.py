@@ -15,24 +15,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from tests.browser import chromium_and_driver  # noqa: E402
 from vramplan.cli.app import main  # noqa: E402
 
 RUN = ["--model", "llama-3.1-8b", "--method", "lora", "--batch-size", "4"]
 LINK = "?model=llama-3.1-8b&method=lora&batch_size=4&gpu=rtx-4090"
-
-
-def _browser_paths():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium and driver:
-        try:
-            import selenium  # noqa: F401
-        except ImportError:
-            chromium = None
-    if not (chromium and driver):
-        if os.environ.get("VRAMPLAN_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium, chromedriver and selenium are required here (.ci/run installs them)")
-        pytest.skip("no headless chromium on this machine")
-    return chromium, driver
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +45,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path = _browser_paths()
+    chromium, driver_path = chromium_and_driver()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vramplan.units import DEFAULT_HEADROOM, MAX_EPOCHS, parse_count, parse_fraction  # noqa: F401 - the commands parse with these
+# the commands parse with these
+from vramplan.units import DEFAULT_HEADROOM, MAX_EPOCHS, parse_count, parse_fraction  # noqa: F401
 
 
 def complete_models(incomplete: str) -> list[str]:

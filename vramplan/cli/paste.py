@@ -7,6 +7,7 @@ line reruns the same command with only that change.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 
@@ -18,26 +19,18 @@ _APP: list = []
 _DROPPED_WITH = {"--gpus": ("--devices",)}
 
 
-# The spelling table of each command of the recorded app, built once however many suggestions a run prints.
-_SPELLINGS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
-
-
 def record_argv(argv: list[str] | None, app) -> None:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     _APP[:] = [app]
-    _SPELLINGS.clear()
 
 
 def _option_spellings(command_name: str, app=None) -> dict[str, tuple[tuple[str, ...], bool]]:
     """Each spelling of each option of the command -> (all its spellings, whether it takes a value), in `app`
-    (else the recorded one)."""
-    if app is not None:
-        return _spellings_of(command_name, app)
-    if command_name not in _SPELLINGS:
-        _SPELLINGS[command_name] = _spellings_of(command_name, _APP[0])
-    return _SPELLINGS[command_name]
+    (else the recorded one); built once per command and app however many suggestions are printed."""
+    return _spellings_of(command_name, _APP[0] if app is None else app)
 
 
+@functools.lru_cache(maxsize=32)
 def _spellings_of(command_name: str, app) -> dict[str, tuple[tuple[str, ...], bool]]:
     import typer
 

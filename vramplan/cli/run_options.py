@@ -15,12 +15,8 @@ from typing import Annotated, Any, Callable, NamedTuple, Optional
 
 import typer
 
-from vramplan.choices import Attention, Loss, Offload, Optimizer, Precision, Stack, Strategy
+from vramplan.choices import OPTION_CHOICES
 from vramplan.options import RunOptions
-
-# Fields whose values are one of a set: the shell completes them.
-_CHOICES = {"precision": Precision, "optimizer": Optimizer, "stack": Stack, "loss": Loss, "attn": Attention,
-            "strategy": Strategy, "offload": Offload}
 
 
 def _gpu_count(value: Optional[str]) -> Optional[int]:
@@ -47,8 +43,8 @@ def _option_parameter(name: str, field) -> inspect.Parameter:
     if "switch" in extra:
         kind = bool
         settings["show_default"] = False
-    if name in _CHOICES:
-        settings["autocompletion"] = _completer(_CHOICES[name])
+    if name in OPTION_CHOICES:
+        settings["autocompletion"] = _completer(OPTION_CHOICES[name])
     if name == "gpus":
         kind = str
         settings.update(callback=_gpu_count, metavar="N")

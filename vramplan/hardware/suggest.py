@@ -33,14 +33,15 @@ class Suggestion(BaseModel):
 
 
 def option_flags(changes: dict[str, Any]) -> list[str]:
-    """Command-line flags for option changes: `--seq-len 1024`, `--gradient-checkpointing`, `--no-kbit-prep`."""
+    """Command-line flags for option changes: `--seq-len 1024`, `--gradient-checkpointing`, `--no-kbit-prep`,
+    `--lora-targets q_proj,v_proj`."""
     flags: list[str] = []
     for name, value in changes.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
         else:
-            flags.extend([flag, str(value)])
+            flags.extend([flag, ",".join(value) if isinstance(value, tuple) else str(value)])
     return flags
 
 

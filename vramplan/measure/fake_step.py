@@ -162,6 +162,23 @@ def run_phases(tracker: LiveBytesTracker, forward: Callable[[], Any], optimizer)
     tracker.set_phase("idle")
 
 
+def measure_optimizer_step(tracker: LiveBytesTracker, params: list, owners: dict, optimizer,
+                           forward: Callable[[], Any]) -> None:
+    """A steady-state step: a warm-up that creates and tags the optimizer's states, then one measured step whose
+    `forward` returns the loss (run_phases)."""
+    def warm_up() -> None:
+        create_optimizer_states(params, [optimizer])
+        tag_optimizer_states(optimizer, tracker, owners)
+
+    measure_steady_step(tracker, warm_up, lambda: run_phases(tracker, forward, optimizer))
+
+
+def model_step_trace(tracker: LiveBytesTracker, model, params: list) -> StepTrace:
+    """The measured step's StepTrace, with `model`'s logical parameter count and `params`' trainable one."""
+    return StepTrace.from_tracker(tracker, total_params=sum(logical_numel(p) for p in model.parameters()),
+                                  trainable_params=sum(p.numel() for p in params))
+
+
 @contextlib.contextmanager
 def gpu_gradient_accumulation(tracker: LiveBytesTracker, loss: torch.Tensor):
     """Backward of `loss` with the tracker told when the engine runs between nodes (each node's post-hook to the

@@ -25,12 +25,12 @@ from vramplan.measure.fake_step import (
     attribute_modules,
     create_optimizer_states,
     fake_mode,
-    logical_numel,
     measure_steady_step,
-    run_phases,
+    model_step_trace,
     parameter_owners,
     quant_state_tensors,
     removing,
+    run_phases,
     tag_gradients,
     tag_optimizer_states,
 )
@@ -71,9 +71,31 @@ def trace_training_step(
         return _trace(config, setup, fake, warmup, seed)
 
 
-def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: Warmup, seed: int) -> StepTrace:
+def step_autocast(setup: TrainingSetup):
+    """A factory of the step's autocast region (Trainer's mixed precision), or of a null context without one."""
+    if not setup.autocast:
+        return contextlib.nullcontext
+    return lambda: torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision])
+
+
+def prepared_forward(model, setup: TrainingSetup):
+    """The model as Trainer's accelerator.prepare leaves it: forward under autocast, its outputs converted to fp32
+    (accelerate's convert_outputs_to_fp32), when the run has mixed precision (Trainer with bf16/fp16=True)."""
+    if not setup.autocast:
+        return model
     from accelerate.utils import convert_to_fp32
 
+    autocast = step_autocast(setup)
+
+    def forward(*args, **kwargs):
+        with autocast():
+            outputs = model(*args, **kwargs)
+        return convert_to_fp32(outputs)
+
+    return forward
+
+
+def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: Warmup, seed: int) -> StepTrace:
     torch.manual_seed(seed)
     mode = fake_mode() if fake else contextlib.nullcontext()
     model = build_fake_model(config, setup, mode) if fake else build_real_model(config, setup)
@@ -81,18 +103,12 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
     params = [p for p in model.parameters() if p.requires_grad]
     owners = parameter_owners(model)
     tracker = LiveBytesTracker(skip_matmul_arithmetic=not fake)
-    autocast = (
-        torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision]) if setup.autocast else contextlib.nullcontext()
-    )
+    prepared = prepared_forward(model, setup)
     hooks = tag_gradients(params, tracker, owners)
 
     def forward(input_ids):
-        with autocast:
-            extra = {"position_ids": _packed_positions(input_ids)} if setup.packing else {}
-            outputs = model(input_ids=input_ids, labels=input_ids, **extra)
-        if setup.autocast:
-            # accelerate's prepare_model wraps forward in convert_outputs_to_fp32 (Trainer with bf16/fp16=True).
-            outputs = convert_to_fp32(outputs)
+        extra = {"position_ids": _packed_positions(input_ids)} if setup.packing else {}
+        outputs = prepared(input_ids=input_ids, labels=input_ids, **extra)
         return outputs.loss  # `outputs` (its logits) is freed as this returns, before backward
 
     def training_step(input_ids) -> None:
@@ -111,11 +127,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, fake: bool, warmup: War
         input_ids = torch.randint(0, int(config["vocab_size"]), (setup.batch_size, setup.seq_len))
         track_model(model, tracker, owners)
         measure_steady_step(tracker, warm_up, lambda: training_step(input_ids))
-    return StepTrace.from_tracker(
-        tracker,
-        total_params=sum(logical_numel(p) for p in model.parameters()),
-        trainable_params=sum(p.numel() for p in params),
-    )
+    return model_step_trace(tracker, model, params)
 
 
 def track_model(model, tracker: LiveBytesTracker, owners: dict[int, str]) -> None:

@@ -29,22 +29,19 @@ from typing import Any
 
 import torch
 
-from vramplan.measure.build import AUTOCAST_DTYPE, build_fake_model, make_optimizer
+from vramplan.measure.build import build_fake_model, make_optimizer
 from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
     attribute_modules,
-    create_optimizer_states,
     fake_mode,
-    logical_numel,
-    measure_steady_step,
+    measure_optimizer_step,
+    model_step_trace,
     parameter_owners,
     removing,
-    run_phases,
     tag_gradients,
-    tag_optimizer_states,
 )
-from vramplan.measure.hf_step import quiet_libraries, track_model
+from vramplan.measure.hf_step import quiet_libraries, step_autocast, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
 from vramplan.training import Method, TrainingSetup
 
@@ -170,13 +167,6 @@ def policy_and_reference(config: dict[str, Any], setup: TrainingSetup, mode, out
     return model, reference
 
 
-def step_autocast(setup: TrainingSetup):
-    """A factory of the step's autocast region (Trainer's mixed precision), or of a null context without one."""
-    if not setup.autocast:
-        return contextlib.nullcontext
-    return lambda: torch.autocast("cpu", dtype=AUTOCAST_DTYPE[setup.precision])
-
-
 def dpo_trainer_namespace(model, ref_model, beta: float = DPO_BETA, gradient_checkpointing: bool = False,
                           precompute_ref: bool = False):
     """The attributes DPOTrainer._compute_loss reads, at DPOConfig's defaults."""
@@ -240,10 +230,5 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, prompt_len: int, beta: 
         if reference is not None:
             track_model(reference, tracker, parameter_owners(reference))
 
-        def warm_up() -> None:
-            create_optimizer_states(params, [optimizer])
-            tag_optimizer_states(optimizer, tracker, owners)
-
-        measure_steady_step(tracker, warm_up, lambda: run_phases(tracker, lambda: forward(inputs), optimizer))
-    total = sum(logical_numel(p) for p in model.parameters())
-    return StepTrace.from_tracker(tracker, total_params=total, trainable_params=sum(p.numel() for p in params))
+        measure_optimizer_step(tracker, params, owners, optimizer, lambda: forward(inputs))
+    return model_step_trace(tracker, model, params)

@@ -37,16 +37,16 @@ from vramplan.measure.fake_step import (
     attribute_modules,
     create_optimizer_states,
     fake_mode,
-    logical_numel,
+    model_step_trace,
     parameter_owners,
     removing,
     run_phases,
     tag_gradients,
     tag_optimizer_states,
 )
-from vramplan.measure.hf_step import quiet_libraries, track_model
+from vramplan.measure.hf_step import quiet_libraries, step_autocast, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.measure.trl_dpo import MetricValue, gpu_fused_head, policy_and_reference, step_autocast, unpadded_rows
+from vramplan.measure.trl_dpo import MetricValue, gpu_fused_head, policy_and_reference, unpadded_rows
 from vramplan.training import Method, TrainingSetup
 
 # The outputs GRPOTrainer asks its fused head for (grpo_trainer.py __init__: add_fused_lm_head(..., outputs=...)).
@@ -197,8 +197,7 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, seed: int) -> StepTrace
             run_phases(tracker, forward, optimizer)
         tracker.finish()
     assert length == setup.seq_len
-    total = sum(logical_numel(p) for p in model.parameters())
-    return StepTrace.from_tracker(tracker, total_params=total, trainable_params=sum(p.numel() for p in params))
+    return model_step_trace(tracker, model, params)
 
 
 @contextlib.contextmanager

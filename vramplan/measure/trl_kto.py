@@ -25,19 +25,16 @@ from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
     attribute_modules,
-    create_optimizer_states,
     fake_mode,
-    logical_numel,
-    measure_steady_step,
+    measure_optimizer_step,
+    model_step_trace,
     parameter_owners,
     removing,
-    run_phases,
     tag_gradients,
-    tag_optimizer_states,
 )
-from vramplan.measure.hf_step import quiet_libraries, track_model
+from vramplan.measure.hf_step import quiet_libraries, step_autocast, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.measure.trl_dpo import gpu_fused_head, policy_and_reference, step_autocast, unpadded_rows
+from vramplan.measure.trl_dpo import gpu_fused_head, policy_and_reference, unpadded_rows
 from vramplan.training import Method, TrainingSetup
 
 # KTOConfig defaults (trl/trainer/kto_config.py, TRL 1.16): beta 0.1, loss_type "kto", desirable_weight and
@@ -141,10 +138,5 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, seed: int) -> StepTrace
         if reference is not None:
             track_model(reference, tracker, parameter_owners(reference))
 
-        def warm_up() -> None:
-            create_optimizer_states(params, [optimizer])
-            tag_optimizer_states(optimizer, tracker, owners)
-
-        measure_steady_step(tracker, warm_up, lambda: run_phases(tracker, lambda: forward(inputs), optimizer))
-    total = sum(logical_numel(p) for p in model.parameters())
-    return StepTrace.from_tracker(tracker, total_params=total, trainable_params=sum(p.numel() for p in params))
+        measure_optimizer_step(tracker, params, owners, optimizer, lambda: forward(inputs))
+    return model_step_trace(tracker, model, params)

@@ -26,19 +26,16 @@ from vramplan.measure.cuda_paths import as_on_gpu
 from vramplan.measure.fake_step import (
     StepTrace,
     attribute_modules,
-    create_optimizer_states,
     fake_mode,
-    logical_numel,
-    measure_steady_step,
+    measure_optimizer_step,
+    model_step_trace,
     parameter_owners,
     removing,
-    run_phases,
     tag_gradients,
-    tag_optimizer_states,
 )
-from vramplan.measure.hf_step import quiet_libraries, track_model
+from vramplan.measure.hf_step import prepared_forward, quiet_libraries, track_model
 from vramplan.measure.livebytes import LiveBytesTracker
-from vramplan.measure.trl_dpo import MetricValue, NoKernel, step_autocast, unpadded_rows
+from vramplan.measure.trl_dpo import MetricValue, NoKernel, unpadded_rows
 from vramplan.training import TrainingSetup
 
 # ORPOConfig defaults (trl/experimental/orpo/orpo_config.py, TRL 1.16): beta 0.1 (the paper's lambda).
@@ -58,23 +55,6 @@ def gpu_logprob_kernel():
         yield
     finally:
         trl_utils._supports_trl_loss_kernel, logprob_entropy._forward_kernel, logprob_entropy._backward_kernel = saved
-
-
-def prepared_forward(model, setup: TrainingSetup):
-    """The policy as Trainer's accelerator.prepare leaves it: forward under autocast, its outputs converted to fp32
-    (accelerate's convert_outputs_to_fp32), when the run has mixed precision."""
-    if not setup.autocast:
-        return model
-    from accelerate.utils import convert_to_fp32
-
-    autocast = step_autocast(setup)
-
-    def forward(*args, **kwargs):
-        with autocast():
-            outputs = model(*args, **kwargs)
-        return convert_to_fp32(outputs)
-
-    return forward
 
 
 def orpo_trainer_namespace(setup: TrainingSetup):
@@ -129,10 +109,5 @@ def _trace(config: dict[str, Any], setup: TrainingSetup, seed: int) -> StepTrace
             inputs[f"{side}_labels"] = torch.randint(0, vocab, (pairs, length))
         track_model(model, tracker, owners)
 
-        def warm_up() -> None:
-            create_optimizer_states(params, [optimizer])
-            tag_optimizer_states(optimizer, tracker, owners)
-
-        measure_steady_step(tracker, warm_up, lambda: run_phases(tracker, lambda: forward(inputs), optimizer))
-    total = sum(logical_numel(p) for p in model.parameters())
-    return StepTrace.from_tracker(tracker, total_params=total, trainable_params=sum(p.numel() for p in params))
+        measure_optimizer_step(tracker, params, owners, optimizer, lambda: forward(inputs))
+    return model_step_trace(tracker, model, params)

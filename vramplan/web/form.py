@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -56,36 +55,22 @@ def form_options() -> FormOptions:
 
 def _choices() -> dict[str, list[str]]:
     """Each option that takes one of a set: its values, from the enums and Literals the run is resolved with."""
-    from vramplan import choices as c
+    from vramplan.choices import OPTION_CHOICES
     from vramplan.training import GRPO_GENERATION, TrainingSetup
 
     def literal(name: str) -> list[str]:
         return [str(v) for v in typing.get_args(TrainingSetup.model_fields[name].annotation)]
 
-    enums: dict[str, Any] = {"precision": c.Precision, "optimizer": c.Optimizer, "stack": c.Stack, "loss": c.Loss,
-                             "attn": c.Attention, "strategy": c.Strategy, "offload": c.Offload}
-    found = {name: [member.value for member in enum] for name, enum in enums.items()}
+    found = {name: [member.value for member in enum] for name, enum in OPTION_CHOICES.items()}
     found.update(objective=literal("objective"), transformers=literal("transformers"),
                  fsdp1_sharding=literal("fsdp1_sharding"), backward_prefetch=literal("backward_prefetch"),
                  generation=list(GRPO_GENERATION))
     return found
 
 
-def option_flags(options) -> list[str]:
-    """The CLI flags that give `options` (a RunOptions): what a user types for the same run."""
-    words: list[str] = []
-    for name, value in options.given().items():
-        extra = type(options).model_fields[name].json_schema_extra
-        if "switch" in extra:
-            on, off = extra["switch"].split("/")
-            words.append(on if value else off)
-            continue
-        flag = extra.get("flag") or "--" + name.replace("_", "-")
-        words += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
-    return words
-
-
 def run_flags(request) -> list[str]:
     """The command line of a page's run: --model (a pasted config's temporary path, which the answer then names
-    as the user's file), --method and its options."""
-    return ["--model", request.model, "--method", request.method, *option_flags(request.options)]
+    as the user's file), --method and its options (spelled as a suggestion's: hardware/suggest.py option_flags)."""
+    from vramplan.hardware.suggest import option_flags
+
+    return ["--model", request.model, "--method", request.method, *option_flags(request.options.given())]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +101,15 @@ class PageRun:
         """`document` with the server's temporary paths replaced by the names of the user's files."""
         if not self._names:
             return document
-        text = json.dumps(document)
-        for path, name in self._names.items():
-            text = text.replace(json.dumps(path)[1:-1], json.dumps(name)[1:-1])
-        return json.loads(text)
+        return json.loads(_as_uploaded(json.dumps(document), self._names, quote=lambda name: json.dumps(name)[1:-1]))
+
+
+def _as_uploaded(text: str, names: dict[str, str], quote=lambda name: name) -> str:
+    """`text` with each temporary path in `names` (files before their folder) replaced by the user's name for it
+    (`quote`d as the text is: JSON strings escape theirs)."""
+    for path, name in names.items():
+        text = text.replace(path, quote(name))
+    return text
 
 
 @contextlib.contextmanager
@@ -122,9 +126,10 @@ def run_request(body: RunBody, verdict: bool = False) -> Iterator[PageRun]:
     sources = [name for name in ("model", "config", "from_config") if getattr(body, name) is not None]
     if len(sources) > 1 and sources != ["model", "from_config"]:
         raise UsageError(f"give one model: {' and '.join(sources)} were both given")
-    with tempfile.TemporaryDirectory(prefix="vramplan-web-") as folder, _named_as_uploaded(folder, body), \
+    names: dict[str, str] = {}  # a temporary path -> the user's name for it, files before their folder
+    with tempfile.TemporaryDirectory(prefix="vramplan-web-") as folder, _named_as_uploaded(names), \
             without_file_references():
-        model, from_file, names = body.model, None, {}
+        model, from_file = body.model, None
         if body.model is not None:
             _catalog_only(body.model)
         if body.config is not None:
@@ -140,26 +145,22 @@ def run_request(body: RunBody, verdict: bool = False) -> Iterator[PageRun]:
             names[from_file] = Path(body.from_config.name).name
         if model is None and from_file is None:
             raise UsageError("missing model: pick a catalog model, paste a config.json or a training config")
+        names[folder] = "."
         request = merge_config_file(RunInput(model=model, method=body.method, from_file=from_file, options=options,
                                              verdict=verdict, accept_unmodelled=body.accept_unmodelled),
                                     environment=False)
         if body.config is None and body.model is None:
             _catalog_only(request.model)  # the training config's model: a catalog one, never a path or Hub id
-        names[folder] = "."
         yield PageRun(request, names)
 
 
 @contextlib.contextmanager
-def _named_as_uploaded(folder: str, body: RunBody) -> Iterator[None]:
-    """Errors name the user's file, not the server's temporary copy of it."""
+def _named_as_uploaded(names: dict[str, str]) -> Iterator[None]:
+    """Errors name the user's file, not the server's temporary copy of it (`names`, as filled while it runs)."""
     try:
         yield
     except VramplanError as error:
-        text = str(error)
-        if folder not in text:
-            raise
-        name = body.from_config.name if body.from_config is not None else "config.json"
-        error.args = (re.sub(re.escape(folder) + r"/[\w.-]+", name, text),)
+        error.args = (_as_uploaded(str(error), names),)
         raise
 
 
