@@ -145,7 +145,8 @@ def run_request(body: RunBody, verdict: bool = False) -> Iterator[PageRun]:
             names[from_file] = Path(body.from_config.name).name
         if model is None and from_file is None:
             raise UsageError("missing model: pick a catalog model, paste a config.json or a training config")
-        names[folder] = "."
+        if names:  # a file was written: nothing else of the folder's may show either
+            names[folder] = "."
         request = merge_config_file(RunInput(model=model, method=body.method, from_file=from_file, options=options,
                                              verdict=verdict, accept_unmodelled=body.accept_unmodelled),
                                     environment=False)
